@@ -1,0 +1,68 @@
+// The key layout, in one place. Everything lives under one root so a shared etcd can hold other
+// data, and so tests can run under a unique root (CALICO_DATASTORE_PREFIX) without colliding.
+//
+//   <root>/ipam/pools/<cidr>            IP pool            (model/pool.ts)
+//   <root>/ipam/blocks/<cidr>           allocation block   (ipam/block.ts)
+//   <root>/networks/<networkId>         Docker network     (model/network.ts)
+//   <root>/profiles/<name>              policy profile     (model/profile.ts)
+//   <root>/nodes/<node>/info            host registration  (model/node.ts)
+//   <root>/nodes/<node>/endpoints/<id>  workload endpoint  (model/endpoint.ts)
+//
+// CIDRs are written with '-' for '/', as Calico did (10.0.0.0-26, fd00::-122), so a key segment
+// never contains a slash.
+
+export const DEFAULT_ROOT = '/calico/libnetwork/v1';
+
+export function cidrToSegment(cidr: string): string {
+  return cidr.replace('/', '-');
+}
+
+export function segmentToCidr(segment: string): string {
+  const i = segment.lastIndexOf('-');
+  return i < 0 ? segment : `${segment.slice(0, i)}/${segment.slice(i + 1)}`;
+}
+
+export class Keys {
+  constructor(readonly root: string = DEFAULT_ROOT) {
+    if (!root.startsWith('/') || root.endsWith('/')) {
+      throw new Error(`datastore prefix must start with '/' and not end with '/': ${root}`);
+    }
+  }
+
+  poolsPrefix(): string {
+    return `${this.root}/ipam/pools/`;
+  }
+  pool(cidr: string): string {
+    return this.poolsPrefix() + cidrToSegment(cidr);
+  }
+  blocksPrefix(): string {
+    return `${this.root}/ipam/blocks/`;
+  }
+  block(cidr: string): string {
+    return this.blocksPrefix() + cidrToSegment(cidr);
+  }
+  networksPrefix(): string {
+    return `${this.root}/networks/`;
+  }
+  network(networkId: string): string {
+    return this.networksPrefix() + networkId;
+  }
+  profilesPrefix(): string {
+    return `${this.root}/profiles/`;
+  }
+  profile(name: string): string {
+    return this.profilesPrefix() + name;
+  }
+  nodesPrefix(): string {
+    return `${this.root}/nodes/`;
+  }
+  node(node: string): string {
+    return `${this.nodesPrefix()}${node}/info`;
+  }
+  endpointsPrefix(node: string): string {
+    return `${this.nodesPrefix()}${node}/endpoints/`;
+  }
+  endpoint(node: string, endpointId: string): string {
+    return this.endpointsPrefix(node) + endpointId;
+  }
+}
