@@ -46,6 +46,12 @@ export class ContentionError extends CalicoError {
   override readonly retryable = true;
 }
 
+/** Data read from the datastore does not match its schema (hand-edited, or written by a
+ * different version). The message names the key; the operation fails, the daemon keeps running. */
+export class CorruptDataError extends CalicoError {
+  readonly status = 500;
+}
+
 /** A kernel tool (ip, sysctl, iptables) failed. The message names the operation and object. */
 export class DataplaneError extends CalicoError {
   readonly status = 500;

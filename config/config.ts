@@ -1,0 +1,184 @@
+// Configuration comes from the environment, with the names Calico users already know where Calico
+// had one. parseConfig is pure (env in, Config out) so every rule is unit-testable; invalid values
+// fail at start with a ConfigError naming the variable.
+import { hostname } from 'node:os';
+import { isAbsolute } from 'node:path';
+import { ConfigError } from '../lib/errors';
+
+export interface EtcdConfig {
+  readonly endpoints: string[];
+  readonly caFile?: string;
+  readonly certFile?: string;
+  readonly keyFile?: string;
+  readonly username?: string;
+  readonly password?: string;
+}
+
+export interface Config {
+  readonly nodeName: string;
+  /** Absent: the embedded store under dataDir. */
+  readonly etcd?: EtcdConfig;
+  readonly dataDir: string;
+  readonly datastorePrefix: string;
+  readonly pluginDir: string;
+  readonly networkDriverName: string;
+  readonly ipamDriverName: string;
+  /** Prefix Docker gives the container-side interface (DstPrefix): 'eth' → eth0. */
+  readonly containerIfPrefix: string;
+  readonly vethMtu: number;
+  readonly createProfiles: boolean;
+  readonly labelEndpoints: boolean;
+  /** Pools created on first start when no pool of that family exists; undefined: none. */
+  readonly defaultIpv4Pool?: string;
+  readonly defaultIpv6Pool?: string;
+  /** Names our iptables chains (<prefix>-FORWARD, ...), so test instances never collide. */
+  readonly iptablesChainPrefix: string;
+  /** Docker API socket, used to look up network names and container labels. */
+  readonly dockerSocket: string;
+}
+
+export const DEFAULTS = {
+  dataDir: '/var/lib/calico-libnetwork',
+  datastorePrefix: '/calico/libnetwork/v1',
+  pluginDir: '/run/docker/plugins',
+  networkDriverName: 'calico',
+  ipamDriverName: 'calico-ipam',
+  containerIfPrefix: 'eth',
+  vethMtu: 1500,
+  ipv4Pool: '192.168.0.0/16',
+  ipv6Pool: 'fd80:24e2:f998:72d6::/64',
+  dockerSocket: '/var/run/docker.sock',
+} as const;
+
+type Env = Readonly<Record<string, string | undefined>>;
+
+const DRIVER_NAME = /^[a-z0-9][a-z0-9._-]{0,62}$/;
+const IF_PREFIX = /^[a-z][a-z0-9]{0,9}$/;
+// Node names end up in datastore keys and in owner records; keep them DNS-like.
+const NODE_NAME = /^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$/;
+// Chain names are at most 28 characters; leave room for suffixes like -FORWARD and -from-<if>.
+const CHAIN_PREFIX = /^[a-z][a-z0-9]{0,7}$/;
+const PREFIX = /^(\/[A-Za-z0-9._-]+)+$/;
+
+function value(env: Env, name: string): string | undefined {
+  const v = env[name]?.trim();
+  return v === undefined || v === '' ? undefined : v;
+}
+
+function bool(env: Env, name: string, fallback: boolean): boolean {
+  const v = value(env, name)?.toLowerCase();
+  if (v === undefined) return fallback;
+  if (['true', '1', 'yes', 'on'].includes(v)) return true;
+  if (['false', '0', 'no', 'off'].includes(v)) return false;
+  throw new ConfigError(`${name} must be true or false, got '${env[name]}'`);
+}
+
+function matching(env: Env, name: string, re: RegExp, fallback: string, what: string): string {
+  const v = value(env, name) ?? fallback;
+  if (!re.test(v)) throw new ConfigError(`${name} must be ${what}, got '${v}'`);
+  return v;
+}
+
+function absolutePath(env: Env, name: string, fallback?: string): string | undefined {
+  const v = value(env, name) ?? fallback;
+  if (v !== undefined && !isAbsolute(v)) throw new ConfigError(`${name} must be an absolute path, got '${v}'`);
+  return v;
+}
+
+function poolCidr(env: Env, name: string, fallback: string): string | undefined {
+  const v = value(env, name) ?? fallback;
+  // 'none' lets an operator start without a default pool and add pools with calicoctl.
+  if (v.toLowerCase() === 'none') return undefined;
+  if (!/^[0-9a-fA-F:.]+\/\d{1,3}$/.test(v)) throw new ConfigError(`${name} must be a CIDR such as ${fallback} (or 'none'), got '${v}'`);
+  return v;
+}
+
+function etcdConfig(env: Env): EtcdConfig | undefined {
+  const raw = value(env, 'ETCD_ENDPOINTS');
+  if (raw === undefined) {
+    for (const n of ['ETCD_CA_CERT_FILE', 'ETCD_CERT_FILE', 'ETCD_KEY_FILE', 'ETCD_USERNAME', 'ETCD_PASSWORD']) {
+      if (value(env, n) !== undefined) throw new ConfigError(`${n} is set but ETCD_ENDPOINTS is not: set ETCD_ENDPOINTS to use etcd`);
+    }
+    return undefined;
+  }
+  const endpoints = raw.split(',').map((s) => s.trim()).filter((s) => s !== '');
+  for (const e of endpoints) {
+    let url: URL;
+    try {
+      url = new URL(e);
+    } catch {
+      throw new ConfigError(`ETCD_ENDPOINTS must be comma-separated URLs such as http://127.0.0.1:2379, got '${e}'`);
+    }
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+      throw new ConfigError(`ETCD_ENDPOINTS entries must use http:// or https://, got '${e}'`);
+    }
+    if (url.username !== '' || url.password !== '') {
+      throw new ConfigError('ETCD_ENDPOINTS must not carry credentials: use ETCD_USERNAME and ETCD_PASSWORD');
+    }
+  }
+  if (endpoints.length === 0) throw new ConfigError('ETCD_ENDPOINTS is set but lists no endpoint');
+  const certFile = absolutePath(env, 'ETCD_CERT_FILE');
+  const keyFile = absolutePath(env, 'ETCD_KEY_FILE');
+  if ((certFile === undefined) !== (keyFile === undefined)) {
+    throw new ConfigError('ETCD_CERT_FILE and ETCD_KEY_FILE must be set together');
+  }
+  const username = value(env, 'ETCD_USERNAME');
+  const password = env['ETCD_PASSWORD'];
+  if ((username === undefined) !== (password === undefined || password === '')) {
+    throw new ConfigError('ETCD_USERNAME and ETCD_PASSWORD must be set together');
+  }
+  return {
+    endpoints,
+    ...(absolutePath(env, 'ETCD_CA_CERT_FILE') !== undefined && { caFile: absolutePath(env, 'ETCD_CA_CERT_FILE') }),
+    ...(certFile !== undefined && { certFile, keyFile }),
+    ...(username !== undefined && { username, password }),
+  };
+}
+
+function mtu(env: Env): number {
+  const raw = value(env, 'CALICO_LIBNETWORK_VETH_MTU');
+  if (raw === undefined) return DEFAULTS.vethMtu;
+  const n = Number(raw);
+  // 1280 is the IPv6 minimum; 9000 covers jumbo frames with room for encapsulation later.
+  if (!Number.isInteger(n) || n < 1280 || n > 65535) {
+    throw new ConfigError(`CALICO_LIBNETWORK_VETH_MTU must be an integer from 1280 to 65535, got '${raw}'`);
+  }
+  return n;
+}
+
+function dockerSocket(env: Env): string {
+  const host = value(env, 'DOCKER_HOST');
+  if (host === undefined) return DEFAULTS.dockerSocket;
+  if (!host.startsWith('unix://')) throw new ConfigError(`DOCKER_HOST must be a unix:// socket, got '${host}'`);
+  const path = host.slice('unix://'.length);
+  if (!isAbsolute(path)) throw new ConfigError(`DOCKER_HOST must name an absolute socket path, got '${host}'`);
+  return path;
+}
+
+export function parseConfig(env: Env, defaultNodeName: string = hostname()): Config {
+  const etcd = etcdConfig(env);
+  const networkDriverName = matching(env, 'CALICO_NETWORK_DRIVER_NAME', DRIVER_NAME, DEFAULTS.networkDriverName, 'a lower-case plugin name');
+  const ipamDriverName = matching(env, 'CALICO_IPAM_DRIVER_NAME', DRIVER_NAME, DEFAULTS.ipamDriverName, 'a lower-case plugin name');
+  if (networkDriverName === ipamDriverName) {
+    throw new ConfigError(`CALICO_NETWORK_DRIVER_NAME and CALICO_IPAM_DRIVER_NAME must differ (both '${ipamDriverName}')`);
+  }
+  const defaultIpv4Pool = poolCidr(env, 'CALICO_IPV4POOL_CIDR', DEFAULTS.ipv4Pool);
+  const defaultIpv6Pool = poolCidr(env, 'CALICO_IPV6POOL_CIDR', DEFAULTS.ipv6Pool);
+  return {
+    nodeName: matching(env, 'NODENAME', NODE_NAME, defaultNodeName, 'a host name (letters, digits, . _ -)'),
+    ...(etcd !== undefined && { etcd }),
+    dataDir: absolutePath(env, 'CALICO_DATA_DIR', DEFAULTS.dataDir) ?? DEFAULTS.dataDir,
+    datastorePrefix: matching(env, 'CALICO_DATASTORE_PREFIX', PREFIX, DEFAULTS.datastorePrefix, "a key prefix such as '/calico/libnetwork/v1'"),
+    pluginDir: absolutePath(env, 'CALICO_PLUGIN_DIR', DEFAULTS.pluginDir) ?? DEFAULTS.pluginDir,
+    networkDriverName,
+    ipamDriverName,
+    containerIfPrefix: matching(env, 'CALICO_LIBNETWORK_IFPREFIX', IF_PREFIX, DEFAULTS.containerIfPrefix, 'a short lower-case interface prefix such as eth'),
+    vethMtu: mtu(env),
+    createProfiles: bool(env, 'CALICO_LIBNETWORK_CREATE_PROFILES', true),
+    labelEndpoints: bool(env, 'CALICO_LIBNETWORK_LABEL_ENDPOINTS', true),
+    ...(defaultIpv4Pool !== undefined && { defaultIpv4Pool }),
+    ...(defaultIpv6Pool !== undefined && { defaultIpv6Pool }),
+    iptablesChainPrefix: matching(env, 'CALICO_IPTABLES_CHAIN_PREFIX', CHAIN_PREFIX, 'cali', 'a short chain prefix such as cali'),
+    dockerSocket: dockerSocket(env),
+  };
+}

@@ -1,0 +1,356 @@
+// The allocation block: a small aligned CIDR (a /26 by default) that one host claims and hands
+// addresses out of. Stored as JSON at keys.block(cidr); every change is a compare-and-swap of the
+// whole document, so the functions here are pure: they take a block and return a new one, and
+// the allocator decides whether the write won.
+//
+// Stored shape (field order fixed by serializeBlock):
+//   {
+//     "cidr": "10.0.0.0/26",          canonical, equal to the key's CIDR
+//     "affinity": "node-a",           NODENAME of the host that claimed it; null = no host
+//     "allocations": [0, null, ...],  one entry per address (ordinal = offset in cidr):
+//                                     index into attributes, or null when free
+//     "unallocated": [1, 2, ...],     free ordinals in hand-out order; a freed ordinal is
+//                                     appended, so a released address is not reused at once
+//     "attributes": [{"node": "node-a", "handle": "...", "kind": "container"}]
+//   }
+// Attributes are shared by allocations with an identical owner and dropped once unreferenced,
+// which keeps a block of one owner's addresses small.
+//
+// Affinity is the plain node name (no 'host:' prefix): hosts are the only thing blocks are affine
+// to here, and a prefix would only add a parse step that can fail.
+
+import { CorruptDataError, InvalidRequestError } from '../lib/errors';
+import {
+  addressCount,
+  addressIndex,
+  type Cidr,
+  formatCidr,
+  formatIp,
+  isCanonicalCidr,
+  nthAddress,
+  parseCidr,
+  parseIp,
+} from './cidr';
+
+/** Largest block this model accepts: arrays stay small enough to rewrite on every allocation
+ * (matches the pool bounds: IPv4 /20, IPv6 /116). */
+export const MAX_BLOCK_ADDRESSES = 4096;
+
+export type OwnerKind = 'container' | 'gateway' | 'reserved';
+const OWNER_KINDS: readonly OwnerKind[] = ['container', 'gateway', 'reserved'];
+
+/** Who holds an address. `handle` is opaque, chosen by the caller (e.g. PoolID + request
+ * identity); node + handle + kind identify the holder, endpointId is informational. */
+export interface Owner {
+  readonly node: string;
+  readonly handle: string;
+  readonly kind: OwnerKind;
+  readonly endpointId?: string;
+}
+
+/** Who asks for a release: must match the owner's node and handle. */
+export interface Requester {
+  readonly node: string;
+  readonly handle: string;
+}
+
+export interface Block {
+  readonly cidr: string;
+  readonly affinity: string | null;
+  readonly allocations: readonly (number | null)[];
+  readonly unallocated: readonly number[];
+  readonly attributes: readonly Owner[];
+}
+
+export interface Allocation {
+  readonly ip: string;
+  readonly ordinal: number;
+  readonly owner: Owner;
+}
+
+export type AssignSpecificResult =
+  | { readonly status: 'assigned'; readonly block: Block; readonly ordinal: number; readonly ip: string }
+  /** The same owner (node + handle + kind) already holds it; `block` is the input, unchanged. */
+  | { readonly status: 'already-owned'; readonly block: Block; readonly ordinal: number; readonly ip: string }
+  | { readonly status: 'taken'; readonly owner: Owner };
+
+export type ReleaseResult =
+  | { readonly status: 'released'; readonly block: Block; readonly owner: Owner }
+  | { readonly status: 'not-allocated' }
+  | { readonly status: 'owned-by-other'; readonly owner: Owner };
+
+// ---------------------------------------------------------------------------------------------
+// Owners
+
+export function sameOwner(a: Owner, b: Owner): boolean {
+  return a.node === b.node && a.handle === b.handle && a.kind === b.kind;
+}
+
+function sameAttribute(a: Owner, b: Owner): boolean {
+  return sameOwner(a, b) && a.endpointId === b.endpointId;
+}
+
+/** Checks an owner given by a caller; returns a copy without extra fields. */
+export function validateOwner(owner: Owner): Owner {
+  const problem = ownerProblem(owner);
+  if (problem !== undefined) throw new InvalidRequestError(`invalid address owner: ${problem}`);
+  return copyOwner(owner);
+}
+
+function copyOwner(owner: Owner): Owner {
+  const { node, handle, kind, endpointId } = owner;
+  return endpointId === undefined ? { node, handle, kind } : { node, handle, kind, endpointId };
+}
+
+function ownerProblem(value: unknown): string | undefined {
+  if (!isRecord(value)) return 'not an object';
+  for (const field of ['node', 'handle'] as const) {
+    const v = value[field];
+    if (typeof v !== 'string' || v === '') return `${field} must be a non-empty string`;
+  }
+  if (!OWNER_KINDS.includes(value['kind'] as OwnerKind)) {
+    return `kind must be one of ${OWNER_KINDS.join(', ')}`;
+  }
+  const endpointId = value['endpointId'];
+  if (endpointId !== undefined && (typeof endpointId !== 'string' || endpointId === '')) {
+    return 'endpointId must be a non-empty string when present';
+  }
+  return undefined;
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Construction and queries
+
+export function newBlock(cidr: string, affinity: string | null): Block {
+  const parsed = parseCidr(cidr, 'block CIDR');
+  const size = addressCount(parsed);
+  if (size > BigInt(MAX_BLOCK_ADDRESSES)) {
+    throw new InvalidRequestError(
+      `block ${cidr} has ${size} addresses; a block may have at most ${MAX_BLOCK_ADDRESSES}`,
+    );
+  }
+  if (affinity === '') throw new InvalidRequestError('block affinity must be a node name or null');
+  const n = Number(size);
+  return {
+    cidr: formatCidr(parsed),
+    affinity,
+    allocations: new Array<null>(n).fill(null),
+    unallocated: Array.from({ length: n }, (_, i) => i),
+    attributes: [],
+  };
+}
+
+function cidrOf(block: Block): Cidr {
+  return parseCidr(block.cidr, 'block CIDR');
+}
+
+/** Ordinal of ip in block; throws when ip is not inside the block (a caller bug or bad input). */
+export function ordinalOf(block: Block, ip: string): number {
+  const index = addressIndex(cidrOf(block), parseIp(ip));
+  if (index === undefined) {
+    throw new InvalidRequestError(`address ${ip} is not inside block ${block.cidr}`);
+  }
+  return Number(index);
+}
+
+export function ipAt(block: Block, ordinal: number): string {
+  return formatIp(nthAddress(cidrOf(block), ordinal));
+}
+
+export function ownerAt(block: Block, ip: string): Owner | undefined {
+  const attr = block.allocations[ordinalOf(block, ip)];
+  return attr === null || attr === undefined ? undefined : block.attributes[attr];
+}
+
+export function usedCount(block: Block): number {
+  return block.allocations.length - block.unallocated.length;
+}
+
+export function freeCount(block: Block): number {
+  return block.unallocated.length;
+}
+
+export function isEmpty(block: Block): boolean {
+  return block.unallocated.length === block.allocations.length;
+}
+
+export function listAllocations(block: Block): Allocation[] {
+  const cidr = cidrOf(block);
+  const out: Allocation[] = [];
+  block.allocations.forEach((attr, ordinal) => {
+    const owner = attr === null ? undefined : block.attributes[attr];
+    if (owner !== undefined) out.push({ ip: formatIp(nthAddress(cidr, ordinal)), ordinal, owner });
+  });
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Changes (each returns a new block; the input is never mutated)
+
+/** Index of owner in attributes, appending it when no identical attribute exists. */
+function internOwner(attributes: readonly Owner[], owner: Owner): { attributes: Owner[]; index: number } {
+  const existing = attributes.findIndex((a) => sameAttribute(a, owner));
+  if (existing >= 0) return { attributes: [...attributes], index: existing };
+  return { attributes: [...attributes, copyOwner(owner)], index: attributes.length };
+}
+
+/** Drops attributes no allocation refers to and renumbers the references. */
+function compact(block: Block): Block {
+  const used = new Set<number>();
+  for (const a of block.allocations) if (a !== null) used.add(a);
+  if (used.size === block.attributes.length) return block;
+  const renumber = new Map<number, number>();
+  const attributes: Owner[] = [];
+  block.attributes.forEach((owner, i) => {
+    if (used.has(i)) {
+      renumber.set(i, attributes.length);
+      attributes.push(owner);
+    }
+  });
+  const allocations = block.allocations.map((a) => (a === null ? null : (renumber.get(a) ?? null)));
+  return { ...block, allocations, attributes };
+}
+
+function assignOrdinal(block: Block, ordinal: number, owner: Owner): Block {
+  const { attributes, index } = internOwner(block.attributes, owner);
+  const allocations = [...block.allocations];
+  allocations[ordinal] = index;
+  return {
+    ...block,
+    allocations,
+    unallocated: block.unallocated.filter((o) => o !== ordinal),
+    attributes,
+  };
+}
+
+/** Takes the first free ordinal, or returns undefined when the block is full. */
+export function assignNext(
+  block: Block,
+  owner: Owner,
+): { block: Block; ordinal: number; ip: string } | undefined {
+  const ordinal = block.unallocated[0];
+  if (ordinal === undefined) return undefined;
+  return { block: assignOrdinal(block, ordinal, owner), ordinal, ip: ipAt(block, ordinal) };
+}
+
+/** Takes exactly ip. Being taken is a normal outcome; asking again as the same owner succeeds
+ * without a change, so a replayed request (swarm asks twice) gets the same answer. */
+export function assignSpecific(block: Block, ip: string, owner: Owner): AssignSpecificResult {
+  const ordinal = ordinalOf(block, ip);
+  const canonical = ipAt(block, ordinal);
+  const attr = block.allocations[ordinal];
+  const holder = attr === null || attr === undefined ? undefined : block.attributes[attr];
+  if (holder !== undefined) {
+    return sameOwner(holder, owner)
+      ? { status: 'already-owned', block, ordinal, ip: canonical }
+      : { status: 'taken', owner: holder };
+  }
+  return { status: 'assigned', block: assignOrdinal(block, ordinal, owner), ordinal, ip: canonical };
+}
+
+/** Frees ip only for its holder (node and handle must match), so one party's release cannot
+ * free an address another party still uses. Releasing a free address is harmless. */
+export function release(block: Block, ip: string, requester: Requester): ReleaseResult {
+  const ordinal = ordinalOf(block, ip);
+  const attr = block.allocations[ordinal];
+  const holder = attr === null || attr === undefined ? undefined : block.attributes[attr];
+  if (holder === undefined) return { status: 'not-allocated' };
+  if (holder.node !== requester.node || holder.handle !== requester.handle) {
+    return { status: 'owned-by-other', owner: holder };
+  }
+  const allocations = [...block.allocations];
+  allocations[ordinal] = null;
+  const freed: Block = { ...block, allocations, unallocated: [...block.unallocated, ordinal] };
+  return { status: 'released', block: compact(freed), owner: holder };
+}
+
+/** Records the endpoint on an existing allocation; undefined when ip is not allocated. */
+export function setEndpoint(block: Block, ip: string, endpointId: string): Block | undefined {
+  if (endpointId === '') throw new InvalidRequestError('endpoint id must be a non-empty string');
+  const ordinal = ordinalOf(block, ip);
+  const attr = block.allocations[ordinal];
+  const holder = attr === null || attr === undefined ? undefined : block.attributes[attr];
+  if (holder === undefined) return undefined;
+  if (holder.endpointId === endpointId) return block;
+  const { attributes, index } = internOwner(block.attributes, { ...holder, endpointId });
+  const allocations = [...block.allocations];
+  allocations[ordinal] = index;
+  return compact({ ...block, allocations, attributes });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Codec
+
+export function serializeBlock(block: Block): string {
+  return JSON.stringify({
+    cidr: block.cidr,
+    affinity: block.affinity,
+    allocations: block.allocations,
+    unallocated: block.unallocated,
+    attributes: block.attributes.map(copyOwner),
+  });
+}
+
+/** Parses and checks a stored block. `source` (usually the key) goes into the error message;
+ * `expectedCidr`, when given, must equal the block's cidr (the key and the body must agree). A
+ * block whose free list disagrees with its allocations is refused: using it could hand one
+ * address out twice. */
+export function parseBlock(text: string, source: string, expectedCidr?: string): Block {
+  const fail = (problem: string): never => {
+    throw new CorruptDataError(`corrupt allocation block at ${source}: ${problem}`);
+  };
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    return fail(`not valid JSON (${err instanceof Error ? err.message : String(err)})`);
+  }
+  if (!isRecord(value)) return fail('not a JSON object');
+  const { cidr, affinity, allocations, unallocated, attributes } = value;
+  if (typeof cidr !== 'string' || !isCanonicalCidr(cidr)) {
+    return fail(`cidr must be a canonical CIDR string, got ${JSON.stringify(cidr)}`);
+  }
+  if (expectedCidr !== undefined && cidr !== expectedCidr) {
+    return fail(`cidr ${cidr} does not match the key's ${expectedCidr}`);
+  }
+  const size = addressCount(parseCidr(cidr));
+  if (size > BigInt(MAX_BLOCK_ADDRESSES)) return fail(`block of ${size} addresses is too large`);
+  if (affinity !== null && (typeof affinity !== 'string' || affinity === '')) {
+    return fail('affinity must be a node name or null');
+  }
+  if (!Array.isArray(attributes)) return fail('attributes must be an array');
+  attributes.forEach((a: unknown, i) => {
+    const problem = ownerProblem(a);
+    if (problem !== undefined) fail(`attributes[${i}]: ${problem}`);
+  });
+  if (!Array.isArray(allocations) || allocations.length !== Number(size)) {
+    return fail(`allocations must be an array of ${size} entries (one per address)`);
+  }
+  const free = new Set<number>();
+  allocations.forEach((a: unknown, ordinal) => {
+    if (a === null) free.add(ordinal);
+    else if (!Number.isInteger(a) || (a as number) < 0 || (a as number) >= attributes.length) {
+      fail(`allocations[${ordinal}] must be null or an index into attributes`);
+    }
+  });
+  if (!Array.isArray(unallocated)) return fail('unallocated must be an array');
+  const seen = new Set<number>();
+  for (const o of unallocated as unknown[]) {
+    if (typeof o !== 'number' || !free.has(o) || seen.has(o)) {
+      return fail(`unallocated entry ${JSON.stringify(o)} is not a free ordinal, or is repeated`);
+    }
+    seen.add(o);
+  }
+  if (seen.size !== free.size) return fail('unallocated does not list every free ordinal');
+  return {
+    cidr,
+    affinity,
+    allocations: allocations as (number | null)[],
+    unallocated: unallocated as number[],
+    attributes: (attributes as Owner[]).map(copyOwner),
+  };
+}

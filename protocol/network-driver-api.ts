@@ -1,0 +1,107 @@
+// NetworkDriver wire types, named as libnetwork names them, with their request decoders.
+import { array, dockerId, num, object, optional, record, str, unknownValue, withDefault, type Decoder } from './validate';
+
+export const NETWORK_DRIVER = 'NetworkDriver';
+
+const options = withDefault(record(unknownValue), {});
+
+export const IPAMData = object({
+  AddressSpace: withDefault(str, ''),
+  Pool: str,
+  Gateway: withDefault(str, ''),
+  AuxAddresses: withDefault(record(str), {}),
+});
+export type IPAMData = ReturnType<typeof IPAMData>;
+
+export const CreateNetworkRequest = object({
+  NetworkID: dockerId,
+  Options: options,
+  IPv4Data: withDefault(array(IPAMData), []),
+  IPv6Data: withDefault(array(IPAMData), []),
+});
+export type CreateNetworkRequest = ReturnType<typeof CreateNetworkRequest>;
+
+export const NetworkRequest = object({ NetworkID: dockerId });
+export type NetworkRequest = ReturnType<typeof NetworkRequest>;
+
+export const EndpointInterface = object({
+  Address: withDefault(str, ''),
+  AddressIPv6: withDefault(str, ''),
+  MacAddress: withDefault(str, ''),
+});
+
+export const CreateEndpointRequest = object({
+  NetworkID: dockerId,
+  EndpointID: dockerId,
+  Options: options,
+  Interface: optional(EndpointInterface),
+});
+export type CreateEndpointRequest = ReturnType<typeof CreateEndpointRequest>;
+
+export const EndpointRequest = object({ NetworkID: dockerId, EndpointID: dockerId });
+export type EndpointRequest = ReturnType<typeof EndpointRequest>;
+
+export const JoinRequest = object({
+  NetworkID: dockerId,
+  EndpointID: dockerId,
+  SandboxKey: str,
+  Options: options,
+});
+export type JoinRequest = ReturnType<typeof JoinRequest>;
+
+export const ExternalConnectivityRequest = object({
+  NetworkID: dockerId,
+  EndpointID: dockerId,
+  Options: options,
+});
+export type ExternalConnectivityRequest = ReturnType<typeof ExternalConnectivityRequest>;
+
+export const DiscoveryRequest = object({
+  DiscoveryType: num,
+  DiscoveryData: optional(unknownValue),
+});
+
+export const AllocateNetworkRequest = object({ NetworkID: dockerId, Options: options });
+
+export interface StaticRoute {
+  Destination: string;
+  /** 0: via NextHop, 1: connected (on-link). */
+  RouteType: 0 | 1;
+  NextHop: string;
+}
+
+export interface JoinResponse {
+  InterfaceName: { SrcName: string; DstPrefix: string };
+  Gateway?: string;
+  GatewayIPv6?: string;
+  StaticRoutes: StaticRoute[];
+  DisableGatewayService: boolean;
+}
+
+export interface CapabilitiesResponse {
+  Scope: 'local' | 'global';
+  ConnectivityScope: 'local' | 'global';
+}
+
+export interface CreateEndpointResponse {
+  Interface?: { Address?: string; AddressIPv6?: string; MacAddress?: string };
+}
+
+export interface EndpointOperInfoResponse {
+  Value: Record<string, unknown>;
+}
+
+/** Docker's generic (`-o key=value`) options live under this key of CreateNetwork.Options. */
+export const GENERIC_OPTIONS = 'com.docker.network.generic';
+export const ENABLE_IPV6_OPTION = 'com.docker.network.enable_ipv6';
+export const PORT_MAP_OPTION = 'com.docker.network.portmap';
+
+export const PortBinding = object({
+  Proto: optional(num),
+  IP: optional(str),
+  Port: optional(num),
+  HostIP: optional(str),
+  HostPort: optional(num),
+  HostPortEnd: optional(num),
+});
+export const PortMap: Decoder<ReturnType<typeof PortBinding>[]> = withDefault(array(PortBinding), []);

@@ -1,0 +1,141 @@
+// Serves one libnetwork plugin interface over HTTP on a unix socket. One generic route helper
+// decodes the raw body (Docker sends no Content-Type, so body parsers keyed on it see nothing),
+// checks it against the method's decoder, calls the handler and funnels every failure through
+// toWireError.
+import { chmod, mkdir, rm } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { createConnection } from 'node:net';
+import type { Server } from 'node:http';
+import express, { type NextFunction, type Request, type Response } from 'express';
+import { InvalidRequestError, errorMessage } from '../lib/errors';
+import { logger } from '../lib/log';
+import { toWireError, type ErrorKey } from './error-funnel';
+import { decode, type Decoder } from './validate';
+
+const log = logger('server');
+
+export const CONTENT_TYPE = 'application/vnd.docker.plugins.v1+json';
+/** Real payloads are a few hundred bytes; a swarm CreateNetwork with many options stays far below. */
+export const MAX_BODY_BYTES = 64 * 1024;
+
+export interface Route {
+  readonly method: string;
+  handle(body: unknown): Promise<object>;
+}
+
+/** Binds a decoder to a handler so each method is declared once, fully typed. */
+export function route<T>(method: string, decoder: Decoder<T> | null, handler: (req: T) => Promise<object> | object): Route {
+  return {
+    method,
+    async handle(body) {
+      const req = decoder === null ? (undefined as T) : decode(decoder, body);
+      return handler(req);
+    },
+  };
+}
+
+export interface PluginServerOptions {
+  readonly name: string;
+  readonly socketPath: string;
+  /** Answered to Plugin.Activate, e.g. ['NetworkDriver']. */
+  readonly implements: string[];
+  readonly errorKey: ErrorKey;
+  readonly routes: Route[];
+}
+
+export interface PluginServer {
+  readonly socketPath: string;
+  /** Stops accepting requests, lets in-flight ones finish, removes the socket. */
+  close(): Promise<void>;
+}
+
+function parseBody(raw: unknown): unknown {
+  const buf = Buffer.isBuffer(raw) ? raw : Buffer.alloc(0);
+  const text = buf.toString('utf8').trim();
+  if (text === '') return {};
+  try {
+    return JSON.parse(text) as unknown;
+  } catch (err) {
+    throw new InvalidRequestError(`request body is not valid JSON: ${errorMessage(err)}`);
+  }
+}
+
+export function buildApp(opts: PluginServerOptions): express.Express {
+  const app = express();
+  app.disable('x-powered-by');
+  app.disable('etag');
+  const send = (res: Response, status: number, body: object): void => {
+    res.status(status).type(CONTENT_TYPE).send(JSON.stringify(body));
+  };
+  const fail = (req: Request, res: Response, err: unknown, decoded: boolean): void => {
+    const wire = toWireError(err, opts.errorKey, decoded);
+    if (wire.unexpected) log.error('%s %s failed: %s', opts.name, req.path, err instanceof Error ? (err.stack ?? err.message) : String(err));
+    else log.debug('%s %s refused: %s', opts.name, req.path, errorMessage(err));
+    send(res, wire.status, wire.body);
+  };
+
+  app.use(express.raw({ type: () => true, limit: MAX_BODY_BYTES }));
+  app.post('/Plugin.Activate', (_req, res) => send(res, 200, { Implements: opts.implements }));
+  for (const r of opts.routes) {
+    app.post(`/${r.method}`, async (req, res) => {
+      let body: unknown;
+      try {
+        body = parseBody(req.body);
+      } catch (err) {
+        fail(req, res, err, false);
+        return;
+      }
+      const started = process.hrtime.bigint();
+      try {
+        const answer = await r.handle(body);
+        log.debug('%s %s ok in %dus', opts.name, r.method, Number((process.hrtime.bigint() - started) / 1000n));
+        send(res, 200, answer);
+      } catch (err) {
+        fail(req, res, err, true);
+      }
+    });
+  }
+  // Docker treats 404 as "method not implemented".
+  app.use((req: Request, res: Response) => send(res, 404, { [opts.errorKey]: `${req.method} ${req.path} is not implemented by ${opts.name}` }));
+  // Body-parser failures (too large, aborted) land here before any route runs.
+  app.use((err: unknown, req: Request, res: Response, _next: NextFunction) => fail(req, res, err, false));
+  return app;
+}
+
+/** Refuses to steal a socket another live process is serving; removes a stale one. */
+async function clearSocket(path: string): Promise<void> {
+  const live = await new Promise<boolean>((resolve) => {
+    const c = createConnection(path);
+    c.once('connect', () => {
+      c.destroy();
+      resolve(true);
+    });
+    c.once('error', () => resolve(false));
+  });
+  if (live) throw new Error(`another process is already serving ${path}; stop it or choose another plugin name`);
+  await rm(path, { force: true });
+}
+
+export async function startPluginServer(opts: PluginServerOptions): Promise<PluginServer> {
+  const app = buildApp(opts);
+  await mkdir(dirname(opts.socketPath), { recursive: true, mode: 0o755 });
+  await clearSocket(opts.socketPath);
+  const server: Server = await new Promise((resolve, reject) => {
+    const s = app.listen(opts.socketPath, (err?: Error) => (err ? reject(err) : resolve(s)));
+    s.once('error', reject);
+  });
+  // Only root (Docker) may talk to the plugin: it can create interfaces and routes.
+  await chmod(opts.socketPath, 0o660);
+  log.debug('%s listening on %s', opts.name, opts.socketPath);
+  let closing: Promise<void> | undefined;
+  return {
+    socketPath: opts.socketPath,
+    close() {
+      closing ??= new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeIdleConnections();
+      }).then(() => rm(opts.socketPath, { force: true }));
+      return closing;
+    },
+  };
+}

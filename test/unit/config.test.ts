@@ -1,0 +1,69 @@
+import test from 'ava';
+import { DEFAULTS, parseConfig } from '../../config/config';
+import { ConfigError } from '../../lib/errors';
+
+test('defaults: embedded store, Calico names, default pools', (t) => {
+  const c = parseConfig({}, 'host-a');
+  t.is(c.nodeName, 'host-a');
+  t.is(c.etcd, undefined);
+  t.is(c.networkDriverName, 'calico');
+  t.is(c.ipamDriverName, 'calico-ipam');
+  t.is(c.pluginDir, '/run/docker/plugins');
+  t.is(c.dataDir, DEFAULTS.dataDir);
+  t.is(c.vethMtu, 1500);
+  t.true(c.createProfiles);
+  t.is(c.defaultIpv4Pool, '192.168.0.0/16');
+  t.is(c.containerIfPrefix, 'eth');
+});
+
+test('etcd settings are read and TLS files are kept', (t) => {
+  const c = parseConfig({
+    ETCD_ENDPOINTS: 'https://10.0.0.1:2379, https://10.0.0.2:2379',
+    ETCD_CA_CERT_FILE: '/etc/ca.pem',
+    ETCD_CERT_FILE: '/etc/c.pem',
+    ETCD_KEY_FILE: '/etc/k.pem',
+    ETCD_USERNAME: 'u',
+    ETCD_PASSWORD: 'p',
+  }, 'h');
+  t.deepEqual(c.etcd, {
+    endpoints: ['https://10.0.0.1:2379', 'https://10.0.0.2:2379'],
+    caFile: '/etc/ca.pem',
+    certFile: '/etc/c.pem',
+    keyFile: '/etc/k.pem',
+    username: 'u',
+    password: 'p',
+  });
+});
+
+test('pools can be turned off with none', (t) => {
+  const c = parseConfig({ CALICO_IPV4POOL_CIDR: 'none', CALICO_IPV6POOL_CIDR: 'NONE' }, 'h');
+  t.is(c.defaultIpv4Pool, undefined);
+  t.is(c.defaultIpv6Pool, undefined);
+});
+
+const invalid: [string, Record<string, string>, RegExp][] = [
+  ['MTU not a number', { CALICO_LIBNETWORK_VETH_MTU: 'big' }, /CALICO_LIBNETWORK_VETH_MTU/],
+  ['MTU too small', { CALICO_LIBNETWORK_VETH_MTU: '500' }, /CALICO_LIBNETWORK_VETH_MTU must be an integer from 1280/],
+  ['bad boolean', { CALICO_LIBNETWORK_CREATE_PROFILES: 'maybe' }, /CALICO_LIBNETWORK_CREATE_PROFILES must be true or false/],
+  ['etcd URL', { ETCD_ENDPOINTS: 'not a url' }, /ETCD_ENDPOINTS must be comma-separated URLs/],
+  ['etcd scheme', { ETCD_ENDPOINTS: 'ftp://x:1' }, /ETCD_ENDPOINTS entries must use http/],
+  ['credentials in URL', { ETCD_ENDPOINTS: 'http://u:p@x:1' }, /must not carry credentials/],
+  ['TLS without etcd', { ETCD_CA_CERT_FILE: '/ca' }, /ETCD_CA_CERT_FILE is set but ETCD_ENDPOINTS is not/],
+  ['cert without key', { ETCD_ENDPOINTS: 'http://x:1', ETCD_CERT_FILE: '/c' }, /ETCD_CERT_FILE and ETCD_KEY_FILE/],
+  ['user without password', { ETCD_ENDPOINTS: 'http://x:1', ETCD_USERNAME: 'u' }, /ETCD_USERNAME and ETCD_PASSWORD/],
+  ['relative data dir', { CALICO_DATA_DIR: 'data' }, /CALICO_DATA_DIR must be an absolute path/],
+  ['driver name', { CALICO_NETWORK_DRIVER_NAME: 'Bad Name' }, /CALICO_NETWORK_DRIVER_NAME/],
+  ['same names', { CALICO_NETWORK_DRIVER_NAME: 'x', CALICO_IPAM_DRIVER_NAME: 'x' }, /must differ/],
+  ['if prefix', { CALICO_LIBNETWORK_IFPREFIX: 'eth-0-long-prefix' }, /CALICO_LIBNETWORK_IFPREFIX/],
+  ['pool', { CALICO_IPV4POOL_CIDR: '10.0.0.0' }, /CALICO_IPV4POOL_CIDR must be a CIDR/],
+  ['node name', { NODENAME: 'a b' }, /NODENAME/],
+  ['docker host', { DOCKER_HOST: 'tcp://1.2.3.4:2375' }, /DOCKER_HOST must be a unix:\/\/ socket/],
+  ['chain prefix', { CALICO_IPTABLES_CHAIN_PREFIX: 'way-too-long-prefix' }, /CALICO_IPTABLES_CHAIN_PREFIX/],
+];
+
+for (const [name, env, message] of invalid) {
+  test(`invalid config names the variable: ${name}`, (t) => {
+    const err = t.throws(() => parseConfig(env, 'h'), { instanceOf: ConfigError });
+    t.regex(err.message, message);
+  });
+}
