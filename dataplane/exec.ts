@@ -1,0 +1,131 @@
+// Promise wrapper over execFile for kernel tools (ip, sysctl, iptables-restore). Argument arrays
+// only: no shell ever sees a name or an address. Failures become CommandError (a DataplaneError)
+// whose message names the operation and carries the tool's stderr, so callers can add the object
+// ("add route 10.0.0.5/32 dev cali1234: ...") and the error funnel can log it once.
+
+import { execFile } from 'node:child_process';
+import { DataplaneError } from '../lib/errors.js';
+
+export const DEFAULT_EXEC_TIMEOUT_MS = 10_000;
+export const DEFAULT_EXEC_MAX_BUFFER_BYTES = 16 * 1024 * 1024;
+
+export interface ExecOptions {
+  /** Kill the process (SIGKILL) after this long. */
+  timeoutMs?: number;
+  maxBufferBytes?: number;
+  /** Written to the process's stdin, which is then closed. Without it stdin is closed at once. */
+  input?: string | Buffer;
+}
+
+export interface ExecResult {
+  stdout: string;
+  stderr: string;
+}
+
+/** A command that failed to start, timed out, or exited non-zero. */
+export class CommandError extends DataplaneError {
+  constructor(
+    message: string,
+    readonly file: string,
+    readonly args: readonly string[],
+    /** The tool's stderr (trimmed); empty if it never ran. */
+    readonly stderr: string,
+    /** Exit code; null when killed by a signal or never started. */
+    readonly exitCode: number | null,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+let spawned = 0;
+
+/** Number of processes this module has spawned since start: lets tests and benchmarks check that
+ * the Join hot path stays cheap without asserting on time. */
+export function spawnCount(): number {
+  return spawned;
+}
+
+/**
+ * Run `file args...` and resolve with its output. `op` describes the operation for error messages
+ * ("create veth cali1234"). Rejects with CommandError.
+ */
+export function run(
+  file: string,
+  args: readonly string[],
+  op: string,
+  options: ExecOptions = {},
+): Promise<ExecResult> {
+  const timeout = options.timeoutMs ?? DEFAULT_EXEC_TIMEOUT_MS;
+  return new Promise((resolve, reject) => {
+    spawned++;
+    const child = execFile(
+      file,
+      [...args],
+      {
+        timeout,
+        killSignal: 'SIGKILL',
+        maxBuffer: options.maxBufferBytes ?? DEFAULT_EXEC_MAX_BUFFER_BYTES,
+        encoding: 'utf8',
+        windowsHide: true,
+      },
+      (err, stdout, stderr) => {
+        if (!err) {
+          resolve({ stdout, stderr });
+          return;
+        }
+        reject(toCommandError(err, file, args, op, String(stderr ?? ''), timeout));
+      },
+    );
+    // stdin: feed the batch if any, and always close it so a tool waiting on input cannot hang.
+    // EPIPE (the tool exited before reading everything) surfaces through the exit status instead.
+    child.stdin?.on('error', () => undefined);
+    child.stdin?.end(options.input ?? '');
+  });
+}
+
+/** Run with `input` fed on stdin (`ip -batch -`, `iptables-restore`). */
+export function runWithInput(
+  file: string,
+  args: readonly string[],
+  input: string,
+  op: string,
+  options: Omit<ExecOptions, 'input'> = {},
+): Promise<ExecResult> {
+  return run(file, args, op, { ...options, input });
+}
+
+interface ExecFileError extends Error {
+  code?: number | string | null;
+  killed?: boolean;
+  signal?: NodeJS.Signals | null;
+}
+
+function toCommandError(
+  err: ExecFileError,
+  file: string,
+  args: readonly string[],
+  op: string,
+  stderr: string,
+  timeoutMs: number,
+): CommandError {
+  const trimmed = stderr.trim();
+  let detail: string;
+  let exitCode: number | null = null;
+  if (typeof err.code === 'number') {
+    exitCode = err.code;
+    detail = trimmed || `${file} exited with status ${err.code}`;
+  } else if (err.code === 'ENOENT') {
+    detail = `${file} not found (is it installed and on PATH?)`;
+  } else if (err.code === 'ERR_CHILD_PROCESS_STDIO_MAXBUFFER') {
+    detail = `${file} produced more output than allowed`;
+  } else if (err.killed || err.signal) {
+    detail = err.killed && err.signal === 'SIGKILL'
+      ? `${file} did not finish within ${timeoutMs} ms`
+      : `${file} was killed by ${err.signal ?? 'a signal'}`;
+    if (trimmed) detail += `: ${trimmed}`;
+  } else {
+    detail = trimmed || err.message;
+  }
+  return new CommandError(`${op}: ${detail}`, file, args, trimmed, exitCode, { cause: err });
+}

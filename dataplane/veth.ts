@@ -1,0 +1,417 @@
+// Kernel operations for an endpoint's veth pair (the Join/Leave hot path).
+//
+// Layout (Calico's): the host end `cali<11 of endpoint ID>` carries no IPv4 address; it answers ARP
+// for the container's gateway 169.254.1.1 by proxy ARP and routes the container's /32 (/128) to
+// it. The container end is created as `tmp<11>` and moved/renamed by Docker after Join returns.
+//
+// IPv6 gateway: the container's IPv6 gateway is the host end's link-local address. The kernel only
+// generates a link-local once the link has carrier, i.e. after Docker has moved the peer into the
+// container and brought it up, which is after Join must already have answered with GatewayIPv6.
+// So the host end gets a fixed MAC (ee:ee:ee:ee:ee:ee, as Calico does), automatic address
+// generation is switched off, and the EUI-64 address of that MAC, fe80::ecee:eeff:feee:eeee, is
+// added explicitly with `nodad`: it is known before the call, usable at once (never tentative) and
+// the same on every host end, which is fine because link-local addresses are scoped to one link.
+//
+// Every function takes `{ netns }` so tests can run it in a throwaway namespace. In the host
+// namespace sysctls are written to /proc/sys directly (no process); in a namespace they go through
+// `ip netns exec <ns> sysctl`.
+
+import { readFile, writeFile } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { DataplaneError, errorMessage, InvalidRequestError } from '../lib/errors.js';
+import { CommandError, run, runWithInput } from './exec.js';
+import {
+  assertIfName,
+  assertNetnsName,
+  assertUnicastMac,
+  type HostAddress,
+  parseHostAddress,
+} from './names.js';
+
+export interface NetnsOption {
+  /** Run inside this `ip netns` namespace instead of the caller's (tests). */
+  netns?: string;
+}
+
+/** Fixed MAC of every host end. */
+export const HOST_VETH_MAC = 'ee:ee:ee:ee:ee:ee';
+/** EUI-64 link-local address of HOST_VETH_MAC: the containers' IPv6 gateway. */
+export const HOST_LINK_LOCAL_V6 = 'fe80::ecee:eeff:feee:eeee';
+/** Proxy-ARP'd IPv4 gateway the containers route through. */
+export const CONTAINER_GATEWAY_V4 = '169.254.1.1';
+
+const IP = 'ip';
+const SYSCTL = 'sysctl';
+const PROC_SYS = '/proc/sys';
+const MIN_MTU = 68;
+const MAX_MTU = 65535;
+const LINK_LOCAL_POLL_MS = 20;
+const DEFAULT_LINK_LOCAL_WAIT_MS = 2000;
+
+export interface EndpointVethSpec {
+  hostIf: string;
+  /** Container end as created in the host namespace (Docker renames it when moving it). */
+  peerIf: string;
+  mtu: number;
+  /** Container IPv4 addresses (bare or /32). */
+  ipv4?: string[];
+  /** Container IPv6 addresses (bare or /128). */
+  ipv6?: string[];
+  /** MAC for the container end. */
+  mac?: string;
+}
+
+export interface EndpointVeth {
+  hostIf: string;
+  peerIf: string;
+  /** Container's IPv6 gateway, when IPv6 addresses were given. */
+  gatewayIPv6?: string;
+}
+
+interface Undo {
+  what: string;
+  fn: () => Promise<unknown>;
+}
+
+/**
+ * Create the veth pair, bring the host end up, set its sysctls and add the host routes. On any
+ * failure everything this call created is deleted and the error is rethrown with context; a link
+ * that already existed under the same name is never touched.
+ *
+ * Processes spawned in the host namespace: one `ip -batch` (two for IPv6 when new interfaces start
+ * with IPv6 disabled, since an address cannot be added before disable_ipv6=0).
+ */
+export async function createEndpointVeth(
+  spec: EndpointVethSpec,
+  opts: NetnsOption = {},
+): Promise<EndpointVeth> {
+  const hostIf = assertIfName(spec.hostIf, 'host interface name');
+  const peerIf = assertIfName(spec.peerIf, 'peer interface name');
+  if (hostIf === peerIf) {
+    throw new InvalidRequestError(`host and peer interface names are both ${hostIf}`);
+  }
+  if (!Number.isInteger(spec.mtu) || spec.mtu < MIN_MTU || spec.mtu > MAX_MTU) {
+    throw new InvalidRequestError(`invalid MTU ${spec.mtu}: expected an integer ${MIN_MTU}-${MAX_MTU}`);
+  }
+  const mac = spec.mac === undefined ? undefined : assertUnicastMac(spec.mac);
+  const v4 = uniqueAddresses(spec.ipv4 ?? [], 4);
+  const v6 = uniqueAddresses(spec.ipv6 ?? [], 6);
+  const netns = opts.netns === undefined ? undefined : assertNetnsName(opts.netns);
+  const what = `veth ${hostIf} (peer ${peerIf})`;
+
+  const linkLines = [
+    `link add ${hostIf} mtu ${spec.mtu} address ${HOST_VETH_MAC} type veth ` +
+      `peer name ${peerIf} mtu ${spec.mtu}${mac ? ` address ${mac}` : ''}`,
+    // Before `up`, so the kernel never generates an address of its own next to ours.
+    `link set dev ${hostIf} addrgenmode none`,
+    // Up before the routes: IPv4 refuses a route through an admin-down device.
+    `link set dev ${hostIf} up`,
+    ...v4.map((a) => `route add ${a.cidr} dev ${hostIf} scope link`),
+  ];
+  const v6Lines = v6.length === 0 ? [] : [
+    `addr add ${HOST_LINK_LOCAL_V6}/64 dev ${hostIf} nodad`,
+    ...v6.map((a) => `route add ${a.cidr} dev ${hostIf}`),
+  ];
+  const sysctls: Array<[string, string]> = [
+    [`net/ipv4/conf/${hostIf}/proxy_arp`, '1'],
+    // Without this the kernel delays proxy ARP replies to broadcast requests by up to 0.8 s.
+    [`net/ipv4/neigh/${hostIf}/proxy_delay`, '0'],
+  ];
+  if (v6.length > 0) {
+    sysctls.push(
+      [`net/ipv6/conf/${hostIf}/disable_ipv6`, '0'],
+      // The host end is a router port: never autoconfigure from what a container announces.
+      [`net/ipv6/conf/${hostIf}/accept_ra`, '0'],
+      [`net/ipv6/conf/${hostIf}/proxy_ndp`, '1'],
+    );
+  }
+
+  // New devices copy `default` devconf. If IPv6 is enabled there, the whole ip part fits in one
+  // batch; otherwise the IPv6 address must wait for disable_ipv6=0 on the new device.
+  let oneBatch = v6Lines.length === 0;
+  if (!oneBatch && netns === undefined) {
+    const dflt = await readSysctlFile('net/ipv6/conf/default/disable_ipv6');
+    if (dflt === undefined) {
+      throw new DataplaneError(`create ${what}: IPv6 is not available on this host (no /proc/sys/net/ipv6)`);
+    }
+    oneBatch = dflt === '0';
+  }
+
+  const undo: Undo[] = [];
+  try {
+    await ipBatch(oneBatch ? [...linkLines, ...v6Lines] : linkLines, netns, `create ${what}`, {
+      hostIf,
+      peerIf,
+      undo,
+    });
+    await writeSysctls(sysctls, netns, `configure ${what}`);
+    if (!oneBatch) {
+      await ipBatch(v6Lines, netns, `configure IPv6 on ${what}`, { hostIf, peerIf, undo });
+    }
+  } catch (err) {
+    throw await rollback(err, undo);
+  }
+  return { hostIf, peerIf, ...(v6.length > 0 ? { gatewayIPv6: HOST_LINK_LOCAL_V6 } : {}) };
+}
+
+function uniqueAddresses(values: readonly string[], family: 4 | 6): HostAddress[] {
+  if (!Array.isArray(values)) {
+    throw new InvalidRequestError(`IPv${family} addresses must be a list`);
+  }
+  const seen = new Set<string>();
+  return values.map((v) => {
+    const a = parseHostAddress(v, family);
+    if (seen.has(a.cidr)) throw new InvalidRequestError(`address ${a.address} is listed twice`);
+    seen.add(a.cidr);
+    return a;
+  });
+}
+
+async function rollback(err: unknown, undo: Undo[]): Promise<Error> {
+  const failures: string[] = [];
+  for (const step of undo.reverse()) {
+    try {
+      await step.fn();
+    } catch (undoErr) {
+      failures.push(`${step.what}: ${errorMessage(undoErr)}`);
+    }
+  }
+  if (failures.length === 0) return err instanceof Error ? err : new DataplaneError(errorMessage(err));
+  return new DataplaneError(
+    `${errorMessage(err)} (rollback also failed: ${failures.join('; ')})`,
+    { cause: err },
+  );
+}
+
+/**
+ * Run lines through `ip -batch -`. `ip` stops at the first failing line and reports
+ * "Command failed -:N"; lines before N took effect. If the batch created the veth (line 1 is
+ * `link add` and it did not fail), a delete of the host end goes on the undo list. Deleting the host
+ * end deletes the peer and every route through it.
+ */
+async function ipBatch(
+  lines: string[],
+  netns: string | undefined,
+  op: string,
+  ctx: { hostIf: string; peerIf: string; undo: Undo[] },
+): Promise<void> {
+  const createsLink = lines[0]?.startsWith('link add ') ?? false;
+  const deleteLink: Undo = {
+    what: `delete ${ctx.hostIf}`,
+    fn: () => removeEndpointVeth(ctx.hostIf, netns === undefined ? {} : { netns }),
+  };
+  try {
+    await runWithInput(IP, [...nsArgs(netns), '-batch', '-'], lines.join('\n') + '\n', op);
+  } catch (err) {
+    if (!(err instanceof CommandError)) throw err;
+    const m = /Command failed -:(\d+)/.exec(err.stderr);
+    const failedLine = m?.[1] === undefined ? undefined : Number(m[1]);
+    if (createsLink) {
+      if (failedLine === undefined) {
+        // Killed or crashed: find out whether the pair we asked for exists.
+        if (await isOurVeth(ctx.hostIf, ctx.peerIf, netns)) ctx.undo.push(deleteLink);
+      } else if (failedLine > 1) {
+        ctx.undo.push(deleteLink);
+      }
+    }
+    const line = failedLine === undefined ? undefined : lines[failedLine - 1];
+    const detail = err.stderr.replace(/\n?Command failed -:\d+\s*$/, '').trim() || err.message;
+    throw new DataplaneError(line ? `${op}: ${line}: ${detail}` : `${op}: ${detail}`, { cause: err });
+  }
+  if (createsLink) ctx.undo.push(deleteLink);
+}
+
+/** A veth named hostIf whose peer (in the same namespace) is peerIf, with our MAC. */
+async function isOurVeth(hostIf: string, peerIf: string, netns: string | undefined): Promise<boolean> {
+  const links = await showLink(hostIf, netns, true);
+  const l = links?.[0];
+  return l !== undefined && l.link === peerIf && l.address === HOST_VETH_MAC && l.linkinfo?.info_kind === 'veth';
+}
+
+/** A link as `ip -j -d link show` reports it (the fields used here). */
+export interface LinkInfo {
+  ifname: string;
+  ifindex: number;
+  link?: string;
+  address?: string;
+  mtu?: number;
+  flags?: string[];
+  operstate?: string;
+  linkinfo?: { info_kind?: string };
+}
+
+async function showLink(name: string, netns: string | undefined, details = false): Promise<LinkInfo[] | undefined> {
+  try {
+    const { stdout } = await run(
+      IP,
+      [...nsArgs(netns), '-j', ...(details ? ['-d'] : []), 'link', 'show', 'dev', name],
+      `show link ${name}`,
+    );
+    return parseJson<LinkInfo[]>(stdout, `show link ${name}`);
+  } catch (err) {
+    if (err instanceof CommandError && /^Device ".*" does not exist\.?$/m.test(err.stderr)) return undefined;
+    throw err;
+  }
+}
+
+/** Link state as `ip -j link show` reports it, or undefined if there is no such link. */
+export async function linkInfo(name: string, opts: NetnsOption = {}): Promise<LinkInfo | undefined> {
+  assertIfName(name);
+  const links = await showLink(name, checkedNetns(opts), true);
+  return links?.[0];
+}
+
+export async function linkExists(name: string, opts: NetnsOption = {}): Promise<boolean> {
+  return (await linkInfo(name, opts)) !== undefined;
+}
+
+/**
+ * Delete the host end (and with it the peer and the routes). Idempotent: a link that is already
+ * gone (the container's namespace was destroyed, or a repeated Leave) is success. Returns whether
+ * this call deleted it. Only the kernel's "Cannot find device" is swallowed.
+ */
+export async function removeEndpointVeth(hostIf: string, opts: NetnsOption = {}): Promise<boolean> {
+  assertIfName(hostIf, 'host interface name');
+  const netns = checkedNetns(opts);
+  try {
+    await run(IP, [...nsArgs(netns), 'link', 'del', 'dev', hostIf], `delete veth ${hostIf}`);
+    return true;
+  } catch (err) {
+    if (err instanceof CommandError && /^Cannot find device "/m.test(err.stderr)) return false;
+    throw err;
+  }
+}
+
+export interface RouteInfo {
+  family: 4 | 6;
+  /** As ip prints it: host routes without a prefix, `default`, or a CIDR. */
+  dst: string;
+  scope?: string;
+  protocol?: string;
+  gateway?: string;
+  flags?: string[];
+}
+
+/** Routes in the main table through `hostIf`, both families. A missing device has no routes. */
+export async function routesFor(hostIf: string, opts: NetnsOption = {}): Promise<RouteInfo[]> {
+  assertIfName(hostIf, 'interface name');
+  const netns = checkedNetns(opts);
+  const out: RouteInfo[] = [];
+  for (const family of [4, 6] as const) {
+    let stdout: string;
+    try {
+      ({ stdout } = await run(
+        IP,
+        [...nsArgs(netns), '-j', `-${family}`, 'route', 'show', 'dev', hostIf],
+        `list IPv${family} routes of ${hostIf}`,
+      ));
+    } catch (err) {
+      if (err instanceof CommandError && /^Cannot find device "/m.test(err.stderr)) return [];
+      throw err;
+    }
+    const routes = stdout.trim() === '' ? [] : parseJson<Array<Omit<RouteInfo, 'family'>>>(stdout, 'list routes');
+    for (const r of routes) out.push({ family, ...r });
+  }
+  return out;
+}
+
+/**
+ * The host end's IPv6 link-local address (the container's IPv6 gateway). createEndpointVeth
+ * assigns HOST_LINK_LOCAL_V6 without DAD, so this normally answers at once; it polls briefly for
+ * links configured by other means, skipping tentative addresses.
+ */
+export async function hostLinkLocal(
+  hostIf: string,
+  opts: NetnsOption & { timeoutMs?: number } = {},
+): Promise<string> {
+  assertIfName(hostIf, 'interface name');
+  const netns = checkedNetns(opts);
+  const deadline = Date.now() + (opts.timeoutMs ?? DEFAULT_LINK_LOCAL_WAIT_MS);
+  for (;;) {
+    const { stdout } = await run(
+      IP,
+      [...nsArgs(netns), '-j', '-6', 'addr', 'show', 'dev', hostIf, 'scope', 'link'],
+      `show IPv6 link-local address of ${hostIf}`,
+    );
+    const ifs = parseJson<Array<{ addr_info?: Array<{ family?: string; local?: string; tentative?: boolean; dadfailed?: boolean }> }>>(
+      stdout,
+      'show addresses',
+    );
+    const ready = ifs
+      .flatMap((i) => i.addr_info ?? [])
+      .find((a) => a.family === 'inet6' && a.local?.toLowerCase().startsWith('fe80:') && !a.tentative && !a.dadfailed);
+    if (ready?.local) return ready.local;
+    if (Date.now() >= deadline) {
+      throw new DataplaneError(`${hostIf} has no usable IPv6 link-local address (is IPv6 disabled on it?)`);
+    }
+    await sleep(LINK_LOCAL_POLL_MS);
+  }
+}
+
+/**
+ * Turn on IPv4 (and optionally IPv6) forwarding. Idempotent: reads first and writes only what is
+ * off. Returns the keys it changed.
+ */
+export async function ensureHostForwarding(
+  want: { ipv6: boolean },
+  opts: NetnsOption = {},
+): Promise<string[]> {
+  const netns = checkedNetns(opts);
+  const keys = ['net/ipv4/ip_forward', ...(want.ipv6 ? ['net/ipv6/conf/all/forwarding'] : [])];
+  const current = await readSysctls(keys, netns, 'read forwarding settings');
+  const toWrite = keys.filter((k, i) => current[i] !== '1');
+  if (toWrite.length > 0) {
+    await writeSysctls(toWrite.map((k) => [k, '1']), netns, 'enable forwarding');
+  }
+  return toWrite.map((k) => k.replaceAll('/', '.'));
+}
+
+// --- helpers ---------------------------------------------------------------------------------
+
+function checkedNetns(opts: NetnsOption): string | undefined {
+  return opts.netns === undefined ? undefined : assertNetnsName(opts.netns);
+}
+
+function nsArgs(netns: string | undefined): string[] {
+  return netns === undefined ? [] : ['-n', netns];
+}
+
+function parseJson<T>(text: string, op: string): T {
+  try {
+    return JSON.parse(text) as T;
+  } catch (err) {
+    throw new DataplaneError(`${op}: unexpected output from ip: ${errorMessage(err)}`, { cause: err });
+  }
+}
+
+/** Keys use '/' separators: interface names may contain '.', which sysctl's dotted form would
+ * split. Keys are built only from validated names. */
+async function readSysctlFile(key: string): Promise<string | undefined> {
+  try {
+    return (await readFile(`${PROC_SYS}/${key}`, 'utf8')).trim();
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw new DataplaneError(`read ${key.replaceAll('/', '.')}: ${errorMessage(err)}`, { cause: err });
+  }
+}
+
+async function readSysctls(keys: string[], netns: string | undefined, op: string): Promise<Array<string | undefined>> {
+  if (netns === undefined) return Promise.all(keys.map(readSysctlFile));
+  const { stdout } = await run(IP, ['netns', 'exec', netns, SYSCTL, '-n', ...keys], op);
+  const values = stdout.split('\n').map((s) => s.trim());
+  return keys.map((_, i) => values[i]);
+}
+
+async function writeSysctls(entries: Array<[string, string]>, netns: string | undefined, op: string): Promise<void> {
+  if (netns !== undefined) {
+    await run(IP, ['netns', 'exec', netns, SYSCTL, '-q', '-w', ...entries.map(([k, v]) => `${k}=${v}`)], op);
+    return;
+  }
+  for (const [key, value] of entries) {
+    try {
+      await writeFile(`${PROC_SYS}/${key}`, value);
+    } catch (err) {
+      throw new DataplaneError(`${op}: set ${key.replaceAll('/', '.')}=${value}: ${errorMessage(err)}`, { cause: err });
+    }
+  }
+}

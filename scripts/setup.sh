@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Install what the project and its tests need on a fresh Debian 12 machine (run as root), then the
+# npm dependencies. Idempotent: packages already installed are not fetched again, and `npm ci` runs
+# only when node_modules is missing or older than package-lock.json.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# docker.io: dockerd/containerd/runc for e2e tests (an isolated dockerd per suite)
+# etcd-server: the etcd datastore backend and its tests
+# iptables, ipset, conntrack: FORWARD accept chain and the policy engine
+# iproute2: veths, routes, namespaces (ip -json, ip -batch)
+# procps: sysctl (`ip netns exec NS sysctl` in tests)
+# busybox-static: ping/ping6 in namespace tests, and the rootfs of the e2e test image
+# netcat-openbsd: `nc -U` health checks on the plugin socket
+# ca-certificates, tar, util-linux (mount/umount): base tools the harnesses use
+PACKAGES=(
+  docker.io etcd-server iptables ipset conntrack iproute2 procps busybox-static netcat-openbsd
+  ca-certificates tar util-linux
+)
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "setup.sh: run as root (it installs Debian packages)" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if [[ $(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true) != installed ]]; then
+    missing+=("$p")
+  fi
+done
+if ((${#missing[@]} > 0)); then
+  echo "setup.sh: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  echo "setup.sh: node (>= 20.19) and npm are required" >&2
+  exit 1
+fi
+
+if [[ ! -d node_modules || package-lock.json -nt node_modules/.package-lock.json ]]; then
+  echo "setup.sh: npm ci"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+echo "setup.sh: done"

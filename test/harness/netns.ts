@@ -1,0 +1,107 @@
+// Throwaway network namespaces for tests. Names are unique per run (pid + random suffix) so
+// concurrent runs never collide. A registry deletes everything it created at teardown, and a
+// process 'exit' hook deletes whatever is still left if a test process ends without teardown.
+
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { run, type ExecOptions, type ExecResult } from '../../dataplane/exec.js';
+import { assertNetnsName } from '../../dataplane/names.js';
+
+const live = new Set<string>();
+let exitHookInstalled = false;
+
+function installExitHook(): void {
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  process.on('exit', () => {
+    for (const ns of live) {
+      try {
+        execFileSync('ip', ['netns', 'del', ns], { stdio: 'ignore' });
+      } catch {
+        // Last resort only; nothing more to do.
+      }
+    }
+  });
+}
+
+/** A unique name: `<prefix>-<pid>-<6 hex>`. */
+export function uniqueName(prefix: string): string {
+  return assertNetnsName(`${prefix}-${process.pid}-${randomBytes(3).toString('hex')}`);
+}
+
+/** Create a namespace with `lo` up. */
+export async function createNetns(prefix = 'ctest'): Promise<string> {
+  installExitHook();
+  const name = uniqueName(prefix);
+  await run('ip', ['netns', 'add', name], `create netns ${name}`);
+  live.add(name);
+  try {
+    await run('ip', ['-n', name, 'link', 'set', 'dev', 'lo', 'up'], `bring up lo in ${name}`);
+  } catch (err) {
+    await deleteNetns(name);
+    throw err;
+  }
+  return name;
+}
+
+/** Delete a namespace; success if it is already gone. */
+export async function deleteNetns(name: string): Promise<void> {
+  assertNetnsName(name);
+  try {
+    await run('ip', ['netns', 'del', name], `delete netns ${name}`);
+  } catch (err) {
+    const stderr = (err as { stderr?: string }).stderr ?? '';
+    if (!/No such file or directory/.test(stderr)) throw err;
+  }
+  live.delete(name);
+}
+
+/** Run `file args...` inside the namespace (`ip netns exec`). */
+export function execInNetns(
+  name: string,
+  file: string,
+  args: readonly string[],
+  options: ExecOptions = {},
+): Promise<ExecResult> {
+  assertNetnsName(name);
+  return run('ip', ['netns', 'exec', name, file, ...args], `${file} in netns ${name}`, options);
+}
+
+/** `ip -n <ns> args...` */
+export function ipIn(name: string, args: readonly string[], options: ExecOptions = {}): Promise<ExecResult> {
+  assertNetnsName(name);
+  return run('ip', ['-n', name, ...args], `ip ${args.join(' ')} in netns ${name}`, options);
+}
+
+/** Namespaces created through one registry, deleted together. */
+export class NetnsRegistry {
+  private readonly names: string[] = [];
+
+  async create(prefix = 'ctest'): Promise<string> {
+    const name = await createNetns(prefix);
+    this.names.push(name);
+    return name;
+  }
+
+  /** Delete all, collecting failures so one stuck namespace does not leave the rest. */
+  async deleteAll(): Promise<void> {
+    const errors: unknown[] = [];
+    while (this.names.length > 0) {
+      const name = this.names.pop();
+      if (name === undefined) break;
+      try {
+        await deleteNetns(name);
+      } catch (err) {
+        errors.push(err);
+      }
+    }
+    if (errors.length > 0) throw new AggregateError(errors, 'failed to delete test namespaces');
+  }
+}
+
+/** A registry whose namespaces are deleted when the test ends, passed or failed (ava's teardown). */
+export function netnsRegistry(t: { teardown(fn: () => Promise<void> | void): void }): NetnsRegistry {
+  const reg = new NetnsRegistry();
+  t.teardown(() => reg.deleteAll());
+  return reg;
+}

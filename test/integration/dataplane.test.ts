@@ -1,0 +1,395 @@
+// The endpoint dataplane against the real kernel, inside throwaway namespaces: a "host" namespace
+// H (with an uplink veth carrying its default route, as eth0 would) and "container" namespaces
+// configured the way Docker configures them after Join.
+
+import test from 'ava';
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { DataplaneError, InvalidRequestError } from '../../lib/errors.js';
+import { spawnCount } from '../../dataplane/exec.js';
+import {
+  assertIfName,
+  hostVethName,
+  isValidEndpointId,
+  isValidIfName,
+  parseHostAddress,
+  tempPeerName,
+} from '../../dataplane/names.js';
+import {
+  CONTAINER_GATEWAY_V4,
+  createEndpointVeth,
+  ensureHostForwarding,
+  HOST_LINK_LOCAL_V6,
+  HOST_VETH_MAC,
+  hostLinkLocal,
+  linkExists,
+  linkInfo,
+  removeEndpointVeth,
+  routesFor,
+} from '../../dataplane/veth.js';
+import {
+  ensureForwardAccept,
+  inspectForwardAccept,
+  removeForwardAccept,
+} from '../../dataplane/iptables-forward.js';
+import { execInNetns, ipIn, netnsRegistry, type NetnsRegistry } from '../harness/netns.js';
+
+const BUSYBOX = '/bin/busybox';
+const MTU = 1400;
+const H_V4 = '10.64.0.1';
+const H_V6 = 'fd64::1';
+
+function endpointId(): string {
+  return randomBytes(32).toString('hex');
+}
+
+/** H: lo up with H_V4/H_V6, an uplink veth pair with the default routes (proxy ARP answers only
+ * for targets routed out of another interface), forwarding on. */
+async function makeHost(reg: NetnsRegistry): Promise<string> {
+  const h = await reg.create('cth');
+  await ipIn(h, ['link', 'add', 'upl0', 'type', 'veth', 'peer', 'name', 'upl1']);
+  await ipIn(h, ['link', 'set', 'dev', 'upl0', 'up']);
+  await ipIn(h, ['link', 'set', 'dev', 'upl1', 'up']);
+  await ipIn(h, ['addr', 'add', `${H_V4}/32`, 'dev', 'lo']);
+  await ipIn(h, ['-6', 'addr', 'add', `${H_V6}/128`, 'dev', 'lo', 'nodad']);
+  await ipIn(h, ['route', 'add', 'default', 'dev', 'upl0']);
+  await ipIn(h, ['-6', 'route', 'add', 'default', 'dev', 'upl0']);
+  await ensureHostForwarding({ ipv6: true }, { netns: h });
+  return h;
+}
+
+interface Container {
+  ns: string;
+  id: string;
+  hostIf: string;
+  v4?: string;
+  v6?: string;
+  gatewayIPv6?: string;
+}
+
+/** createEndpointVeth in H, then what Docker does: move the peer into C as eth0 and configure it. */
+async function attach(reg: NetnsRegistry, h: string, addrs: { v4?: string; v6?: string }): Promise<Container> {
+  const id = endpointId();
+  const hostIf = hostVethName('cali', id);
+  const peerIf = tempPeerName(id);
+  const res = await createEndpointVeth(
+    {
+      hostIf,
+      peerIf,
+      mtu: MTU,
+      ...(addrs.v4 ? { ipv4: [`${addrs.v4}/32`] } : {}),
+      ...(addrs.v6 ? { ipv6: [addrs.v6] } : {}),
+    },
+    { netns: h },
+  );
+  const c = await reg.create('ctc');
+  await ipIn(h, ['link', 'set', 'dev', peerIf, 'netns', c, 'name', 'eth0']);
+  await ipIn(c, ['link', 'set', 'dev', 'eth0', 'up']);
+  if (addrs.v4) {
+    await ipIn(c, ['addr', 'add', `${addrs.v4}/32`, 'dev', 'eth0']);
+    await ipIn(c, ['route', 'add', CONTAINER_GATEWAY_V4, 'dev', 'eth0', 'scope', 'link']);
+    await ipIn(c, ['route', 'add', 'default', 'via', CONTAINER_GATEWAY_V4, 'dev', 'eth0']);
+  }
+  if (addrs.v6 && res.gatewayIPv6) {
+    await ipIn(c, ['-6', 'addr', 'add', `${addrs.v6}/128`, 'dev', 'eth0', 'nodad']);
+    await ipIn(c, ['-6', 'route', 'add', 'default', 'via', res.gatewayIPv6, 'dev', 'eth0']);
+  }
+  return { ns: c, id, hostIf, ...addrs, ...(res.gatewayIPv6 ? { gatewayIPv6: res.gatewayIPv6 } : {}) };
+}
+
+/** One echo, a few tries (a first packet can race neighbour setup); resolves to success. */
+async function ping(ns: string, target: string): Promise<boolean> {
+  const applet = target.includes(':') ? 'ping6' : 'ping';
+  for (let i = 0; i < 3; i++) {
+    try {
+      await execInNetns(ns, BUSYBOX, [applet, '-c', '1', '-W', '2', target], { timeoutMs: 10_000 });
+      return true;
+    } catch {
+      // try again
+    }
+  }
+  return false;
+}
+
+async function sysctl(ns: string, key: string): Promise<string> {
+  return (await execInNetns(ns, 'sysctl', ['-n', key])).stdout.trim();
+}
+
+async function allRouteDsts(ns: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const fam of ['-4', '-6']) {
+    const { stdout } = await ipIn(ns, ['-j', fam, 'route', 'show', 'table', 'all']);
+    for (const r of JSON.parse(stdout) as Array<{ dst: string }>) out.push(r.dst);
+  }
+  return out;
+}
+
+test.before(() => {
+  if (!existsSync(BUSYBOX)) throw new Error(`${BUSYBOX} missing: install busybox-static`);
+});
+
+test('names: host and temporary peer names, validators', (t) => {
+  const id = 'ABCDEF0123456789abcdef';
+  t.is(hostVethName('cali', id), 'caliabcdef01234');
+  t.is(tempPeerName(id), 'tmpabcdef01234');
+  t.not(hostVethName('cali', id), tempPeerName(id));
+  t.throws(() => hostVethName('cali', 'xyz'), { instanceOf: InvalidRequestError });
+  t.throws(() => hostVethName('toolong', id), { instanceOf: InvalidRequestError });
+  t.false(isValidEndpointId('abc'));
+  t.false(isValidEndpointId('0123456789ag'));
+  t.true(isValidEndpointId('0123456789ab'));
+  for (const bad of ['', '.', '..', 'a/b', 'a b', 'x'.repeat(16), 'eth0;rm', 'a\nb']) {
+    t.false(isValidIfName(bad), bad);
+  }
+  for (const good of ['eth0', 'a.b', 'cali-1_2', 'x'.repeat(15)]) t.is(assertIfName(good), good);
+  t.deepEqual(parseHostAddress('10.0.0.5/32'), { family: 4, address: '10.0.0.5', cidr: '10.0.0.5/32' });
+  t.deepEqual(parseHostAddress('fd00::5'), { family: 6, address: 'fd00::5', cidr: 'fd00::5/128' });
+  for (const bad of ['10.0.0.5/24', '10.0.0.256', 'fe80::1%eth0', 'fd00::5/64', '10.0.0.5 dev lo', '']) {
+    t.throws(() => parseHostAddress(bad), { instanceOf: InvalidRequestError }, bad);
+  }
+  t.throws(() => parseHostAddress('fd00::1', 4), { instanceOf: InvalidRequestError });
+});
+
+test('IPv4 endpoint: link, MTU, sysctls, /32 route; container reaches the host', async (t) => {
+  const reg = netnsRegistry(t);
+  const h = await makeHost(reg);
+  const c = await attach(reg, h, { v4: '10.65.0.2' });
+
+  const link = await linkInfo(c.hostIf, { netns: h });
+  t.truthy(link);
+  t.true(link?.flags?.includes('UP'));
+  t.is(link?.mtu, MTU);
+  t.is(link?.address, HOST_VETH_MAC);
+  const { stdout } = await ipIn(c.ns, ['-j', 'link', 'show', 'dev', 'eth0']);
+  t.is((JSON.parse(stdout) as Array<{ mtu: number }>)[0]?.mtu, MTU);
+
+  t.is(await sysctl(h, `net/ipv4/conf/${c.hostIf}/proxy_arp`), '1');
+  t.is(await sysctl(h, `net/ipv4/neigh/${c.hostIf}/proxy_delay`), '0');
+  const routes = await routesFor(c.hostIf, { netns: h });
+  t.deepEqual(
+    routes.filter((r) => r.family === 4).map((r) => ({ dst: r.dst, scope: r.scope })),
+    [{ dst: '10.65.0.2', scope: 'link' }],
+  );
+  t.true(await ping(c.ns, H_V4), `ping ${H_V4} from the container`);
+});
+
+test('two IPv4 containers on one host reach each other', async (t) => {
+  const reg = netnsRegistry(t);
+  const h = await makeHost(reg);
+  const c1 = await attach(reg, h, { v4: '10.65.0.11' });
+  const c2 = await attach(reg, h, { v4: '10.65.0.12' });
+  t.true(await ping(c1.ns, '10.65.0.12'));
+  t.true(await ping(c2.ns, '10.65.0.11'));
+});
+
+test('IPv6: /128 route, proxy_ndp, gateway is the host end link-local; ping6 across', async (t) => {
+  const reg = netnsRegistry(t);
+  const h = await makeHost(reg);
+  const c1 = await attach(reg, h, { v4: '10.65.0.21', v6: 'fd65::21' });
+  const c2 = await attach(reg, h, { v6: 'fd65::22' });
+
+  t.is(c1.gatewayIPv6, HOST_LINK_LOCAL_V6);
+  t.is(await hostLinkLocal(c1.hostIf, { netns: h }), HOST_LINK_LOCAL_V6);
+  t.is(await sysctl(h, `net/ipv6/conf/${c1.hostIf}/proxy_ndp`), '1');
+  t.is(await sysctl(h, `net/ipv6/conf/${c1.hostIf}/accept_ra`), '0');
+  t.is(await sysctl(h, `net/ipv6/conf/${c1.hostIf}/disable_ipv6`), '0');
+  const v6 = (await routesFor(c1.hostIf, { netns: h })).filter((r) => r.family === 6).map((r) => r.dst);
+  t.true(v6.includes('fd65::21'), JSON.stringify(v6));
+  // Exactly one link-local on the host end: ours, not a kernel-generated second one.
+  const { stdout } = await ipIn(h, ['-j', '-6', 'addr', 'show', 'dev', c1.hostIf]);
+  const addrs = (JSON.parse(stdout) as Array<{ addr_info: Array<{ local: string }> }>).flatMap((i) => i.addr_info.map((a) => a.local));
+  t.deepEqual(addrs, [HOST_LINK_LOCAL_V6]);
+
+  t.true(await ping(c1.ns, H_V6), 'ping6 host');
+  t.true(await ping(c1.ns, 'fd65::22'), 'ping6 c1 -> c2');
+  t.true(await ping(c2.ns, 'fd65::21'), 'ping6 c2 -> c1');
+  t.true(await ping(c1.ns, H_V4), 'dual-stack container still reaches the host over IPv4');
+});
+
+test('removeEndpointVeth deletes the pair and its routes, and is idempotent', async (t) => {
+  const reg = netnsRegistry(t);
+  const h = await makeHost(reg);
+  const c = await attach(reg, h, { v4: '10.65.0.31', v6: 'fd65::31' });
+  t.true(await linkExists(c.hostIf, { netns: h }));
+
+  t.true(await removeEndpointVeth(c.hostIf, { netns: h }));
+  t.false(await linkExists(c.hostIf, { netns: h }));
+  t.deepEqual(await routesFor(c.hostIf, { netns: h }), []);
+  const dsts = await allRouteDsts(h);
+  t.false(dsts.includes('10.65.0.31'));
+  t.false(dsts.includes('fd65::31'));
+  // The container end went with it.
+  await t.throwsAsync(ipIn(c.ns, ['link', 'show', 'dev', 'eth0']));
+
+  t.false(await removeEndpointVeth(c.hostIf, { netns: h }));
+  // Only "Cannot find device" is swallowed: a missing namespace is still an error.
+  await t.throwsAsync(removeEndpointVeth(c.hostIf, { netns: `nonexistent-${process.pid}` }), {
+    instanceOf: DataplaneError,
+  });
+});
+
+test('createEndpointVeth rolls back: existing name, route conflict, bad input', async (t) => {
+  const reg = netnsRegistry(t);
+  const h = await makeHost(reg);
+  const before = async () => ({
+    links: (JSON.parse((await ipIn(h, ['-j', 'link', 'show'])).stdout) as Array<{ ifname: string }>)
+      .map((l) => l.ifname)
+      .sort(),
+    // Only the test's own prefixes: link-local addresses of the uplink appear asynchronously.
+    routes: (await allRouteDsts(h)).filter((d) => /^(10\.65\.|fd65:)/.test(d)).sort(),
+  });
+
+  // 1. Host name already taken: fails on `link add`, the existing link is left alone.
+  const id1 = endpointId();
+  const host1 = hostVethName('cali', id1);
+  await ipIn(h, ['link', 'add', host1, 'type', 'veth', 'peer', 'name', 'keep1']);
+  const s1 = await before();
+  const e1 = await t.throwsAsync(
+    createEndpointVeth({ hostIf: host1, peerIf: tempPeerName(id1), mtu: MTU, ipv4: ['10.65.0.41'] }, { netns: h }),
+    { instanceOf: DataplaneError },
+  );
+  t.regex(e1?.message ?? '', new RegExp(`link add ${host1}.*File exists`));
+  t.true(await linkExists(host1, { netns: h }));
+  t.deepEqual(await before(), s1);
+
+  // 2. Route already present (the address is in use elsewhere): the new pair is deleted again.
+  await ipIn(h, ['route', 'add', '10.65.0.42/32', 'dev', 'upl0']);
+  const s2 = await before();
+  const id2 = endpointId();
+  const e2 = await t.throwsAsync(
+    createEndpointVeth(
+      { hostIf: hostVethName('cali', id2), peerIf: tempPeerName(id2), mtu: MTU, ipv4: ['10.65.0.43', '10.65.0.42'] },
+      { netns: h },
+    ),
+    { instanceOf: DataplaneError },
+  );
+  t.regex(e2?.message ?? '', /route add 10\.65\.0\.42\/32 .*File exists/);
+  t.deepEqual(await before(), s2);
+
+  // 3. Same for an IPv6 route conflict (second stage when IPv6 is configured separately).
+  await ipIn(h, ['-6', 'route', 'add', 'fd65::44/128', 'dev', 'upl0']);
+  const s3 = await before();
+  const id3 = endpointId();
+  await t.throwsAsync(
+    createEndpointVeth(
+      { hostIf: hostVethName('cali', id3), peerIf: tempPeerName(id3), mtu: MTU, ipv4: ['10.65.0.45'], ipv6: ['fd65::44'] },
+      { netns: h },
+    ),
+    { instanceOf: DataplaneError },
+  );
+  t.deepEqual(await before(), s3);
+
+  // 4. Invalid input never reaches the kernel.
+  const id4 = endpointId();
+  const base = { hostIf: hostVethName('cali', id4), peerIf: tempPeerName(id4), mtu: MTU };
+  for (const bad of [
+    { ...base, ipv4: ['10.65.0.46', '10.65.0.46/32'] },
+    { ...base, ipv4: ['10.65.0.300'] },
+    { ...base, ipv4: ['fd00::1'] },
+    { ...base, ipv6: ['10.65.0.46'] },
+    { ...base, mtu: 20 },
+    { ...base, mac: '01:00:5e:00:00:01' },
+    { ...base, hostIf: 'bad name' },
+    { ...base, peerIf: base.hostIf },
+  ]) {
+    await t.throwsAsync(createEndpointVeth(bad, { netns: h }), { instanceOf: InvalidRequestError }, JSON.stringify(bad));
+  }
+  t.deepEqual(await before(), s3);
+});
+
+test('host-namespace mode (run inside H): /proc/sys writes, one process per IPv4 endpoint', async (t) => {
+  // The code path without `netns` writes /proc/sys directly. Running it in a child process that
+  // lives in H tests that path without touching the real host.
+  const reg = netnsRegistry(t);
+  const h = await makeHost(reg);
+  const vethModule = path.join(__dirname, '../../dataplane/veth.js');
+  const execModule = path.join(__dirname, '../../dataplane/exec.js');
+  const code = `
+    const v = require(${JSON.stringify(vethModule)});
+    const e = require(${JSON.stringify(execModule)});
+    (async () => {
+      const spec = JSON.parse(process.argv[1]);
+      const s0 = e.spawnCount();
+      const r = await v.createEndpointVeth(spec);
+      process.stdout.write(JSON.stringify({ result: r, spawns: e.spawnCount() - s0 }));
+    })().catch((err) => { process.stderr.write(String(err && err.message)); process.exit(1); });`;
+  const runChild = async (spec: object) => {
+    const { stdout } = await execInNetns(h, process.execPath, ['-e', code, JSON.stringify(spec)]);
+    return JSON.parse(stdout) as { result: { hostIf: string; gatewayIPv6?: string }; spawns: number };
+  };
+
+  const id = endpointId();
+  const hostIf = hostVethName('cali', id);
+  const out = await runChild({ hostIf, peerIf: tempPeerName(id), mtu: MTU, ipv4: ['10.65.0.51'] });
+  t.is(out.spawns, 1);
+  t.is(await sysctl(h, `net/ipv4/conf/${hostIf}/proxy_arp`), '1');
+  t.is(await sysctl(h, `net/ipv4/neigh/${hostIf}/proxy_delay`), '0');
+  t.deepEqual((await routesFor(hostIf, { netns: h })).map((r) => r.dst), ['10.65.0.51']);
+
+  const id6 = endpointId();
+  const hostIf6 = hostVethName('cali', id6);
+  const out6 = await runChild({ hostIf: hostIf6, peerIf: tempPeerName(id6), mtu: MTU, ipv4: ['10.65.0.52'], ipv6: ['fd65::52'] });
+  t.true(out6.spawns <= 2);
+  t.is(out6.result.gatewayIPv6, HOST_LINK_LOCAL_V6);
+  t.is(await sysctl(h, `net/ipv6/conf/${hostIf6}/proxy_ndp`), '1');
+  t.is(await hostLinkLocal(hostIf6, { netns: h }), HOST_LINK_LOCAL_V6);
+});
+
+test('ensureHostForwarding reads before it writes', async (t) => {
+  const reg = netnsRegistry(t);
+  const h = await reg.create('ctf');
+  await execInNetns(h, 'sysctl', ['-q', '-w', 'net.ipv4.ip_forward=0', 'net.ipv6.conf.all.forwarding=0']);
+  t.deepEqual(await ensureHostForwarding({ ipv6: false }, { netns: h }), ['net.ipv4.ip_forward']);
+  t.is(await sysctl(h, 'net.ipv6.conf.all.forwarding'), '0');
+  t.deepEqual(await ensureHostForwarding({ ipv6: true }, { netns: h }), ['net.ipv6.conf.all.forwarding']);
+  t.deepEqual(await ensureHostForwarding({ ipv6: true }, { netns: h }), []);
+  t.is(await sysctl(h, 'net.ipv4.ip_forward'), '1');
+});
+
+test('iptables FORWARD accept chain: idempotent, exactly one jump at the top, removable', async (t) => {
+  const reg = netnsRegistry(t);
+  const h = await reg.create('cti');
+  const chain = `t-${randomBytes(4).toString('hex')}`;
+  const opts = { netns: h, chain, ifPrefix: 'cali' };
+  t.teardown(() => removeForwardAccept(opts));
+  // Something else already in FORWARD (as Docker would have), and a DROP policy.
+  for (const tool of ['iptables', 'ip6tables']) {
+    await execInNetns(h, tool, ['-w', '-A', 'FORWARD', '-i', 'upl0', '-j', 'DROP']);
+    await execInNetns(h, tool, ['-w', '-P', 'FORWARD', 'DROP']);
+  }
+
+  await ensureForwardAccept(opts);
+  await ensureForwardAccept(opts);
+  const check = async () => {
+    const states = await inspectForwardAccept(opts);
+    t.is(states.length, 2);
+    for (const s of states) {
+      t.true(s.chainExists);
+      t.deepEqual(s.jumpPositions, [0], `IPv${s.family}`);
+      t.deepEqual(s.chainRules, [`-A ${chain} -i cali+ -j ACCEPT`, `-A ${chain} -o cali+ -j ACCEPT`]);
+    }
+  };
+  await check();
+
+  // Heals a duplicated jump, a jump pushed down, and a tampered chain.
+  await execInNetns(h, 'iptables', ['-w', '-I', 'FORWARD', '1', '-j', 'ACCEPT']);
+  await execInNetns(h, 'iptables', ['-w', '-A', 'FORWARD', '-j', chain]);
+  await execInNetns(h, 'ip6tables', ['-w', '-F', chain]);
+  await ensureForwardAccept(opts);
+  await check();
+
+  await removeForwardAccept(opts);
+  for (const s of await inspectForwardAccept(opts)) {
+    t.false(s.chainExists);
+    t.deepEqual(s.jumpPositions, []);
+    t.deepEqual(s.chainRules, []);
+  }
+  const { stdout } = await execInNetns(h, 'iptables', ['-w', '-S', 'FORWARD']);
+  t.false(stdout.includes(chain));
+  await t.notThrowsAsync(removeForwardAccept(opts));
+});
+
+test('spawnCount is exported for hot-path checks', (t) => {
+  t.is(typeof spawnCount(), 'number');
+});
