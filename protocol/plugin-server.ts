@@ -65,7 +65,9 @@ export function buildApp(opts: PluginServerOptions): express.Express {
   app.disable('x-powered-by');
   app.disable('etag');
   const send = (res: Response, status: number, body: object): void => {
-    res.status(status).type(CONTENT_TYPE).send(JSON.stringify(body));
+    // Set by hand: express's send() would append '; charset=utf-8' to the plugin media type.
+    res.status(status).setHeader('Content-Type', CONTENT_TYPE);
+    res.end(JSON.stringify(body));
   };
   const fail = (req: Request, res: Response, err: unknown, decoded: boolean): void => {
     const wire = toWireError(err, opts.errorKey, decoded);

@@ -1,0 +1,91 @@
+// Wires the daemon together: datastore, IPAM, network driver, dataplane and the two plugin
+// sockets. Start-up order matters: the datastore and pools are ready before Docker can reach a
+// socket, and on shutdown the sockets stop first so no request meets a closed datastore.
+import { join } from 'node:path';
+import type { Config } from '../config/config';
+import { LinuxEndpointDataplane } from '../dataplane/linux-endpoint-dataplane';
+import { ensureForwardAccept } from '../dataplane/iptables-forward';
+import { ensureHostForwarding } from '../dataplane/veth';
+import type { Datastore } from '../datastore/datastore';
+import { Keys } from '../datastore/keys';
+import { openDatastore } from '../datastore/open-datastore';
+import { serveStore, storeSocketPath } from '../datastore/store-socket';
+import { DockerNetworkNames } from '../driver/docker-network-names';
+import { NetworkDriver } from '../driver/network-driver';
+import { Allocator } from '../ipam/allocator';
+import { IpamDriver } from '../ipam/ipam-driver';
+import { errorMessage } from '../lib/errors';
+import { logger } from '../lib/log';
+import { registerNode } from './register-node';
+import { ensureDefaultPools } from './default-pools';
+import { startPluginServer, type PluginServer } from '../protocol/plugin-server';
+import { HOST_IF_PREFIX } from '../dataplane/names';
+
+const log = logger('daemon');
+
+export interface Daemon {
+  readonly store: Datastore;
+  readonly sockets: { network: string; ipam: string };
+  close(): Promise<void>;
+}
+
+export interface DaemonOptions {
+  /** Plumb endpoints inside this `ip netns` namespace instead of the host's (contract tests). */
+  readonly netns?: string;
+}
+
+export async function startDaemon(config: Config, options: DaemonOptions = {}): Promise<Daemon> {
+  const ns = options.netns === undefined ? {} : { netns: options.netns };
+  const store = await openDatastore({ ...(config.etcd !== undefined && { etcd: config.etcd }), dataDir: config.dataDir, mode: 'daemon' });
+  const closers: (() => Promise<void>)[] = [() => store.close()];
+  const closeAll = async (): Promise<void> => {
+    for (const close of closers.reverse()) {
+      try {
+        await close();
+      } catch (err) {
+        log.error('shutdown step failed: %s', errorMessage(err));
+      }
+    }
+  };
+  try {
+    const keys = new Keys(config.datastorePrefix);
+    const allocator = new Allocator({ store, keys, node: config.nodeName });
+    await ensureDefaultPools(allocator, config);
+    await registerNode(store, keys, config);
+    await ensureHostForwarding({ ipv6: false }, ns);
+    await ensureForwardAccept({ ifPrefix: HOST_IF_PREFIX, chain: `${config.iptablesChainPrefix}-FORWARD`, ...ns });
+    if (config.etcd === undefined) {
+      const server = await serveStore(store, storeSocketPath(config.dataDir));
+      closers.push(() => server.close());
+    }
+    const driver = new NetworkDriver({
+      store,
+      keys,
+      allocator,
+      dataplane: new LinuxEndpointDataplane(ns),
+      names: new DockerNetworkNames(config.dockerSocket),
+      node: config.nodeName,
+      pluginName: config.networkDriverName,
+      ipamPluginName: config.ipamDriverName,
+      hostIfPrefix: HOST_IF_PREFIX,
+      containerIfPrefix: config.containerIfPrefix,
+      mtu: config.vethMtu,
+      createProfiles: config.createProfiles,
+    });
+    const ipam = new IpamDriver(allocator, config.nodeName, config.ipamDriverName);
+    const servers: PluginServer[] = [];
+    const sockets = {
+      network: join(config.pluginDir, `${config.networkDriverName}.sock`),
+      ipam: join(config.pluginDir, `${config.ipamDriverName}.sock`),
+    };
+    servers.push(await startPluginServer({ name: config.networkDriverName, socketPath: sockets.network, implements: ['NetworkDriver'], errorKey: 'Err', routes: driver.routes() }));
+    closers.push(() => servers[0]!.close());
+    servers.push(await startPluginServer({ name: config.ipamDriverName, socketPath: sockets.ipam, implements: ['IpamDriver'], errorKey: 'Error', routes: ipam.routes() }));
+    closers.push(() => servers[1]!.close());
+    log.info('serving %s and %s as node %s (%s datastore)', sockets.network, sockets.ipam, config.nodeName, config.etcd === undefined ? 'embedded' : 'etcd');
+    return { store, sockets, close: closeAll };
+  } catch (err) {
+    await closeAll();
+    throw err;
+  }
+}

@@ -1,0 +1,29 @@
+// What the network driver needs from the kernel, as an interface: the driver decides *what* an
+// endpoint looks like, the Linux adapter (dataplane/linux-endpoint-dataplane.ts) does it.
+
+export interface VethSpec {
+  readonly hostIf: string;
+  /** Container end's name while it is still in the host namespace; Docker renames it. */
+  readonly peerIf: string;
+  readonly mtu: number;
+  /** Bare container addresses; each gets a /32 or /128 route to hostIf. */
+  readonly ipv4: string[];
+  readonly ipv6: string[];
+}
+
+export interface AttachedVeth {
+  /** The host end's fe80:: address: the container's IPv6 gateway (set when ipv6 is non-empty). */
+  readonly ipv6Gateway?: string;
+}
+
+export interface EndpointDataplane {
+  /** Creates the veth and host routes. All-or-nothing: on failure nothing is left behind. */
+  attach(spec: VethSpec): Promise<AttachedVeth>;
+  /** Removes the veth (and with it its routes). Succeeds when it is already gone. */
+  detach(hostIf: string): Promise<void>;
+}
+
+/** Looks up Docker's name for a network (CreateNetwork carries only the ID). */
+export interface NetworkNameLookup {
+  networkName(networkId: string): Promise<string | undefined>;
+}

@@ -1,0 +1,267 @@
+// The NetworkDriver: records networks and endpoints in the datastore and plumbs each endpoint into
+// the host as a routed veth. Every multi-step operation keeps an undo list (lib/undo.ts) and
+// rolls back what it did when a later step fails.
+import type { Datastore } from '../datastore/datastore';
+import type { Keys } from '../datastore/keys';
+import { hostVethName, tempPeerName } from '../dataplane/names';
+import type { Allocator } from '../ipam/allocator';
+import { normalizeIp, parseCidr } from '../ipam/cidr';
+import { ConflictError, InvalidRequestError, NotFoundError } from '../lib/errors';
+import { logger } from '../lib/log';
+import { Undo } from '../lib/undo';
+import { parseStored, serialize } from '../model/codec';
+import { Endpoint } from '../model/endpoint';
+import { Network } from '../model/network';
+import { CREATED_BY_ANNOTATION, PROFILE_NAME, Profile, defaultProfile } from '../model/profile';
+import { GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE } from '../ipam/ipam-driver';
+import {
+  AllocateNetworkRequest,
+  CreateEndpointRequest,
+  CreateNetworkRequest,
+  DiscoveryRequest,
+  ENABLE_IPV6_OPTION,
+  EndpointRequest,
+  ExternalConnectivityRequest,
+  GENERIC_OPTIONS,
+  JoinRequest,
+  NetworkRequest,
+  PORT_MAP_OPTION,
+  PortMap,
+  type CapabilitiesResponse,
+  type EndpointOperInfoResponse,
+  type IPAMData,
+  type JoinResponse,
+  type StaticRoute,
+} from '../protocol/network-driver-api';
+import { route, type Route } from '../protocol/plugin-server';
+import { decode } from '../protocol/validate';
+import type { EndpointDataplane, NetworkNameLookup } from './endpoint-dataplane';
+
+const log = logger('driver');
+
+/** The container's IPv4 next hop: link-local, answered by proxy ARP on the host end. */
+export const IPV4_GATEWAY = '169.254.1.1';
+const SUPPORTED_NETWORK_OPTIONS: readonly string[] = [];
+
+export interface NetworkDriverOptions {
+  readonly store: Datastore;
+  readonly keys: Keys;
+  readonly allocator: Allocator;
+  readonly dataplane: EndpointDataplane;
+  readonly names: NetworkNameLookup;
+  readonly node: string;
+  readonly pluginName: string;
+  readonly ipamPluginName: string;
+  readonly hostIfPrefix: string;
+  readonly containerIfPrefix: string;
+  readonly mtu: number;
+  readonly createProfiles: boolean;
+}
+
+function bareAddress(cidrOrIp: string): string {
+  return cidrOrIp.replace(/\/\d+$/, '');
+}
+
+export class NetworkDriver {
+  constructor(private readonly o: NetworkDriverOptions) {}
+
+  getCapabilities(): CapabilitiesResponse {
+    return { Scope: 'local', ConnectivityScope: 'local' };
+  }
+
+  async createNetwork(req: CreateNetworkRequest): Promise<object> {
+    const ipamData = [...req.IPv4Data, ...req.IPv6Data];
+    this.checkIpam(ipamData);
+    const generic = req.Options[GENERIC_OPTIONS];
+    const options = typeof generic === 'object' && generic !== null ? (generic as Record<string, unknown>) : {};
+    const unsupported = Object.keys(options).filter((k) => !SUPPORTED_NETWORK_OPTIONS.includes(k));
+    if (unsupported.length > 0) {
+      throw new InvalidRequestError(`unsupported network option ${unsupported.map((k) => `'${k}'`).join(', ')}: ${this.o.pluginName} takes no -o options`);
+    }
+    if (req.Options[ENABLE_IPV6_OPTION] === true && req.IPv6Data.length === 0) {
+      throw new InvalidRequestError('--ipv6 was requested but Docker passed no IPv6 pool');
+    }
+    const network: Network = {
+      id: req.NetworkID,
+      ipv4Pools: req.IPv4Data.map((d) => d.Pool),
+      ipv6Pools: req.IPv6Data.map((d) => d.Pool),
+      profile: '',
+      profileCreated: false,
+      options,
+      createdBy: this.o.node,
+      createdAt: new Date().toISOString(),
+    };
+    const created = await this.o.store.create(this.o.keys.network(req.NetworkID), serialize(network));
+    if (created === undefined) log.debug('network %s already recorded', req.NetworkID);
+    return {};
+  }
+
+  private checkIpam(data: IPAMData[]): void {
+    for (const d of data) {
+      if (d.AddressSpace !== LOCAL_ADDRESS_SPACE && d.AddressSpace !== GLOBAL_ADDRESS_SPACE) {
+        throw new InvalidRequestError(
+          `${this.o.pluginName} networks need the ${this.o.ipamPluginName} IPAM driver: docker network create -d ${this.o.pluginName} --ipam-driver ${this.o.ipamPluginName} ...`,
+        );
+      }
+      parseCidr(d.Pool, 'IPAM pool');
+    }
+  }
+
+  async deleteNetwork(req: { NetworkID: string }): Promise<object> {
+    const key = this.o.keys.network(req.NetworkID);
+    const kv = await this.o.store.get(key);
+    if (kv === undefined) return {};
+    const network = parseStored(Network, kv);
+    await this.o.store.delete(key, kv.revision);
+    if (network.profileCreated && network.profile !== '') await this.deleteProfileIfUnused(network.profile);
+    return {};
+  }
+
+  private async deleteProfileIfUnused(name: string): Promise<void> {
+    const { items } = await this.o.store.list(this.o.keys.networksPrefix());
+    if (items.some((kv) => parseStored(Network, kv).profile === name)) return;
+    const kv = await this.o.store.get(this.o.keys.profile(name));
+    if (kv === undefined) return;
+    const profile = parseStored(Profile, kv);
+    // Only a profile we created; one an operator wrote for this name stays.
+    if (profile.metadata.annotations[CREATED_BY_ANNOTATION] === undefined) return;
+    await this.o.store.delete(kv.key, kv.revision);
+  }
+
+  private async getNetwork(networkId: string): Promise<{ network: Network; revision: string }> {
+    const kv = await this.o.store.get(this.o.keys.network(networkId));
+    if (kv === undefined) {
+      throw new NotFoundError(`network ${networkId.slice(0, 12)} is not known to ${this.o.pluginName}: create it with docker network create -d ${this.o.pluginName} --ipam-driver ${this.o.ipamPluginName}`);
+    }
+    return { network: parseStored(Network, kv), revision: kv.revision };
+  }
+
+  /** The network's profile, created with the defaults on first use. Docker stores the network
+   * (and so its name) only after CreateNetwork returns, which is why this runs at CreateEndpoint. */
+  private async ensureProfile(networkId: string): Promise<string[]> {
+    if (!this.o.createProfiles) return [];
+    const { network, revision } = await this.getNetwork(networkId);
+    if (network.profile !== '') return [network.profile];
+    const dockerName = await this.o.names.networkName(networkId);
+    const name = dockerName !== undefined && PROFILE_NAME.test(dockerName) ? dockerName : networkId;
+    const created = await this.o.store.create(this.o.keys.profile(name), serialize(defaultProfile(name, this.o.node)));
+    const updated: Network = { ...network, profile: name, profileCreated: created !== undefined, ...(dockerName !== undefined && { name: dockerName }) };
+    // A lost race means another CreateEndpoint recorded the same name first: nothing to do.
+    await this.o.store.update(this.o.keys.network(networkId), serialize(updated), revision);
+    return [name];
+  }
+
+  async createEndpoint(req: CreateEndpointRequest): Promise<object> {
+    const iface = req.Interface ?? { Address: '', AddressIPv6: '', MacAddress: '' };
+    if (iface.Address === '' && iface.AddressIPv6 === '') {
+      throw new InvalidRequestError(`endpoint ${req.EndpointID.slice(0, 12)} has no address: ${this.o.pluginName} networks need --ipam-driver ${this.o.ipamPluginName}`);
+    }
+    const ipv4 = iface.Address === '' ? [] : [`${normalizeIp(bareAddress(iface.Address), 'Interface.Address')}/32`];
+    const ipv6 = iface.AddressIPv6 === '' ? [] : [`${normalizeIp(bareAddress(iface.AddressIPv6), 'Interface.AddressIPv6')}/128`];
+    const profiles = await this.ensureProfile(req.NetworkID);
+    const endpoint: Endpoint = {
+      id: req.EndpointID,
+      networkId: req.NetworkID,
+      node: this.o.node,
+      hostInterface: hostVethName(this.o.hostIfPrefix, req.EndpointID),
+      ipv4,
+      ipv6,
+      mac: iface.MacAddress,
+      profiles,
+      labels: {},
+      createdAt: new Date().toISOString(),
+    };
+    const key = this.o.keys.endpoint(this.o.node, req.EndpointID);
+    const undo = new Undo();
+    try {
+      const created = await this.o.store.create(key, serialize(endpoint));
+      if (created === undefined) throw new ConflictError(`endpoint ${req.EndpointID.slice(0, 12)} already exists on ${this.o.node}`);
+      undo.push(() => this.o.store.delete(key, created.revision));
+      for (const cidr of [...ipv4, ...ipv6]) await this.o.allocator.setEndpoint(bareAddress(cidr), req.EndpointID);
+    } catch (err) {
+      await undo.run(log);
+      throw err;
+    }
+    return {};
+  }
+
+  private async getEndpoint(endpointId: string): Promise<Endpoint> {
+    const kv = await this.o.store.get(this.o.keys.endpoint(this.o.node, endpointId));
+    if (kv === undefined) throw new NotFoundError(`endpoint ${endpointId.slice(0, 12)} does not exist on ${this.o.node}`);
+    return parseStored(Endpoint, kv);
+  }
+
+  async endpointOperInfo(req: EndpointRequest): Promise<EndpointOperInfoResponse> {
+    const ep = await this.getEndpoint(req.EndpointID);
+    return { Value: { hostInterface: ep.hostInterface, ipv4: ep.ipv4, ipv6: ep.ipv6, profiles: ep.profiles, node: ep.node } };
+  }
+
+  async deleteEndpoint(req: EndpointRequest): Promise<object> {
+    // Leave normally removed the veth already; a crash between the two must not leak it.
+    await this.o.dataplane.detach(hostVethName(this.o.hostIfPrefix, req.EndpointID));
+    await this.o.store.delete(this.o.keys.endpoint(this.o.node, req.EndpointID));
+    return {};
+  }
+
+  async join(req: JoinRequest): Promise<JoinResponse> {
+    const ep = await this.getEndpoint(req.EndpointID);
+    const hostIf = hostVethName(this.o.hostIfPrefix, req.EndpointID);
+    const attached = await this.o.dataplane.attach({
+      hostIf,
+      peerIf: tempPeerName(req.EndpointID),
+      mtu: this.o.mtu,
+      ipv4: ep.ipv4.map(bareAddress),
+      ipv6: ep.ipv6.map(bareAddress),
+    });
+    const routes: StaticRoute[] = [];
+    const response: JoinResponse = {
+      InterfaceName: { SrcName: tempPeerName(req.EndpointID), DstPrefix: this.o.containerIfPrefix },
+      StaticRoutes: routes,
+      DisableGatewayService: true,
+    };
+    if (ep.ipv4.length > 0) {
+      response.Gateway = IPV4_GATEWAY;
+      routes.push({ Destination: `${IPV4_GATEWAY}/32`, RouteType: 1, NextHop: '' });
+    }
+    if (ep.ipv6.length > 0 && attached.ipv6Gateway !== undefined) {
+      response.GatewayIPv6 = attached.ipv6Gateway;
+      routes.push({ Destination: `${attached.ipv6Gateway}/128`, RouteType: 1, NextHop: '' });
+    }
+    return response;
+  }
+
+  async leave(req: EndpointRequest): Promise<object> {
+    await this.o.dataplane.detach(hostVethName(this.o.hostIfPrefix, req.EndpointID));
+    return {};
+  }
+
+  programExternalConnectivity(req: { Options: Record<string, unknown> }): object {
+    const published = decode(PortMap, req.Options[PORT_MAP_OPTION]).filter((p) => (p.HostPort ?? 0) !== 0);
+    if (published.length > 0) {
+      throw new InvalidRequestError(`publishing ports (-p) is not supported on ${this.o.pluginName} networks: containers are routed, reach them at their own IP address`);
+    }
+    return {};
+  }
+
+  routes(): Route[] {
+    const swarmOnly = (): never => {
+      throw new InvalidRequestError(`swarm-scoped networks are not supported by this version of ${this.o.pluginName}`);
+    };
+    return [
+      route('NetworkDriver.GetCapabilities', null, () => this.getCapabilities()),
+      route('NetworkDriver.CreateNetwork', CreateNetworkRequest, (r) => this.createNetwork(r)),
+      route('NetworkDriver.DeleteNetwork', NetworkRequest, (r) => this.deleteNetwork(r)),
+      route('NetworkDriver.AllocateNetwork', AllocateNetworkRequest, swarmOnly),
+      route('NetworkDriver.FreeNetwork', NetworkRequest, swarmOnly),
+      route('NetworkDriver.CreateEndpoint', CreateEndpointRequest, (r) => this.createEndpoint(r)),
+      route('NetworkDriver.EndpointOperInfo', EndpointRequest, (r) => this.endpointOperInfo(r)),
+      route('NetworkDriver.DeleteEndpoint', EndpointRequest, (r) => this.deleteEndpoint(r)),
+      route('NetworkDriver.Join', JoinRequest, (r) => this.join(r)),
+      route('NetworkDriver.Leave', EndpointRequest, (r) => this.leave(r)),
+      route('NetworkDriver.DiscoverNew', DiscoveryRequest, () => ({})),
+      route('NetworkDriver.DiscoverDelete', DiscoveryRequest, () => ({})),
+      route('NetworkDriver.ProgramExternalConnectivity', ExternalConnectivityRequest, (r) => this.programExternalConnectivity(r)),
+      route('NetworkDriver.RevokeExternalConnectivity', EndpointRequest, () => ({})),
+    ];
+  }
+}

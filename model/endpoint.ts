@@ -1,0 +1,20 @@
+// A workload endpoint: one container's attachment to one network on one host. Stored under its
+// node so a host lists only its own endpoints, and so policy agents on other hosts can find the
+// addresses behind a profile or label.
+import { array, object, record, str, withDefault } from '../protocol/validate';
+
+export const Endpoint = object({
+  id: str,
+  networkId: str,
+  node: str,
+  /** Host-side interface, derived from the id (see dataplane/names.ts). */
+  hostInterface: str,
+  /** Addresses with prefix length, e.g. 10.0.0.5/32 and fd00::5/128. */
+  ipv4: withDefault(array(str), []),
+  ipv6: withDefault(array(str), []),
+  mac: withDefault(str, ''),
+  profiles: withDefault(array(str), []),
+  labels: withDefault(record(str), {}),
+  createdAt: str,
+});
+export type Endpoint = ReturnType<typeof Endpoint>;

@@ -1,0 +1,3 @@
+import { singleHostSuite } from './single-host-flow';
+
+singleHostSuite('etcd');

@@ -1,0 +1,116 @@
+// Runs the real daemon binary (dist/bin/calico-libnetwork.js) as a child process under unique
+// driver names, data directory and iptables chain prefix, so concurrent test files and runs never
+// share a socket in /run/docker/plugins, a store, or a chain.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { removeForwardAccept } from '../../dataplane/iptables-forward';
+
+const DAEMON = resolve(__dirname, '../../bin/calico-libnetwork.js');
+const CTL = resolve(__dirname, '../../bin/calicoctl.js');
+const START_TIMEOUT_MS = 20_000;
+
+export interface PluginOptions {
+  readonly dockerSocket: string;
+  /** Use etcd at these endpoints; omitted: the embedded store. */
+  readonly etcdEndpoints?: string[];
+  readonly ipv4Pool?: string;
+  readonly ipv6Pool?: string;
+  readonly env?: Record<string, string>;
+}
+
+export interface Plugin {
+  readonly networkDriver: string;
+  readonly ipamDriver: string;
+  readonly env: Record<string, string>;
+  readonly node: string;
+  /** Everything the daemon printed so far (for failure messages). */
+  output(): string;
+  /** SIGTERM and wait; resolves with the exit code. */
+  stop(): Promise<number | null>;
+  /** Stop if running and remove every trace (data dir, chains). Idempotent. */
+  cleanup(): Promise<void>;
+}
+
+const live = new Set<ChildProcess>();
+process.on('exit', () => {
+  for (const p of live) p.kill('SIGKILL');
+});
+
+export async function startPlugin(opts: PluginOptions): Promise<Plugin> {
+  const id = randomBytes(3).toString('hex');
+  const dataDir = await mkdtemp(join(tmpdir(), `calico-test-${id}-`));
+  const chainPrefix = `t${id}`;
+  const networkDriver = `calico-t${id}`;
+  const ipamDriver = `calico-ipam-t${id}`;
+  const node = `node-${id}`;
+  const env: Record<string, string> = {
+    CALICO_NETWORK_DRIVER_NAME: networkDriver,
+    CALICO_IPAM_DRIVER_NAME: ipamDriver,
+    CALICO_DATA_DIR: dataDir,
+    CALICO_DATASTORE_PREFIX: `/calico-test/${id}`,
+    CALICO_IPTABLES_CHAIN_PREFIX: chainPrefix,
+    NODENAME: node,
+    DOCKER_HOST: `unix://${opts.dockerSocket}`,
+    CALICO_IPV4POOL_CIDR: opts.ipv4Pool ?? 'none',
+    CALICO_IPV6POOL_CIDR: opts.ipv6Pool ?? 'none',
+    ...(opts.etcdEndpoints !== undefined && { ETCD_ENDPOINTS: opts.etcdEndpoints.join(',') }),
+    ...opts.env,
+  };
+  let out = '';
+  const child = spawn(process.execPath, [DAEMON], { env: { PATH: process.env['PATH'] ?? '/usr/sbin:/usr/bin:/sbin:/bin', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  live.add(child);
+  const exited = new Promise<number | null>((res) => child.once('exit', (code) => {
+    live.delete(child);
+    res(code);
+  }));
+  child.stdout.on('data', (b: Buffer) => (out += b.toString()));
+  child.stderr.on('data', (b: Buffer) => (out += b.toString()));
+
+  let cleaned = false;
+  const plugin: Plugin = {
+    networkDriver,
+    ipamDriver,
+    env,
+    node,
+    output: () => out,
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+      return exited;
+    },
+    async cleanup() {
+      if (cleaned) return;
+      cleaned = true;
+      const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      await plugin.stop();
+      clearTimeout(timer);
+      await removeForwardAccept({ chain: `${chainPrefix}-FORWARD` });
+      await rm(dataDir, { recursive: true, force: true });
+    },
+  };
+  const sockets = [networkDriver, ipamDriver].map((n) => join('/run/docker/plugins', `${n}.sock`));
+  const deadline = Date.now() + START_TIMEOUT_MS;
+  while (!sockets.every((s) => existsSync(s)) || !out.includes('serving')) {
+    if (child.exitCode !== null || Date.now() > deadline) {
+      await plugin.cleanup();
+      throw new Error(`plugin did not start (exit ${child.exitCode}):\n${out}`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return plugin;
+}
+
+/** Runs calicoctl against the plugin's datastore; resolves with exit code and output. */
+export function calicoctl(plugin: Plugin, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((res) => {
+    const child = spawn(process.execPath, [CTL, ...args], { env: { PATH: process.env['PATH'] ?? '', ...plugin.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
+    child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+    child.once('exit', (code) => res({ code, stdout, stderr }));
+  });
+}
