@@ -1,0 +1,91 @@
+// calicoctl against a running daemon's embedded store (through its socket) and, once the daemon
+// is gone, against the store files directly.
+import test from 'ava';
+import { calicoctl, startPlugin, type Plugin } from '../harness/plugin';
+import { post } from '../harness/plugin-client';
+
+let plugin: Plugin;
+
+test.before(async () => {
+  // No Docker is needed for pool management; the socket path only has to be well-formed.
+  plugin = await startPlugin({ dockerSocket: '/nonexistent/docker.sock', ipv4Pool: '198.18.64.0/24' });
+});
+
+test.after.always(async () => {
+  await plugin?.cleanup();
+});
+
+test.serial('pool add, list in every format, and remove', async (t) => {
+  const add = await calicoctl(plugin, ['pool', 'add', '198.18.80.0/24', '--block-size', '28', '--nat-outgoing']);
+  t.is(add.code, 0, add.stderr);
+  t.regex(add.stdout, /added pool 198\.18\.80\.0\/24 \(block size \/28\)/);
+  const again = await calicoctl(plugin, ['pool', 'add', '198.18.80.0/24']);
+  t.is(again.code, 0);
+  t.regex(again.stdout, /already exists/);
+
+  const json = await calicoctl(plugin, ['pool', 'list', '-o', 'json']);
+  t.is(json.code, 0, json.stderr);
+  const pools = JSON.parse(json.stdout) as { cidr: string; blockSize: number; natOutgoing: boolean; disabled: boolean }[];
+  t.like(pools.find((p) => p.cidr === '198.18.80.0/24'), { blockSize: 28, natOutgoing: true, disabled: false });
+  t.truthy(pools.find((p) => p.cidr === '198.18.64.0/24'), 'the default pool from CALICO_IPV4POOL_CIDR');
+
+  const table = await calicoctl(plugin, ['pool', 'list']);
+  t.regex(table.stdout, /^CIDR\s+BLOCK SIZE\s+DISABLED\s+NAT OUTGOING\s+ALLOCATED$/m);
+  t.regex(table.stdout, /^198\.18\.80\.0\/24\s+\/28\s+false\s+true\s+0$/m);
+  const yaml = await calicoctl(plugin, ['pool', 'list', '-o', 'yaml']);
+  t.regex(yaml.stdout, /- cidr: 198\.18\.80\.0\/24\n\s+blockSize: 28/);
+
+  const removed = await calicoctl(plugin, ['pool', 'remove', '198.18.80.0/24']);
+  t.is(removed.code, 0, removed.stderr);
+  const after = JSON.parse((await calicoctl(plugin, ['pool', 'list', '-o', 'json'])).stdout) as { cidr: string }[];
+  t.false(after.some((p) => p.cidr === '198.18.80.0/24'));
+});
+
+test.serial('bad input is refused with a clear message and changes nothing', async (t) => {
+  const before = (await calicoctl(plugin, ['pool', 'list', '-o', 'json'])).stdout;
+  const cases: [string[], RegExp][] = [
+    [['pool', 'add', '198.18.90.1/24'], /host bits are set/],
+    [['pool', 'add', 'banana'], /CIDR/],
+    [['pool', 'add', '198.18.90.0/24', '--block-size', '8'], /block size must be a prefix length from 24 to 32/],
+    [['pool', 'add', '198.18.64.0/25'], /overlaps/],
+    [['pool', 'remove', '198.18.99.0/24'], /198\.18\.99\.0\/24/],
+    [['pool', 'list', '-o', 'xml'], /-o must be table, json or yaml/],
+    [['frobnicate'], /unknown command 'frobnicate'/],
+  ];
+  for (const [args, message] of cases) {
+    const r = await calicoctl(plugin, args);
+    t.is(r.code, 1, args.join(' '));
+    t.regex(r.stderr, message, args.join(' '));
+  }
+  t.is((await calicoctl(plugin, ['pool', 'list', '-o', 'json'])).stdout, before);
+});
+
+test.serial('a pool with allocated addresses cannot be removed', async (t) => {
+  const socket = `/run/docker/plugins/${plugin.ipamDriver}.sock`;
+  const got = await post(socket, '/IpamDriver.RequestAddress', JSON.stringify({ PoolID: 'CalicoPoolIPv4', Address: '', Options: null }));
+  const address = String(got.body['Address']);
+  t.regex(address, /^198\.18\.64\.\d+\/32$/);
+  const refused = await calicoctl(plugin, ['pool', 'remove', '198.18.64.0/24']);
+  t.is(refused.code, 1);
+  t.regex(refused.stderr, /in use/);
+  const shown = JSON.parse((await calicoctl(plugin, ['ipam', 'show', '-o', 'json'])).stdout) as { node: string; used: number; allocations: { ip: string; node: string; kind: string }[] }[];
+  t.like(shown[0], { node: plugin.node, used: 1 });
+  t.like(shown[0]?.allocations[0], { ip: address.replace('/32', ''), node: plugin.node, kind: 'container' });
+  await post(socket, '/IpamDriver.ReleaseAddress', JSON.stringify({ PoolID: 'CalicoPoolIPv4', Address: address.replace('/32', '') }));
+});
+
+test.serial('ipam show and endpoint list work with nothing allocated', async (t) => {
+  const ipam = await calicoctl(plugin, ['ipam', 'show', '-o', 'json']);
+  t.is(ipam.code, 0, ipam.stderr);
+  t.is((JSON.parse(ipam.stdout) as { used: number }[]).reduce((n, b) => n + b.used, 0), 0);
+  const eps = await calicoctl(plugin, ['endpoint', 'list']);
+  t.is(eps.code, 0, eps.stderr);
+  t.regex(eps.stdout, /^NODE\s+ENDPOINT\s+NETWORK/);
+});
+
+test.serial('after the daemon stops, calicoctl opens the store files directly', async (t) => {
+  t.is(await plugin.stop(), 0, 'SIGTERM exits cleanly');
+  const list = await calicoctl(plugin, ['pool', 'list', '-o', 'json']);
+  t.is(list.code, 0, list.stderr);
+  t.true((JSON.parse(list.stdout) as { cidr: string }[]).some((p) => p.cidr === '198.18.64.0/24'));
+});
