@@ -1,52 +1,41 @@
-// A policy profile in Calico's resource shape (kind Profile, metadata, spec). Each Docker network
-// gets one, named after the network. The rule language is enforced by the policy agent; here we
-// keep the data model and the defaults the driver writes.
-import { array, object, optional, record, str, unknownValue, withDefault, pattern } from '../protocol/validate';
+// A policy profile as stored: the Calico resource document (policy/profile-resource.ts) as JSON,
+// so what `calicoctl get profile -o json` prints is exactly what the datastore holds, and every
+// read goes through the same strict validation as `calicoctl apply`. Each Docker network gets one
+// profile, named after the network.
+import type { KeyValue } from '../datastore/datastore';
+import { CorruptDataError, InvalidRequestError } from '../lib/errors';
+import { parseProfileResource, profileToResource } from '../policy/profile-resource';
+import type { Profile } from '../policy/types';
 
-export const RuleAction = pattern(/^(allow|deny|log)$/, "one of 'allow', 'deny', 'log'");
+export { CREATED_BY_ANNOTATION, PROFILE_NAME, defaultProfile } from '../policy/profile-resource';
+export type { Profile } from '../policy/types';
 
-export const Rule = object({
-  action: RuleAction,
-  protocol: optional(unknownValue),
-  source: optional(record(unknownValue)),
-  destination: optional(record(unknownValue)),
-  icmp: optional(record(unknownValue)),
-  notICMP: optional(record(unknownValue)),
-});
-export type Rule = ReturnType<typeof Rule>;
+/** The stored value. Round-trips through the parser first, so nothing is ever written that a
+ * reader would refuse (throws InvalidRequestError for a hand-built Profile that is invalid). */
+export function encodeProfile(p: Profile): string {
+  const resource = profileToResource(p);
+  parseProfileResource(resource, `profile ${JSON.stringify(p.name)}`);
+  return JSON.stringify(resource);
+}
 
-export const Profile = object({
-  kind: pattern(/^Profile$/, "'Profile'"),
-  metadata: object({
-    name: str,
-    labels: withDefault(record(str), {}),
-    annotations: withDefault(record(str), {}),
-  }),
-  spec: object({
-    ingress: withDefault(array(Rule), []),
-    egress: withDefault(array(Rule), []),
-    labelsToApply: withDefault(record(str), {}),
-  }),
-});
-export type Profile = ReturnType<typeof Profile>;
-
-/** Marks profiles the driver created, so DeleteNetwork removes only those. */
-export const CREATED_BY_ANNOTATION = 'calico-libnetwork/created-by';
-
-/** Docker network names allowed as profile names and label keys ([a-zA-Z0-9][a-zA-Z0-9_.-]*). */
-export const PROFILE_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$/;
-
-/** The defaults Calico users rely on: members of the network may reach each other (every endpoint
- * of the profile carries the label <name>, and ingress allows sources that have it), all egress is
- * allowed, nothing else may reach the members. */
-export function defaultProfile(name: string, createdBy: string): Profile {
-  return {
-    kind: 'Profile',
-    metadata: { name, labels: {}, annotations: { [CREATED_BY_ANNOTATION]: createdBy } },
-    spec: {
-      ingress: [{ action: 'allow', source: { selector: `has(${name})` } }],
-      egress: [{ action: 'allow' }],
-      labelsToApply: { [name]: '' },
-    },
-  };
+/** Reads a stored profile; anything malformed, or stored under another profile's key, is
+ * CorruptDataError naming the key. */
+export function decodeProfile(kv: KeyValue): Profile {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(kv.value) as unknown;
+  } catch {
+    throw new CorruptDataError(`datastore key ${kv.key} does not hold JSON`);
+  }
+  let profile: Profile;
+  try {
+    profile = parseProfileResource(raw);
+  } catch (err) {
+    if (err instanceof InvalidRequestError) throw new CorruptDataError(`datastore key ${kv.key} is malformed: ${err.message}`, { cause: err });
+    throw err;
+  }
+  if (!kv.key.endsWith(`/${profile.name}`)) {
+    throw new CorruptDataError(`datastore key ${kv.key} is malformed: it holds profile ${JSON.stringify(profile.name)}`);
+  }
+  return profile;
 }

@@ -49,3 +49,10 @@ export interface Profile {
 }
 
 export type Labels = Readonly<Record<string, string>>;
+
+/** IP protocol numbers of the named protocols: a rule saying `6` means the same as `tcp`. */
+export const PROTOCOL_NUMBERS = { tcp: 6, udp: 17, icmp: 1, icmpv6: 58, sctp: 132 } as const;
+
+export function protocolNumber(p: Protocol): number {
+  return typeof p === 'number' ? p : PROTOCOL_NUMBERS[p];
+}
