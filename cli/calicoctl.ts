@@ -3,18 +3,16 @@
 // the same model through the same modules, so it can never disagree with the plugin.
 import { parseArgs } from 'node:util';
 import { parseConfig } from '../config/config';
-import type { Datastore } from '../datastore/datastore';
 import { Keys } from '../datastore/keys';
 import { openDatastore } from '../datastore/open-datastore';
 import { Allocator } from '../ipam/allocator';
-import { freeCount, listAllocations, usedCount } from '../ipam/block';
-import { containsCidr, parseCidr } from '../ipam/cidr';
-import { makePool } from '../ipam/pool';
 import { InvalidRequestError } from '../lib/errors';
-import { parseStored } from '../model/codec';
-import { Endpoint } from '../model/endpoint';
-import { Network } from '../model/network';
-import { parseFormat, render, type OutputFormat } from './output';
+import type { CliIo, Handler } from './context';
+import { ipamCommands } from './ipam-commands';
+import { parseFormat } from './output';
+import { policyCommands } from './policy-commands';
+
+export type { CliIo } from './context';
 
 export const USAGE = `Usage: calicoctl <command> [options]
 
@@ -24,6 +22,11 @@ Commands:
   pool remove <cidr>                                                 remove an unused IP pool
   endpoint list                                                      list workload endpoints
   ipam show                                                          show blocks, owners, used/free
+  apply -f <file.yaml|file.json|->                                   create or replace profiles
+  get profile [name]                                                 show profiles
+  delete profile <name>                                              delete a profile
+  policy explain <from> <to> [--protocol P] [--port N]               would traffic be allowed, and why
+                 [--src-port N] [--icmp-type T] [--icmp-code C]      (<from>/<to>: endpoint ID or IP)
 
 Options:
   -o, --output table|json|yaml   output format (default table)
@@ -31,135 +34,32 @@ Options:
 
 The datastore is etcd when ETCD_ENDPOINTS is set, else the embedded store in CALICO_DATA_DIR.`;
 
-export interface CliIo {
-  out(text: string): void;
-}
+const commands: Record<string, Handler> = { ...ipamCommands, ...policyCommands };
 
-interface Context {
-  store: Datastore;
-  keys: Keys;
-  allocator: Allocator;
-  format: OutputFormat;
-  io: CliIo;
-}
-
-type Handler = (ctx: Context, args: string[], flags: Flags) => Promise<void>;
-
-interface Flags {
-  disabled: boolean;
-  natOutgoing: boolean;
-  blockSize: string | undefined;
-}
-
-function exactArgs(args: string[], n: number, usage: string): void {
-  if (args.length !== n) throw new InvalidRequestError(`usage: calicoctl ${usage}`);
-}
-
-async function poolUsage(allocator: Allocator): Promise<Map<string, number>> {
-  const used = new Map<string, number>();
-  const pools = await allocator.listPools();
-  for (const { block } of await allocator.listBlocks()) {
-    const pool = pools.find((p) => containsCidr(parseCidr(p.cidr), parseCidr(block.cidr)));
-    if (pool !== undefined) used.set(pool.cidr, (used.get(pool.cidr) ?? 0) + usedCount(block));
+function findCommand(positionals: string[]): { handler: Handler; args: string[] } {
+  for (const words of [2, 1]) {
+    const handler = commands[positionals.slice(0, words).join(' ')];
+    if (handler !== undefined && positionals.length >= words) return { handler, args: positionals.slice(words) };
   }
-  return used;
+  throw new InvalidRequestError(`unknown command '${positionals.join(' ')}'\n\n${USAGE}`);
 }
 
-const commands: Record<string, Handler> = {
-  async 'pool add'(ctx, args, flags) {
-    exactArgs(args, 1, 'pool add <cidr> [--disabled] [--nat-outgoing] [--block-size N]');
-    let blockSize: number | undefined;
-    if (flags.blockSize !== undefined) {
-      blockSize = Number(flags.blockSize);
-      if (!Number.isInteger(blockSize)) throw new InvalidRequestError(`--block-size must be a prefix length, got '${flags.blockSize}'`);
-    }
-    const pool = makePool({
-      cidr: args[0] as string,
-      disabled: flags.disabled,
-      natOutgoing: flags.natOutgoing,
-      createdAt: new Date().toISOString(),
-      ...(blockSize !== undefined && { blockSize }),
-    });
-    const { created } = await ctx.allocator.addPool(pool);
-    ctx.io.out(created ? `added pool ${pool.cidr} (block size /${pool.blockSize}${pool.disabled ? ', disabled' : ''})` : `pool ${pool.cidr} already exists`);
-  },
-
-  async 'pool list'(ctx, args) {
-    exactArgs(args, 0, 'pool list');
-    const used = await poolUsage(ctx.allocator);
-    const rows = (await ctx.allocator.listPools()).map((p) => ({ ...p, allocated: used.get(p.cidr) ?? 0 }));
-    ctx.io.out(
-      render(ctx.format, [
-        { header: 'CIDR', value: (r) => r.cidr },
-        { header: 'BLOCK SIZE', value: (r) => `/${r.blockSize}` },
-        { header: 'DISABLED', value: (r) => String(r.disabled) },
-        { header: 'NAT OUTGOING', value: (r) => String(r.natOutgoing) },
-        { header: 'ALLOCATED', value: (r) => String(r.allocated) },
-      ], rows),
-    );
-  },
-
-  async 'pool remove'(ctx, args) {
-    exactArgs(args, 1, 'pool remove <cidr>');
-    const cidr = args[0] as string;
-    await ctx.allocator.removePool(cidr);
-    ctx.io.out(`removed pool ${cidr}`);
-  },
-
-  async 'endpoint list'(ctx, args) {
-    exactArgs(args, 0, 'endpoint list');
-    const [nodes, networks] = await Promise.all([ctx.store.list(ctx.keys.nodesPrefix()), ctx.store.list(ctx.keys.networksPrefix())]);
-    const names = new Map(networks.items.map((kv) => {
-      const n = parseStored(Network, kv);
-      return [n.id, n.name ?? n.id.slice(0, 12)];
-    }));
-    const rows = nodes.items.filter((kv) => kv.key.includes('/endpoints/')).map((kv) => parseStored(Endpoint, kv));
-    ctx.io.out(
-      render(ctx.format, [
-        { header: 'NODE', value: (e) => e.node },
-        { header: 'ENDPOINT', value: (e) => e.id.slice(0, 12) },
-        { header: 'NETWORK', value: (e) => names.get(e.networkId) ?? e.networkId.slice(0, 12) },
-        { header: 'INTERFACE', value: (e) => e.hostInterface },
-        { header: 'ADDRESSES', value: (e) => [...e.ipv4, ...e.ipv6].join(',') },
-        { header: 'PROFILES', value: (e) => e.profiles.join(',') },
-        { header: 'LABELS', value: (e) => Object.entries(e.labels).map(([k, v]) => `${k}=${v}`).join(',') },
-      ], rows),
-    );
-  },
-
-  async 'ipam show'(ctx, args) {
-    exactArgs(args, 0, 'ipam show');
-    const pools = await ctx.allocator.listPools();
-    const rows = (await ctx.allocator.listBlocks()).map(({ block }) => ({
-      block: block.cidr,
-      pool: pools.find((p) => containsCidr(parseCidr(p.cidr), parseCidr(block.cidr)))?.cidr ?? '',
-      node: block.affinity ?? '',
-      used: usedCount(block),
-      free: freeCount(block),
-      allocations: listAllocations(block).map((a) => ({ ip: a.ip, ...a.owner })),
-    }));
-    ctx.io.out(
-      render(ctx.format, [
-        { header: 'BLOCK', value: (r) => r.block },
-        { header: 'POOL', value: (r) => r.pool },
-        { header: 'NODE', value: (r) => r.node || '(none)' },
-        { header: 'USED', value: (r) => String(r.used) },
-        { header: 'FREE', value: (r) => String(r.free) },
-      ], rows),
-    );
-  },
-};
-
-/** Runs one command; returns the exit code. Errors are printed by the caller. */
+/** Runs one command; returns the exit code. Errors are thrown for the caller to print. */
 export async function runCalicoctl(argv: string[], env: NodeJS.ProcessEnv, io: CliIo): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
     options: {
       output: { type: 'string', short: 'o' },
+      filename: { type: 'string', short: 'f' },
       disabled: { type: 'boolean', default: false },
       'nat-outgoing': { type: 'boolean', default: false },
       'block-size': { type: 'string' },
+      protocol: { type: 'string' },
+      port: { type: 'string' },
+      'src-port': { type: 'string' },
+      'icmp-type': { type: 'string' },
+      'icmp-code': { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -167,20 +67,25 @@ export async function runCalicoctl(argv: string[], env: NodeJS.ProcessEnv, io: C
     io.out(USAGE);
     return values.help ? 0 : 2;
   }
-  const name = positionals.slice(0, 2).join(' ');
-  const handler = commands[name];
-  if (handler === undefined) throw new InvalidRequestError(`unknown command '${positionals.join(' ')}'\n\n${USAGE}`);
+  const { handler, args } = findCommand(positionals);
   const format = parseFormat(values.output);
   const config = parseConfig(env);
   const store = await openDatastore({ ...(config.etcd !== undefined && { etcd: config.etcd }), dataDir: config.dataDir, mode: 'client' });
   try {
     const keys = new Keys(config.datastorePrefix);
     const allocator = new Allocator({ store, keys, node: config.nodeName });
-    await handler({ store, keys, allocator, format, io }, positionals.slice(2), {
+    const flags = {
       disabled: values.disabled ?? false,
       natOutgoing: values['nat-outgoing'] ?? false,
-      blockSize: values['block-size'],
-    });
+      ...(values['block-size'] !== undefined && { blockSize: values['block-size'] }),
+      ...(values.filename !== undefined && { filename: values.filename }),
+      ...(values.protocol !== undefined && { protocol: values.protocol }),
+      ...(values.port !== undefined && { port: values.port }),
+      ...(values['src-port'] !== undefined && { srcPort: values['src-port'] }),
+      ...(values['icmp-type'] !== undefined && { icmpType: values['icmp-type'] }),
+      ...(values['icmp-code'] !== undefined && { icmpCode: values['icmp-code'] }),
+    };
+    await handler({ store, keys, allocator, format, io, flags }, args);
   } finally {
     await store.close();
   }

@@ -4,7 +4,11 @@
 import { join } from 'node:path';
 import type { Config } from '../config/config';
 import { LinuxEndpointDataplane } from '../dataplane/linux-endpoint-dataplane';
-import { ensureForwardAccept } from '../dataplane/iptables-forward';
+import { PolicyDataplane } from '../dataplane/policy-dataplane';
+import { PolicyAgent } from '../agent/agent';
+import { LabelResolver } from '../driver/label-resolver';
+import { parseStored } from '../model/codec';
+import { Endpoint } from '../model/endpoint';
 import { ensureHostForwarding } from '../dataplane/veth';
 import type { Datastore } from '../datastore/datastore';
 import { Keys } from '../datastore/keys';
@@ -22,6 +26,19 @@ import { startPluginServer, type PluginServer } from '../protocol/plugin-server'
 import { HOST_IF_PREFIX } from '../dataplane/names';
 
 const log = logger('daemon');
+
+/** The packet mark bit policy chains use to carry "allowed" from a profile chain back to the
+ * endpoint chain. Chosen clear of the bits Docker and kube-proxy use. */
+const POLICY_MARK_BIT = 0x100000;
+
+/** Endpoints whose labels were still unknown when the daemon last stopped. */
+async function resumePendingLabels(store: Datastore, keys: Keys, node: string, labels: LabelResolver): Promise<void> {
+  const { items } = await store.list(keys.endpointsPrefix(node));
+  for (const kv of items) {
+    const ep = parseStored(Endpoint, kv);
+    if (!ep.ready) labels.resolveLater(ep.id, ep.networkId);
+  }
+}
 
 export interface Daemon {
   readonly store: Datastore;
@@ -53,7 +70,13 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
     await ensureDefaultPools(allocator, config);
     await registerNode(store, keys, config);
     await ensureHostForwarding({ ipv6: false }, ns);
-    await ensureForwardAccept({ ifPrefix: HOST_IF_PREFIX, chain: `${config.iptablesChainPrefix}-FORWARD`, ...ns });
+    // The agent owns our iptables chains; it programs everything before Docker can reach us.
+    const agent = new PolicyAgent(store, keys, config.nodeName, new PolicyDataplane({ prefix: config.iptablesChainPrefix, markBit: POLICY_MARK_BIT, ifPrefix: HOST_IF_PREFIX, ...ns }));
+    await agent.start();
+    closers.push(() => agent.stop());
+    const labels = new LabelResolver({ dockerSocket: config.dockerSocket, store, keys, node: config.nodeName });
+    closers.push(async () => labels.close());
+    if (config.labelEndpoints) await resumePendingLabels(store, keys, config.nodeName, labels);
     if (config.etcd === undefined) {
       const server = await serveStore(store, storeSocketPath(config.dataDir));
       closers.push(() => server.close());
@@ -71,6 +94,11 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
       containerIfPrefix: config.containerIfPrefix,
       mtu: config.vethMtu,
       createProfiles: config.createProfiles,
+      labelEndpoints: config.labelEndpoints,
+      policy: {
+        resolveLabelsLater: (endpointId, networkId) => labels.resolveLater(endpointId, networkId),
+        waitProgrammed: (endpointId, timeoutMs) => agent.waitProgrammed(endpointId, timeoutMs),
+      },
     });
     const ipam = new IpamDriver(allocator, config.nodeName, config.ipamDriverName);
     const servers: PluginServer[] = [];

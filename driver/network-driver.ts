@@ -12,7 +12,7 @@ import { Undo } from '../lib/undo';
 import { parseStored, serialize } from '../model/codec';
 import { Endpoint } from '../model/endpoint';
 import { Network } from '../model/network';
-import { CREATED_BY_ANNOTATION, PROFILE_NAME, Profile, defaultProfile } from '../model/profile';
+import { CREATED_BY_ANNOTATION, PROFILE_NAME, decodeProfile, defaultProfile, encodeProfile } from '../model/profile';
 import { GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE } from '../ipam/ipam-driver';
 import {
   AllocateNetworkRequest,
@@ -37,6 +37,14 @@ import { route, type Route } from '../protocol/plugin-server';
 import { decode } from '../protocol/validate';
 import type { EndpointDataplane, NetworkNameLookup } from './endpoint-dataplane';
 
+/** What the driver needs from the policy side: who finds labels, and who programs the rules. */
+export interface EndpointPolicy {
+  /** Look up the container's labels after Join; the endpoint stays isolated until then. */
+  resolveLabelsLater(endpointId: string, networkId: string): void;
+  /** Resolves true once the endpoint's full policy is in the kernel (false on timeout). */
+  waitProgrammed(endpointId: string, timeoutMs: number): Promise<boolean>;
+}
+
 const log = logger('driver');
 
 /** The container's IPv4 next hop: link-local, answered by proxy ARP on the host end. */
@@ -56,7 +64,14 @@ export interface NetworkDriverOptions {
   readonly containerIfPrefix: string;
   readonly mtu: number;
   readonly createProfiles: boolean;
+  /** Copy container labels to endpoints (they are resolved after Join; see label-resolver.ts). */
+  readonly labelEndpoints: boolean;
+  readonly policy: EndpointPolicy;
 }
+
+/** How long Join waits for the agent to program a ready endpoint before answering anyway (the
+ * endpoint is isolated until programmed, so answering early is safe, just less convenient). */
+const PROGRAMMED_WAIT_MS = 5_000;
 
 function bareAddress(cidrOrIp: string): string {
   return cidrOrIp.replace(/\/\d+$/, '');
@@ -122,9 +137,9 @@ export class NetworkDriver {
     if (items.some((kv) => parseStored(Network, kv).profile === name)) return;
     const kv = await this.o.store.get(this.o.keys.profile(name));
     if (kv === undefined) return;
-    const profile = parseStored(Profile, kv);
+    const profile = decodeProfile(kv);
     // Only a profile we created; one an operator wrote for this name stays.
-    if (profile.metadata.annotations[CREATED_BY_ANNOTATION] === undefined) return;
+    if (profile.annotations[CREATED_BY_ANNOTATION] === undefined) return;
     await this.o.store.delete(kv.key, kv.revision);
   }
 
@@ -144,7 +159,7 @@ export class NetworkDriver {
     if (network.profile !== '') return [network.profile];
     const dockerName = await this.o.names.networkName(networkId);
     const name = dockerName !== undefined && PROFILE_NAME.test(dockerName) ? dockerName : networkId;
-    const created = await this.o.store.create(this.o.keys.profile(name), serialize(defaultProfile(name, this.o.node)));
+    const created = await this.o.store.create(this.o.keys.profile(name), encodeProfile(defaultProfile(name, this.o.node)));
     const updated: Network = { ...network, profile: name, profileCreated: created !== undefined, ...(dockerName !== undefined && { name: dockerName }) };
     // A lost race means another CreateEndpoint recorded the same name first: nothing to do.
     await this.o.store.update(this.o.keys.network(networkId), serialize(updated), revision);
@@ -169,6 +184,7 @@ export class NetworkDriver {
       mac: iface.MacAddress,
       profiles,
       labels: {},
+      ready: !this.o.labelEndpoints,
       createdAt: new Date().toISOString(),
     };
     const key = this.o.keys.endpoint(this.o.node, req.EndpointID);
@@ -213,6 +229,13 @@ export class NetworkDriver {
       ipv4: ep.ipv4.map(bareAddress),
       ipv6: ep.ipv6.map(bareAddress),
     });
+    if (ep.ready) {
+      if (!(await this.o.policy.waitProgrammed(req.EndpointID, PROGRAMMED_WAIT_MS))) {
+        log.warn('endpoint %s: policy not programmed after %dms; it stays isolated until it is', req.EndpointID.slice(0, 12), PROGRAMMED_WAIT_MS);
+      }
+    } else {
+      this.o.policy.resolveLabelsLater(req.EndpointID, req.NetworkID);
+    }
     const routes: StaticRoute[] = [];
     const response: JoinResponse = {
       InterfaceName: { SrcName: tempPeerName(req.EndpointID), DstPrefix: this.o.containerIfPrefix },

@@ -1,7 +1,7 @@
 // A workload endpoint: one container's attachment to one network on one host. Stored under its
 // node so a host lists only its own endpoints, and so policy agents on other hosts can find the
 // addresses behind a profile or label.
-import { array, object, record, str, withDefault } from '../protocol/validate';
+import { array, bool, object, optional, record, str, withDefault } from '../protocol/validate';
 
 export const Endpoint = object({
   id: str,
@@ -14,7 +14,13 @@ export const Endpoint = object({
   ipv6: withDefault(array(str), []),
   mac: withDefault(str, ''),
   profiles: withDefault(array(str), []),
+  /** Container labels org.projectcalico.label.<key>=<value>, as <key>=<value>. */
   labels: withDefault(record(str), {}),
+  /** False until everything policy depends on (the container's labels) is known. Policy agents
+   * keep a not-ready endpoint isolated: its interface gets no dispatch rule, so the final drop
+   * applies (fail closed). */
+  ready: withDefault(bool, true),
+  containerId: optional(str),
   createdAt: str,
 });
 export type Endpoint = ReturnType<typeof Endpoint>;

@@ -11,7 +11,7 @@ import { addressOn, createNetwork, exec, removeQuietly, runContainer, type Conta
 import { startDockerd, type Dockerd } from '../harness/dockerd';
 import { startEtcd } from '../harness/etcd';
 import { importTestImage } from '../harness/image';
-import { calicoctl, startPlugin, type Plugin } from '../harness/plugin';
+import { calicoctl, startPlugin, waitProgrammed, type Plugin } from '../harness/plugin';
 
 interface Context {
   dockerd: Dockerd;
@@ -90,6 +90,7 @@ export function singleHostSuite(backend: 'embedded' | 'etcd'): void {
     containers.push(await runContainer(c().docker, { image: c().image, network: name }));
     const [a, b] = await Promise.all(containers.map((x) => addressOn(x, name)));
     if (a === undefined || b === undefined) throw new Error('no addresses');
+    await Promise.all([a, b].map((x) => waitProgrammed(c().plugin, x.endpointId)));
     t.regex(a.ipv4, /^198\.18\./);
     t.not(a.ipv4, b.ipv4);
     const routes = await exec(containers[0]!, ['ip', 'route']);
@@ -135,6 +136,7 @@ export function singleHostSuite(backend: 'embedded' | 'etcd'): void {
     containers.push(await runContainer(c().docker, { image: c().image, network: name }));
     const [a, b] = await Promise.all(containers.map((x) => addressOn(x, name)));
     if (a === undefined || b === undefined) throw new Error('no addresses');
+    await Promise.all([a, b].map((x) => waitProgrammed(c().plugin, x.endpointId)));
     t.regex(a.ipv6, /^fd00:ca11:/);
     const ping = await exec(containers[0]!, ['ping', '-6', '-c', '1', '-W', '5', b.ipv6]);
     t.is(ping.code, 0, ping.output);

@@ -7,7 +7,9 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { removeForwardAccept } from '../../dataplane/iptables-forward';
+import { run } from '../../dataplane/exec';
+import { hostVethName } from '../../dataplane/names';
+import { PolicyDataplane } from '../../dataplane/policy-dataplane';
 
 const DAEMON = resolve(__dirname, '../../bin/calico-libnetwork.js');
 const CTL = resolve(__dirname, '../../bin/calicoctl.js');
@@ -27,10 +29,14 @@ export interface Plugin {
   readonly ipamDriver: string;
   readonly env: Record<string, string>;
   readonly node: string;
+  /** Prefix of this instance's iptables chains and ipsets. */
+  readonly chainPrefix: string;
   /** Everything the daemon printed so far (for failure messages). */
   output(): string;
   /** SIGTERM and wait; resolves with the exit code. */
   stop(): Promise<number | null>;
+  /** SIGTERM, then start again with the same names, store and chains. */
+  restart(): Promise<void>;
   /** Stop if running and remove every trace (data dir, chains). Idempotent. */
   cleanup(): Promise<void>;
 }
@@ -61,14 +67,28 @@ export async function startPlugin(opts: PluginOptions): Promise<Plugin> {
     ...opts.env,
   };
   let out = '';
-  const child = spawn(process.execPath, [DAEMON], { env: { PATH: process.env['PATH'] ?? '/usr/sbin:/usr/bin:/sbin:/bin', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  live.add(child);
-  const exited = new Promise<number | null>((res) => child.once('exit', (code) => {
-    live.delete(child);
-    res(code);
-  }));
-  child.stdout.on('data', (b: Buffer) => (out += b.toString()));
-  child.stderr.on('data', (b: Buffer) => (out += b.toString()));
+  let child: ChildProcess;
+  let exited: Promise<number | null>;
+  const spawnDaemon = (): void => {
+    const c = spawn(process.execPath, [DAEMON], { env: { PATH: process.env['PATH'] ?? '/usr/sbin:/usr/bin:/sbin:/bin', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    live.add(c);
+    exited = new Promise<number | null>((res) => c.once('exit', (code) => {
+      live.delete(c);
+      res(code);
+    }));
+    c.stdout?.on('data', (b: Buffer) => (out += b.toString()));
+    c.stderr?.on('data', (b: Buffer) => (out += b.toString()));
+    child = c;
+  };
+  const sockets = [networkDriver, ipamDriver].map((n) => join('/run/docker/plugins', `${n}.sock`));
+  const waitServing = async (): Promise<void> => {
+    const deadline = Date.now() + START_TIMEOUT_MS;
+    const served = out.split('serving').length;
+    while (!sockets.every((s) => existsSync(s)) || out.split('serving').length === served) {
+      if (child.exitCode !== null || Date.now() > deadline) throw new Error(`plugin did not start (exit ${child.exitCode}):\n${out}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  };
 
   let cleaned = false;
   const plugin: Plugin = {
@@ -76,10 +96,17 @@ export async function startPlugin(opts: PluginOptions): Promise<Plugin> {
     ipamDriver,
     env,
     node,
+    chainPrefix,
     output: () => out,
     async stop() {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
       return exited;
+    },
+    async restart() {
+      const code = await plugin.stop();
+      if (code !== 0) throw new Error(`plugin exited with ${code} on SIGTERM:\n${out}`);
+      spawnDaemon();
+      await waitServing();
     },
     async cleanup() {
       if (cleaned) return;
@@ -87,18 +114,16 @@ export async function startPlugin(opts: PluginOptions): Promise<Plugin> {
       const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
       await plugin.stop();
       clearTimeout(timer);
-      await removeForwardAccept({ chain: `${chainPrefix}-FORWARD` });
+      await new PolicyDataplane({ prefix: chainPrefix, markBit: 0x100000 }).removeAll();
       await rm(dataDir, { recursive: true, force: true });
     },
   };
-  const sockets = [networkDriver, ipamDriver].map((n) => join('/run/docker/plugins', `${n}.sock`));
-  const deadline = Date.now() + START_TIMEOUT_MS;
-  while (!sockets.every((s) => existsSync(s)) || !out.includes('serving')) {
-    if (child.exitCode !== null || Date.now() > deadline) {
-      await plugin.cleanup();
-      throw new Error(`plugin did not start (exit ${child.exitCode}):\n${out}`);
-    }
-    await new Promise((r) => setTimeout(r, 50));
+  spawnDaemon();
+  try {
+    await waitServing();
+  } catch (err) {
+    await plugin.cleanup();
+    throw err;
   }
   return plugin;
 }
@@ -113,4 +138,18 @@ export function calicoctl(plugin: Plugin, args: string[]): Promise<{ code: numbe
     child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
     child.once('exit', (code) => res({ code, stdout, stderr }));
   });
+}
+
+/** Waits until the agent has given the endpoint's interface its policy (a dispatch rule in the
+ * kernel): from then on the container's traffic follows its profiles instead of the fail-closed
+ * drop. Reads the kernel, so it proves the rules are really there. */
+export async function waitProgrammed(plugin: Plugin, endpointId: string, timeoutMs = 10_000): Promise<void> {
+  const hostIf = hostVethName('cali', endpointId);
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const { stdout } = await run('iptables', ['-S', `${plugin.chainPrefix}-from-wl-dispatch`], 'read dispatch chain');
+    if (stdout.split('\n').some((l) => l.includes(`-i ${hostIf} `))) return;
+    if (Date.now() > deadline) throw new Error(`endpoint ${endpointId.slice(0, 12)} was not programmed within ${timeoutMs}ms:\n${plugin.output()}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
 }

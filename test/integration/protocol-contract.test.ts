@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseConfig } from '../../config/config';
 import { startDaemon, type Daemon } from '../../daemon/daemon';
-import { removeForwardAccept } from '../../dataplane/iptables-forward';
+import { PolicyDataplane } from '../../dataplane/policy-dataplane';
 import { linkExists } from '../../dataplane/veth';
 import { createNetns, deleteNetns } from '../harness/netns';
 import { post } from '../harness/plugin-client';
@@ -61,7 +61,7 @@ test.before(async () => {
 
 test.after.always(async () => {
   await daemon?.close();
-  await removeForwardAccept({ chain: `${chain}-FORWARD`, netns }).catch(() => undefined);
+  if (netns !== undefined) await new PolicyDataplane({ prefix: chain, markBit: 0x100000, netns }).removeAll().catch(() => undefined);
   if (netns !== undefined) await deleteNetns(netns);
   if (dataDir !== undefined) await rm(dataDir, { recursive: true, force: true });
 });

@@ -1,0 +1,171 @@
+// calicoctl apply / get / delete for profiles, and `policy explain`, which answers whether one
+// endpoint may reach another and which rule decides, from the same semantics the agent renders.
+import { readFile } from 'node:fs/promises';
+import { isIP } from 'node:net';
+import { InvalidRequestError, NotFoundError } from '../lib/errors';
+import { decodeProfile, encodeProfile } from '../model/profile';
+import { effectiveLabels, explainPacket, type Decision, type EndpointDescription, type Packet } from '../policy/evaluate';
+import { parseProfileDocuments, profileToResource } from '../policy/profile-resource';
+import type { Profile, Protocol } from '../policy/types';
+import { exactArgs, intFlag, type Context, type Handler } from './context';
+import { listEndpoints } from './ipam-commands';
+import { render } from './output';
+import { stringify } from 'yaml';
+
+async function allProfiles(ctx: Context): Promise<Profile[]> {
+  const { items } = await ctx.store.list(ctx.keys.profilesPrefix());
+  return items.map((kv) => decodeProfile(kv));
+}
+
+/** Create or replace, with compare-and-swap so a concurrent edit is not silently lost. */
+async function putProfile(ctx: Context, profile: Profile): Promise<'created' | 'configured' | 'unchanged'> {
+  const key = ctx.keys.profile(profile.name);
+  const value = encodeProfile(profile);
+  for (;;) {
+    const current = await ctx.store.get(key);
+    if (current === undefined) {
+      if ((await ctx.store.create(key, value)) !== undefined) return 'created';
+    } else {
+      if (current.value === value) return 'unchanged';
+      if ((await ctx.store.update(key, value, current.revision)) !== undefined) return 'configured';
+    }
+  }
+}
+
+function showProfiles(ctx: Context, profiles: Profile[], single: boolean): void {
+  const resources = profiles.map(profileToResource);
+  if (ctx.format === 'table') {
+    ctx.io.out(render('table', [
+      { header: 'NAME', value: (p: Profile) => p.name },
+      { header: 'INGRESS RULES', value: (p) => String(p.ingress.length) },
+      { header: 'EGRESS RULES', value: (p) => String(p.egress.length) },
+      { header: 'LABELS TO APPLY', value: (p) => Object.entries(p.labelsToApply).map(([k, v]) => (v === '' ? k : `${k}=${v}`)).join(',') },
+    ], profiles));
+    return;
+  }
+  // The output of `get -o yaml|json` is valid input for `apply -f`.
+  const doc = single ? resources[0] : { apiVersion: 'projectcalico.org/v3', kind: 'ProfileList', items: resources };
+  ctx.io.out(ctx.format === 'json' ? JSON.stringify(doc, null, 2) : stringify(doc).trimEnd());
+}
+
+const PROTOCOLS: readonly string[] = ['tcp', 'udp', 'icmp', 'icmpv6', 'sctp'];
+
+function packetProtocol(value: string | undefined): Protocol {
+  const p = (value ?? 'tcp').toLowerCase();
+  if (PROTOCOLS.includes(p)) return p as Protocol;
+  const n = intFlag(p, '--protocol', 1, 255);
+  if (n === undefined) throw new InvalidRequestError(`--protocol must be one of ${PROTOCOLS.join(', ')} or a number`);
+  return n;
+}
+
+interface Party {
+  readonly label: string;
+  readonly ip: string;
+  readonly endpoint?: EndpointDescription;
+}
+
+/** An endpoint by ID (or unique ID prefix) or by address; any other address is a non-workload
+ * (the host, something outside), whose own side is not checked. */
+async function resolveParty(ctx: Context, arg: string, profiles: Map<string, Profile>, family?: 4 | 6): Promise<Party> {
+  const eps = await listEndpoints(ctx);
+  const byIp = isIP(arg) !== 0;
+  const matches = eps.filter((e) => (byIp ? [...e.ipv4, ...e.ipv6].some((a) => a.replace(/\/\d+$/, '') === arg) : e.id.startsWith(arg)));
+  if (matches.length > 1) throw new InvalidRequestError(`'${arg}' matches ${matches.length} endpoints; give more of the endpoint ID`);
+  const ep = matches[0];
+  if (ep === undefined) {
+    if (byIp) return { label: `${arg} (not a workload)`, ip: arg };
+    throw new NotFoundError(`no endpoint with ID or address '${arg}' (see calicoctl endpoint list)`);
+  }
+  const addresses = [...ep.ipv4, ...ep.ipv6].map((a) => a.replace(/\/\d+$/, ''));
+  const ip = byIp ? arg : addresses.find((a) => family === undefined || isIP(a) === family) ?? addresses[0];
+  if (ip === undefined) throw new InvalidRequestError(`endpoint ${ep.id.slice(0, 12)} has no address`);
+  return {
+    label: `${ep.id.slice(0, 12)} (${ip})`,
+    ip,
+    endpoint: { ips: addresses, profiles: ep.profiles, labels: effectiveLabels(ep.profiles.map((n) => profiles.get(n)?.labelsToApply ?? {}), ep.labels) },
+  };
+}
+
+function describe(direction: string, who: string, d: Decision): string {
+  const logged = d.logged.length > 0 ? ` (logged by ${d.logged.map((r) => `${r.profile} ${r.direction}[${r.index}]`).join(', ')})` : '';
+  return `${direction} of ${who}: ${d.verdict}: ${d.reason}${logged}`;
+}
+
+export const policyCommands: Record<string, Handler> = {
+  async apply(ctx, args) {
+    exactArgs(args, 0, 'apply -f <file.yaml|file.json|->');
+    const file = ctx.flags.filename;
+    if (file === undefined) throw new InvalidRequestError('usage: calicoctl apply -f <file.yaml|file.json|->');
+    const text = file === '-' ? await ctx.io.readStdin() : await readFile(file, 'utf8').catch((err: NodeJS.ErrnoException) => {
+      throw new InvalidRequestError(`cannot read ${file}: ${err.code ?? err.message}`);
+    });
+    // Every document is validated before anything is written: a bad file changes nothing.
+    const profiles = parseProfileDocuments(text, file.endsWith('.json') ? 'json' : 'yaml', file === '-' ? 'stdin' : file);
+    if (profiles.length === 0) throw new InvalidRequestError(`${file} contains no resources`);
+    for (const p of profiles) ctx.io.out(`profile ${p.name} ${await putProfile(ctx, p)}`);
+  },
+
+  async 'get profile'(ctx, args) {
+    if (args.length > 1) throw new InvalidRequestError('usage: calicoctl get profile [name]');
+    const name = args[0];
+    if (name === undefined) {
+      showProfiles(ctx, await allProfiles(ctx), false);
+      return;
+    }
+    const kv = await ctx.store.get(ctx.keys.profile(name));
+    if (kv === undefined) throw new NotFoundError(`profile '${name}' does not exist`);
+    showProfiles(ctx, [decodeProfile(kv)], true);
+  },
+
+  async 'get profiles'(ctx, args) {
+    exactArgs(args, 0, 'get profiles');
+    showProfiles(ctx, await allProfiles(ctx), false);
+  },
+
+  async 'delete profile'(ctx, args) {
+    exactArgs(args, 1, 'delete profile <name>');
+    const name = args[0] as string;
+    if (!(await ctx.store.delete(ctx.keys.profile(name)))) throw new NotFoundError(`profile '${name}' does not exist`);
+    const users = (await listEndpoints(ctx)).filter((e) => e.profiles.includes(name));
+    ctx.io.out(`profile ${name} deleted`);
+    if (users.length > 0) ctx.io.out(`warning: ${users.length} endpoint(s) still use it and now drop all traffic until it is recreated`);
+  },
+
+  async 'policy explain'(ctx, args) {
+    exactArgs(args, 2, 'policy explain <endpoint|ip> <endpoint|ip> [--protocol P] [--port N] [--src-port N] [--icmp-type T] [--icmp-code C]');
+    const profiles = new Map((await allProfiles(ctx)).map((p) => [p.name, p]));
+    const src = await resolveParty(ctx, args[0] as string, profiles);
+    const dst = await resolveParty(ctx, args[1] as string, profiles, isIP(src.ip) === 6 ? 6 : 4);
+    const protocol = packetProtocol(ctx.flags.protocol);
+    const dstPort = intFlag(ctx.flags.port, '--port', 0, 65535);
+    const srcPort = intFlag(ctx.flags.srcPort, '--src-port', 0, 65535);
+    const icmpType = intFlag(ctx.flags.icmpType, '--icmp-type', 0, 255);
+    const icmpCode = intFlag(ctx.flags.icmpCode, '--icmp-code', 0, 255);
+    const packet: Packet = {
+      protocol,
+      srcIp: src.ip,
+      dstIp: dst.ip,
+      ...(dstPort !== undefined && { dstPort }),
+      ...(srcPort !== undefined && { srcPort }),
+      ...(icmpType !== undefined && { icmpType }),
+      ...(icmpCode !== undefined && { icmpCode }),
+    };
+    const result = explainPacket(packet, src.endpoint, dst.endpoint, (n) => profiles.get(n));
+    const summary = {
+      allowed: result.allowed,
+      packet,
+      egress: { of: src.label, ...result.egress },
+      ingress: { of: dst.label, ...result.ingress },
+    };
+    if (ctx.format !== 'table') {
+      ctx.io.out(ctx.format === 'json' ? JSON.stringify(summary, null, 2) : stringify(summary).trimEnd());
+      return;
+    }
+    const port = dstPort === undefined ? '' : ` port ${dstPort}`;
+    ctx.io.out([
+      `${src.label} -> ${dst.label} ${String(protocol)}${port}: ${result.allowed ? 'ALLOWED' : 'DENIED'}`,
+      `  ${describe('egress', src.label, result.egress)}`,
+      `  ${describe('ingress', dst.label, result.ingress)}`,
+    ].join('\n'));
+  },
+};

@@ -1,0 +1,237 @@
+// The kernel side of profile policy: render → diff against what was applied last → write it in
+// at most four processes (ipset restore, iptables-restore, ip6tables-restore, ipset restore).
+//
+// State: the DesiredState last written successfully. When it is unknown (first apply, resync(),
+// or any failure, after which the kernel may hold part of a batch) the next apply reads the
+// kernel (iptables-save, ip6tables-save, ipset save) and diffs against that instead, which also
+// heals our top-level jumps and removes stray chains and sets of ours. Calls are serialized.
+//
+// Tools: iptables 1.8 with the nf_tables backend. `-w` is accepted and harmless there.
+
+import { performance } from 'node:perf_hooks';
+import { DataplaneError } from '../lib/errors.js';
+import {
+  assertIfPrefix,
+  assertMarkBit,
+  assertPolicyPrefix,
+  FAMILIES,
+  ownsSet,
+  renderPolicy,
+  type DesiredState,
+  type Family,
+  type PolicyModel,
+} from '../policy/render.js';
+import {
+  diffPolicy,
+  emptyDesiredState,
+  parseIpsetSave,
+  parseIptablesSave,
+  type KernelSnapshot,
+  type PlanStats,
+  type PolicyPlan,
+} from '../policy/diff.js';
+import { CommandError, run, runWithInput } from './exec.js';
+import { assertNetnsName, HOST_IF_PREFIX } from './names.js';
+import type { NetnsOption } from './veth.js';
+
+/** iptables-restore of a large ruleset can take a while on a busy host. */
+const RESTORE_TIMEOUT_MS = 60_000;
+const MAX_OUTPUT_BYTES = 256 * 1024 * 1024;
+
+export interface PolicyDataplaneOptions extends NetnsOption {
+  /** Chain/set prefix, `[a-z][a-z0-9]{0,7}`. */
+  prefix: string;
+  /** The mark bit policy may use, e.g. 0x100000. */
+  markBit: number;
+  /** Host interface prefix (default `cali`). */
+  ifPrefix?: string;
+  /** Program ip6tables and IPv6 sets too (default true). */
+  ipv6?: boolean;
+}
+
+export interface ApplyStats extends PlanStats {
+  /** The kernel was read and diffed against (first apply, after resync() or a failure). */
+  fullResync: boolean;
+  /** Processes started (reads included). */
+  processes: number;
+  /** Wall time of the whole apply. */
+  ms: number;
+  /** Where it went: render (pure), kernel read (full resync only), diff (pure), kernel writes. */
+  phasesMs: { render: number; read: number; diff: number; write: number };
+  /** Render warnings (skipped invalid remote addresses). */
+  warnings: readonly string[];
+}
+
+export class PolicyDataplane {
+  readonly prefix: string;
+  readonly markBit: number;
+  private readonly ifPrefix: string;
+  private readonly ipv6: boolean;
+  private readonly netns: string | undefined;
+  private applied: DesiredState | undefined;
+  /** Bumped by resync(): an apply already under way must not record its state as current. */
+  private epoch = 0;
+  private queue: Promise<unknown> = Promise.resolve();
+
+  constructor(opts: PolicyDataplaneOptions) {
+    this.prefix = assertPolicyPrefix(opts.prefix);
+    assertMarkBit(opts.markBit);
+    this.markBit = opts.markBit;
+    this.ifPrefix = assertIfPrefix(opts.ifPrefix ?? HOST_IF_PREFIX);
+    this.ipv6 = opts.ipv6 ?? true;
+    this.netns = opts.netns === undefined ? undefined : assertNetnsName(opts.netns);
+  }
+
+  /** Make the kernel match the model. Rejects (and forgets the applied state) on any failure. */
+  apply(model: PolicyModel): Promise<ApplyStats> {
+    return this.serialized(async () => {
+      const t0 = performance.now();
+      const desired = renderPolicy({
+        ...model,
+        prefix: this.prefix,
+        markBit: this.markBit,
+        ifPrefix: this.ifPrefix,
+        ipv6: this.ipv6,
+      });
+      return this.write(desired, t0, performance.now() - t0);
+    });
+  }
+
+  /** Forget the applied state: the next apply reads the kernel and repairs everything of ours. */
+  resync(): void {
+    this.epoch++;
+    this.applied = undefined;
+  }
+
+  /** The state last written successfully (undefined when the next apply is a full resync). */
+  get appliedState(): DesiredState | undefined {
+    return this.applied;
+  }
+
+  /** Remove every chain, jump and set with our prefix (uninstall, tests). Idempotent. */
+  removeAll(): Promise<ApplyStats> {
+    return this.serialized(async () => {
+      this.applied = undefined;
+      const stats = await this.write(emptyDesiredState(this.prefix), performance.now(), 0);
+      this.applied = undefined;
+      return stats;
+    });
+  }
+
+  /** What the kernel holds now (our chains and sets, and the chains that reference them). */
+  async readKernel(): Promise<KernelSnapshot> {
+    const [v4, v6, sets] = await Promise.all([
+      this.save(4),
+      this.ipv6 ? this.save(6) : Promise.resolve(''),
+      this.tool('ipset', ['save'], 'read ipsets'),
+    ]);
+    return {
+      iptables: { 4: parseIptablesSave(v4), 6: parseIptablesSave(v6) },
+      sets: parseIpsetSave(sets, (n) => ownsSet(this.prefix, n)),
+    };
+  }
+
+  // ---------------------------------------------------------------------------------------------
+
+  private async write(desired: DesiredState, t0: number, renderMs: number): Promise<ApplyStats> {
+    let processes = 0;
+    const epoch = this.epoch;
+    const fullResync = this.applied === undefined;
+    try {
+      let t = performance.now();
+      let kernel: KernelSnapshot | undefined;
+      if (fullResync) {
+        kernel = await this.readKernel();
+        processes += this.ipv6 ? 3 : 2;
+      }
+      const read = performance.now() - t;
+      t = performance.now();
+      const plan = diffPolicy(this.applied, desired, kernel);
+      const diff = performance.now() - t;
+      t = performance.now();
+      this.applied = undefined; // until the whole plan is in
+      processes += await this.run(plan);
+      if (this.epoch === epoch) this.applied = desired;
+      const end = performance.now();
+      return {
+        ...plan.stats,
+        fullResync,
+        processes,
+        ms: end - t0,
+        phasesMs: { render: renderMs, read, diff, write: end - t },
+        warnings: desired.warnings,
+      };
+    } catch (err) {
+      this.applied = undefined;
+      throw err;
+    }
+  }
+
+  /**
+   * Sets are created before the rules that name them and destroyed after the rules that named
+   * them are gone. The two iptables families are independent tables and are written side by side;
+   * membership-only set changes (no set created) go alongside them too, since no rule waits for
+   * them: an endpoint's own traffic only flows once its dispatch rules are in.
+   */
+  private async run(plan: PolicyPlan): Promise<number> {
+    const ipsetBefore = (): Promise<void> =>
+      this.restore('ipset', ['-exist', 'restore'], plan.ipsetBefore, 'update policy ipsets');
+    const creates = /^create /m.test(plan.ipsetBefore);
+    let n = 0;
+    if (plan.ipsetBefore !== '' && creates) {
+      await ipsetBefore();
+      n++;
+    }
+    const writes = FAMILIES.filter((f) => plan.iptables[f] !== '' && (f === 4 || this.ipv6)).map((family) =>
+      this.restore(
+        family === 4 ? 'iptables-restore' : 'ip6tables-restore',
+        ['-w', '--noflush'],
+        plan.iptables[family],
+        `write IPv${family} policy chains`,
+      ),
+    );
+    if (plan.ipsetBefore !== '' && !creates) writes.push(ipsetBefore());
+    const results = await Promise.allSettled(writes);
+    n += writes.length;
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed !== undefined) throw failed.reason;
+    if (plan.ipsetAfter !== '') {
+      await this.restore('ipset', ['restore'], plan.ipsetAfter, 'remove unused policy ipsets');
+      n++;
+    }
+    return n;
+  }
+
+  private save(family: Family): Promise<string> {
+    return this.tool(family === 4 ? 'iptables-save' : 'ip6tables-save', [], `read IPv${family} rules`);
+  }
+
+  private async tool(file: string, args: string[], op: string): Promise<string> {
+    const [f, a] = this.command(file, args);
+    const { stdout } = await run(f, a, op, { timeoutMs: RESTORE_TIMEOUT_MS, maxBufferBytes: MAX_OUTPUT_BYTES });
+    return stdout;
+  }
+
+  /** Feed a batch; on failure name the offending input line (both tools report "line N"). */
+  private async restore(file: string, args: string[], input: string, op: string): Promise<void> {
+    const [f, a] = this.command(file, args);
+    try {
+      await runWithInput(f, a, input, op, { timeoutMs: RESTORE_TIMEOUT_MS, maxBufferBytes: MAX_OUTPUT_BYTES });
+    } catch (err) {
+      if (!(err instanceof CommandError)) throw err;
+      const m = /line:? (\d+)/i.exec(err.stderr);
+      const line = m?.[1] === undefined ? undefined : input.split('\n')[Number(m[1]) - 1];
+      throw new DataplaneError(line === undefined ? err.message : `${err.message} (input: ${line})`, { cause: err });
+    }
+  }
+
+  private command(file: string, args: string[]): [string, string[]] {
+    return this.netns === undefined ? [file, args] : ['ip', ['netns', 'exec', this.netns, file, ...args]];
+  }
+
+  private serialized<T>(fn: () => Promise<T>): Promise<T> {
+    const next = this.queue.then(fn, fn);
+    this.queue = next.catch(() => undefined);
+    return next;
+  }
+}

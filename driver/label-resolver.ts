@@ -1,0 +1,102 @@
+// Copies a container's Calico labels (org.projectcalico.label.<key>=<value>) onto its endpoint.
+//
+// Docker tells the driver nothing about the container, and while it calls Join it holds the
+// container's lock, so the container cannot be inspected from inside Join. The endpoint is
+// therefore created not ready (isolated by the policy agent: fail closed) and this resolver looks
+// the container up right after Join returns: the container list (a lock-free snapshot) shows the
+// endpoint ID once Docker has finished connecting it. When the labels are on the record, the
+// endpoint is marked ready and the agent programs its full policy.
+import Docker from 'dockerode';
+import type { Datastore } from '../datastore/datastore';
+import type { Keys } from '../datastore/keys';
+import { errorMessage } from '../lib/errors';
+import { logger } from '../lib/log';
+import { parseStored, serialize } from '../model/codec';
+import { Endpoint } from '../model/endpoint';
+import { containerLabelsToEndpointLabels } from './container-labels';
+
+const log = logger('labels');
+const FIRST_DELAY_MS = 20;
+const MAX_DELAY_MS = 2_000;
+/** After this long the container is gone or Docker is unreachable; the endpoint stays isolated. */
+const GIVE_UP_MS = 120_000;
+const REQUEST_TIMEOUT_MS = 5_000;
+
+interface ListedContainer {
+  Id?: string;
+  Labels?: Record<string, string> | null;
+  NetworkSettings?: { Networks?: Record<string, { EndpointID?: string } | undefined> | null } | null;
+}
+
+export interface LabelResolverOptions {
+  readonly dockerSocket: string;
+  readonly store: Datastore;
+  readonly keys: Keys;
+  readonly node: string;
+}
+
+export class LabelResolver {
+  private readonly docker: Docker;
+  private readonly pending = new Map<string, NodeJS.Timeout>();
+  private closed = false;
+
+  constructor(private readonly o: LabelResolverOptions) {
+    this.docker = new Docker({ socketPath: o.dockerSocket, timeout: REQUEST_TIMEOUT_MS });
+  }
+
+  /** Starts resolving in the background; a second call for the same endpoint is ignored. */
+  resolveLater(endpointId: string, networkId: string): void {
+    if (this.closed || this.pending.has(endpointId)) return;
+    const started = Date.now();
+    const attempt = (delay: number): void => {
+      const timer = setTimeout(() => {
+        this.tryOnce(endpointId, networkId).then(
+          (done) => {
+            if (done || this.closed) {
+              this.pending.delete(endpointId);
+            } else if (Date.now() - started > GIVE_UP_MS) {
+              this.pending.delete(endpointId);
+              log.warn('endpoint %s: no container found for it in Docker after %ds; it stays isolated', endpointId.slice(0, 12), GIVE_UP_MS / 1000);
+            } else {
+              attempt(Math.min(delay * 2, MAX_DELAY_MS));
+            }
+          },
+          (err: unknown) => {
+            log.warn('endpoint %s: label lookup failed: %s', endpointId.slice(0, 12), errorMessage(err));
+            attempt(Math.min(delay * 2, MAX_DELAY_MS));
+          },
+        );
+      }, delay);
+      this.pending.set(endpointId, timer);
+    };
+    attempt(FIRST_DELAY_MS);
+  }
+
+  /** True when finished: labels written, or the endpoint no longer exists. */
+  private async tryOnce(endpointId: string, networkId: string): Promise<boolean> {
+    const key = this.o.keys.endpoint(this.o.node, endpointId);
+    const kv = await this.o.store.get(key);
+    if (kv === undefined) return true;
+    const containers = (await this.docker.listContainers({ all: true, filters: { network: [networkId] } })) as ListedContainer[];
+    const container = containers.find((c) => Object.values(c.NetworkSettings?.Networks ?? {}).some((n) => n?.EndpointID === endpointId));
+    if (container === undefined) return false;
+    const labels = containerLabelsToEndpointLabels(container.Labels ?? {});
+    for (let current = kv; ; ) {
+      const ep = parseStored(Endpoint, current);
+      const updated: Endpoint = { ...ep, labels, ready: true, ...(container.Id !== undefined && { containerId: container.Id }) };
+      if ((await this.o.store.update(key, serialize(updated), current.revision)) !== undefined) {
+        log.debug('endpoint %s ready with labels %o', endpointId.slice(0, 12), labels);
+        return true;
+      }
+      const again = await this.o.store.get(key);
+      if (again === undefined) return true;
+      current = again;
+    }
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const t of this.pending.values()) clearTimeout(t);
+    this.pending.clear();
+  }
+}

@@ -1,0 +1,751 @@
+// Profile policy → the iptables chains and ipsets a host needs for its local endpoints. Pure: no
+// I/O, no clock; the same input always renders the same text, in iptables-save's canonical
+// spelling, so a resync can compare what the kernel prints with what is wanted line by line.
+//
+// Layout (per family; every name starts with `<prefix>-`, at most 28 characters):
+//
+//   filter FORWARD → <p>-FORWARD                 (one jump, position 1)
+//     -i|-o cali+ INVALID → DROP; RELATED,ESTABLISHED → ACCEPT
+//     -i cali+ → <p>-from-wl-dispatch            (sender's egress)
+//     -o cali+ → <p>-to-wl-dispatch              (receiver's ingress)
+//     -i|-o cali+ → ACCEPT                       (whatever came back passed)
+//   filter INPUT → <p>-INPUT                     (workload → host: the workload's egress)
+//     -i cali+ INVALID → DROP; RELATED,ESTABLISHED → ACCEPT; [v6: ICMPv6 130-136 → ACCEPT]
+//     -i cali+ → <p>-from-wl-dispatch; -i cali+ → ACCEPT
+//   <p>-from-wl-dispatch: -s <ip> -i caliX -g <p>-fw-caliX per address of each READY endpoint,
+//     then DROP. The source check stops a workload from borrowing a labelled peer's address
+//     (selectors are address sets); an unknown or not-ready interface gets only the DROP.
+//   <p>-to-wl-dispatch: -o caliX -g <p>-tw-caliX per ready endpoint, then DROP.
+//     With more than DISPATCH_FLAT_MAX ready endpoints both become a root that branches on the
+//     first character after the interface prefix (`-i cali3+ -g <p>-from-wl-dispatch-3`) to
+//     leaves holding the rules above, so one endpoint changes one small leaf.
+//   <p>-fw-caliX / <p>-tw-caliX (egress / ingress of one endpoint): clear the mark bit; for each
+//     profile: jump to its chain, RETURN if the mark bit is set; then DROP.
+//   <p>-pro-<profile> / <p>-pri-<profile> (egress / ingress rules): allow → set the mark bit and
+//     RETURN; deny → DROP; log → LOG and go on. Falling off the end means "no verdict": the
+//     endpoint chain tries the next profile, and drops after the last.
+//   nat POSTROUTING → <p>-POSTROUTING: masquerade from natOutgoing pools to outside all pools.
+//
+// Host → workload traffic (OUTPUT) is not filtered, as in Calico, so host health checks work;
+// the replies come back through INPUT as ESTABLISHED.
+
+import { createHash } from 'node:crypto';
+import { InvalidRequestError } from '../lib/errors.js';
+import { assertIfName, HOST_IF_PREFIX } from '../dataplane/names.js';
+import { familyBits, formatCidr, parseCidr, tryParseIp, type Cidr } from '../ipam/cidr.js';
+import { parseSelector, type Selector } from './selector.js';
+import { PROTOCOL_NUMBERS, protocolNumber, type EntityRule, type IcmpMatch, type Labels, type PortRange, type Profile, type Rule } from './types.js';
+
+export type Family = 4 | 6;
+export const FAMILIES: readonly Family[] = [4, 6];
+export type Table = 'filter' | 'nat';
+export type SetType = 'hash:ip' | 'hash:net';
+
+/** iptables' limit on chain names (XT_EXTENSION_MAXNAMELEN 29 including the NUL). */
+export const MAX_CHAIN_NAME_LENGTH = 28;
+/** ipset's limit on set names (IPSET_MAXNAMELEN 32 including the NUL). */
+export const MAX_SET_NAME_LENGTH = 31;
+/** multiport takes at most 15 ports; a range uses two of them. */
+export const MULTIPORT_MAX_SLOTS = 15;
+/** Hex characters of a hash in a chain or set name. */
+const CHAIN_HASH_CHARS = 14;
+/** Ready endpoints up to which dispatch is one flat chain per direction. */
+export const DISPATCH_FLAT_MAX = 16;
+const SET_HASH_CHARS = 16;
+
+const PREFIX_RE = /^[a-z][a-z0-9]{0,7}$/;
+const IF_PREFIX_RE = /^[A-Za-z0-9_.-]{1,14}$/;
+/** Profile names that may appear literally in a chain name; others are hashed. A literal name
+ * never starts with '_', which is how hashed names start, so the two cannot collide. */
+const LITERAL_PROFILE_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
+/** IPv6 neighbour discovery and MLD (130-136), accepted from workloads before policy. */
+const ICMPV6_ND_TYPES = [130, 131, 132, 133, 134, 135, 136] as const;
+
+// ---------------------------------------------------------------------------------------------
+// Input and output
+
+export interface PolicyEndpoint {
+  /** Endpoint ID (for messages only). */
+  readonly id: string;
+  /** Host end of the veth (`cali` + 11 characters of the ID). */
+  readonly hostIf: string;
+  /** Bare addresses (a /32 or /128 suffix is tolerated). */
+  readonly ipv4: readonly string[];
+  readonly ipv6: readonly string[];
+  /** Profile names, in the order they are evaluated. */
+  readonly profiles: readonly string[];
+  /** False until the endpoint's labels are resolved: such an endpoint gets no chains, so its
+   * interface falls through to the dispatch DROP (fail closed). */
+  readonly ready: boolean;
+}
+
+export interface LabelledEndpoint {
+  readonly ipv4: readonly string[];
+  readonly ipv6: readonly string[];
+  /** Effective labels (the endpoint's own plus its profiles' labelsToApply). */
+  readonly labels: Labels;
+}
+
+/** The policy model without the dataplane parameters (what PolicyDataplane.apply takes). */
+export interface PolicyModel {
+  readonly localEndpoints: readonly PolicyEndpoint[];
+  /** Every endpoint of every host, local ones included: selector membership. */
+  readonly remoteAndLocalEndpoints: readonly LabelledEndpoint[];
+  readonly profiles: ReadonlyMap<string, Profile>;
+  /** CIDRs of pools with natOutgoing. */
+  readonly natOutgoingPools: readonly string[];
+  /** CIDRs of all pools (masquerade stops at these). */
+  readonly allPools: readonly string[];
+}
+
+export interface PolicyParams {
+  /** Chain and set name prefix, `[a-z][a-z0-9]{0,7}` (e.g. `cali`). */
+  readonly prefix: string;
+  /** The one mark bit policy may use (e.g. 0x100000). */
+  readonly markBit: number;
+  /** Host interface prefix (default `cali`); `+` is appended. */
+  readonly ifPrefix?: string;
+  /** Render IPv6 too (default true). */
+  readonly ipv6?: boolean;
+}
+
+export interface PolicyInput extends PolicyModel, PolicyParams {}
+
+export interface IpSetSpec {
+  readonly family: Family;
+  readonly type: SetType;
+  /** Canonical, sorted, unique (hash:net members with a full-length prefix are bare addresses,
+   * which is how ipset prints them). */
+  readonly members: readonly string[];
+}
+
+/** chain → rule specs (the text after `-A <chain> `), in order. */
+export type ChainMap = ReadonlyMap<string, readonly string[]>;
+
+export interface TopLevelJump {
+  readonly table: Table;
+  /** Built-in chain that jumps to ours at position 1. */
+  readonly from: 'FORWARD' | 'INPUT' | 'POSTROUTING';
+  readonly to: string;
+}
+
+export interface DesiredState {
+  readonly prefix: string;
+  readonly filter: Readonly<Record<Family, ChainMap>>;
+  readonly nat: Readonly<Record<Family, ChainMap>>;
+  readonly jumps: Readonly<Record<Family, readonly TopLevelJump[]>>;
+  readonly sets: ReadonlyMap<string, IpSetSpec>;
+  /** Things skipped rather than written (e.g. an invalid address of a remote endpoint, which can
+   * match no packet anyway). */
+  readonly warnings: readonly string[];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Names
+
+export function assertPolicyPrefix(prefix: string): string {
+  if (typeof prefix !== 'string' || !PREFIX_RE.test(prefix)) {
+    throw new InvalidRequestError(
+      `invalid policy chain prefix ${JSON.stringify(prefix)}: expected 1-8 characters, a lower-case letter then letters or digits`,
+    );
+  }
+  return prefix;
+}
+
+/** A single bit (a power of two up to 2^31). Returns its hex spelling (`0x100000`). */
+export function assertMarkBit(bit: number): string {
+  if (!Number.isInteger(bit) || bit < 1 || bit > 0x80000000 || !Number.isInteger(Math.log2(bit))) {
+    throw new InvalidRequestError(`invalid policy mark bit ${String(bit)}: expected a single bit such as 0x100000`);
+  }
+  return `0x${bit.toString(16)}`;
+}
+
+export function assertIfPrefix(ifPrefix: string): string {
+  if (typeof ifPrefix !== 'string' || !IF_PREFIX_RE.test(ifPrefix)) {
+    throw new InvalidRequestError(`invalid interface prefix ${JSON.stringify(ifPrefix)}`);
+  }
+  return ifPrefix;
+}
+
+export interface TopChainNames {
+  readonly forward: string;
+  readonly input: string;
+  readonly postrouting: string;
+  readonly fromDispatch: string;
+  readonly toDispatch: string;
+}
+
+export function topChainNames(prefix: string): TopChainNames {
+  assertPolicyPrefix(prefix);
+  return {
+    forward: `${prefix}-FORWARD`,
+    input: `${prefix}-INPUT`,
+    postrouting: `${prefix}-POSTROUTING`,
+    fromDispatch: `${prefix}-from-wl-dispatch`,
+    toDispatch: `${prefix}-to-wl-dispatch`,
+  };
+}
+
+/** `<p>-fw-<if>` (from the workload: its egress) or `<p>-tw-<if>` (to it: its ingress). */
+export function endpointChainName(prefix: string, dir: 'fw' | 'tw', hostIf: string): string {
+  assertPolicyPrefix(prefix);
+  assertIfName(hostIf, 'host interface name');
+  return `${prefix}-${dir}-${hostIf}`;
+}
+
+/** `<p>-pri-<name>` (ingress) / `<p>-pro-<name>` (egress); names that are too long or contain
+ * other characters become `<p>-pri-_<14 hex of sha256(name)>`. */
+export function profileChainName(prefix: string, direction: 'ingress' | 'egress', profile: string): string {
+  assertPolicyPrefix(prefix);
+  const head = `${prefix}-${direction === 'ingress' ? 'pri' : 'pro'}-`;
+  if (LITERAL_PROFILE_RE.test(profile) && head.length + profile.length <= MAX_CHAIN_NAME_LENGTH) {
+    return head + profile;
+  }
+  return `${head}_${sha256(profile).slice(0, CHAIN_HASH_CHARS)}`;
+}
+
+/** Chains this prefix owns: `<p>-...`. The prefix has no '-', so prefixes never overlap. */
+export function ownsChain(prefix: string, chain: string): boolean {
+  return chain.startsWith(`${prefix}-`);
+}
+
+/** Sets this prefix owns: `<p>-4...` / `<p>-6...`. */
+export function ownsSet(prefix: string, name: string): boolean {
+  return name.startsWith(`${prefix}-4`) || name.startsWith(`${prefix}-6`);
+}
+
+export function selectorSetName(prefix: string, family: Family, canonicalSelector: string): string {
+  return `${prefix}-${family}s-${sha256(canonicalSelector).slice(0, SET_HASH_CHARS)}`;
+}
+
+export function netSetName(prefix: string, family: Family, members: readonly string[]): string {
+  return `${prefix}-${family}n-${sha256(members.join(',')).slice(0, SET_HASH_CHARS)}`;
+}
+
+export function natSetNames(prefix: string, family: Family): { masq: string; pools: string } {
+  return { masq: `${prefix}-${family}-masq`, pools: `${prefix}-${family}-pools` };
+}
+
+function sha256(text: string): string {
+  return createHash('sha256').update(text).digest('hex');
+}
+
+// ---------------------------------------------------------------------------------------------
+// Selectors (parsed once per text)
+
+const SELECTOR_CACHE_MAX = 4096;
+const selectorCache = new Map<string, Selector>();
+const selectorHash = new Map<string, string>();
+
+function selector(text: string): Selector {
+  let s = selectorCache.get(text);
+  if (s === undefined) {
+    s = parseSelector(text);
+    if (selectorCache.size >= SELECTOR_CACHE_MAX) selectorCache.clear();
+    selectorCache.set(text, s);
+  }
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rendering
+
+interface Ctx {
+  readonly prefix: string;
+  readonly mark: string;
+  readonly model: PolicyModel;
+  readonly sets: Map<string, IpSetSpec>;
+  readonly warnings: string[];
+  /** Remote and local endpoints grouped by identical labels (a selector is evaluated once per
+   * group), with their canonical addresses. */
+  readonly groups: ReadonlyArray<{ readonly labels: Labels; readonly v4: string[]; readonly v6: string[] }>;
+}
+
+export function renderPolicy(input: PolicyInput): DesiredState {
+  const prefix = assertPolicyPrefix(input.prefix);
+  const mark = assertMarkBit(input.markBit);
+  const ifPrefix = assertIfPrefix(input.ifPrefix ?? HOST_IF_PREFIX);
+  const families: Family[] = input.ipv6 === false ? [4] : [4, 6];
+  const warnings: string[] = [];
+
+  // Local endpoints: validated names, unique interfaces, canonical addresses.
+  const seenIf = new Set<string>();
+  const locals = input.localEndpoints.map((ep) => {
+    const hostIf = assertIfName(ep.hostIf, `host interface name of endpoint ${JSON.stringify(ep.id)}`);
+    if (!hostIf.startsWith(ifPrefix)) {
+      throw new InvalidRequestError(`host interface ${hostIf} of endpoint ${ep.id} does not start with ${ifPrefix}`);
+    }
+    if (seenIf.has(hostIf)) throw new InvalidRequestError(`host interface ${hostIf} is used by two local endpoints`);
+    seenIf.add(hostIf);
+    return {
+      ep,
+      hostIf,
+      // Both pieces validated above: no need to validate again per family.
+      fw: `${prefix}-fw-${hostIf}`,
+      tw: `${prefix}-tw-${hostIf}`,
+      v4: canonicalHostAddresses(ep.ipv4, 4, `endpoint ${ep.id}`),
+      v6: canonicalHostAddresses(ep.ipv6, 6, `endpoint ${ep.id}`),
+      profiles: [...new Set(ep.profiles)],
+    };
+  });
+  locals.sort((a, b) => cmp(a.hostIf, b.hostIf));
+  const ready = locals.filter((l) => l.ep.ready);
+
+  const ctx: Ctx = {
+    prefix,
+    mark,
+    model: input,
+    sets: new Map(),
+    warnings,
+    groups: groupByLabels(input.remoteAndLocalEndpoints, warnings),
+  };
+
+  // Profiles used by ready local endpoints, in name order.
+  const used = new Set<string>();
+  for (const l of ready) for (const p of l.profiles) if (input.profiles.has(p)) used.add(p);
+  const usedProfiles = [...used].sort(cmp);
+
+  // Endpoint chains are the same in both families: render them once.
+  const profileChain = new Map<string, { ingress: string; egress: string }>();
+  for (const p of usedProfiles) {
+    profileChain.set(p, { ingress: profileChainName(prefix, 'ingress', p), egress: profileChainName(prefix, 'egress', p) });
+  }
+  const endpointChains: Array<[string, string[]]> = [];
+  const clearMark = `-j MARK --set-xmark 0x0/${mark}`;
+  const returnIfMarked = `-m mark --mark ${mark}/${mark} -j RETURN`;
+  for (const l of ready) {
+    for (const direction of ['egress', 'ingress'] as const) {
+      const rules = [clearMark];
+      for (const p of l.profiles) {
+        const chains = profileChain.get(p);
+        if (chains === undefined) continue; // unknown profile: no allow from it (fail closed)
+        rules.push(`-j ${chains[direction]}`, returnIfMarked);
+      }
+      rules.push(direction === 'egress' ? DROP_NO_EGRESS : DROP_NO_INGRESS);
+      endpointChains.push([direction === 'egress' ? l.fw : l.tw, rules]);
+    }
+  }
+
+  const names = topChainNames(prefix);
+  const wild = `${ifPrefix}+`;
+  const filter = {} as Record<Family, Map<string, string[]>>;
+  const nat = {} as Record<Family, Map<string, string[]>>;
+  const jumps = {} as Record<Family, TopLevelJump[]>;
+  for (const family of FAMILIES) {
+    const f = new Map<string, string[]>();
+    const n = new Map<string, string[]>();
+    filter[family] = f;
+    nat[family] = n;
+    jumps[family] = [];
+    if (!families.includes(family)) continue;
+
+    f.set(names.forward, [
+      `-i ${wild} -m conntrack --ctstate INVALID -j DROP`,
+      `-o ${wild} -m conntrack --ctstate INVALID -j DROP`,
+      `-i ${wild} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`,
+      `-o ${wild} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`,
+      `-i ${wild} -j ${names.fromDispatch}`,
+      `-o ${wild} -j ${names.toDispatch}`,
+      `-i ${wild} -j ACCEPT`,
+      `-o ${wild} -j ACCEPT`,
+    ]);
+    f.set(names.input, [
+      `-i ${wild} -m conntrack --ctstate INVALID -j DROP`,
+      `-i ${wild} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`,
+      ...(family === 6 ? ICMPV6_ND_TYPES.map((t) => `-i ${wild} -p ipv6-icmp -m icmp6 --icmpv6-type ${t} -j ACCEPT`) : []),
+      `-i ${wild} -j ${names.fromDispatch}`,
+      `-i ${wild} -j ACCEPT`,
+    ]);
+
+    renderDispatch(f, ready, family, ifPrefix, names);
+
+    for (const [chain, rules] of endpointChains) f.set(chain, rules);
+
+    for (const name of usedProfiles) {
+      const profile = input.profiles.get(name);
+      if (profile === undefined) continue;
+      for (const direction of ['ingress', 'egress'] as const) {
+        const chain = profileChain.get(name)?.[direction] ?? profileChainName(prefix, direction, name);
+        const rules: string[] = [];
+        for (const rule of profile[direction]) rules.push(...renderRule(rule, family, chain, ctx));
+        f.set(chain, rules);
+      }
+    }
+
+    n.set(names.postrouting, renderNat(family, ctx));
+    jumps[family].push(
+      { table: 'filter', from: 'FORWARD', to: names.forward },
+      { table: 'filter', from: 'INPUT', to: names.input },
+      { table: 'nat', from: 'POSTROUTING', to: names.postrouting },
+    );
+  }
+
+  const sets = new Map([...ctx.sets.entries()].sort((a, b) => cmp(a[0], b[0])));
+  return { prefix, filter, nat, jumps, sets, warnings };
+}
+
+const DROP_UNKNOWN = `${comment('unknown or not ready workload')} -j DROP`;
+const DROP_NO_EGRESS = `${comment('no profile allowed this egress')} -j DROP`;
+const DROP_NO_INGRESS = `${comment('no profile allowed this ingress')} -j DROP`;
+
+/**
+ * Dispatch by interface. Up to DISPATCH_FLAT_MAX ready endpoints: one flat chain per direction.
+ * Beyond that a root chain branches on the first character after the interface prefix to leaf
+ * chains `<p>-from-wl-dispatch-<c>` (endpoint IDs are hex, so up to 16 leaves): adding or removing
+ * an endpoint then rewrites one small leaf instead of a chain with a rule per endpoint, which is
+ * what an iptables-restore of the change costs.
+ */
+function renderDispatch(
+  f: Map<string, string[]>,
+  ready: ReadonlyArray<{ readonly hostIf: string; readonly fw: string; readonly tw: string; readonly v4: readonly string[]; readonly v6: readonly string[] }>,
+  family: Family,
+  ifPrefix: string,
+  names: TopChainNames,
+): void {
+  const bits = familyBits(family);
+  const leafRules = (eps: typeof ready): { from: string[]; to: string[] } => {
+    const from: string[] = [];
+    const to: string[] = [];
+    for (const l of eps) {
+      for (const a of family === 4 ? l.v4 : l.v6) from.push(`-s ${a}/${bits} -i ${l.hostIf} -g ${l.fw}`);
+      to.push(`-o ${l.hostIf} -g ${l.tw}`);
+    }
+    from.push(DROP_UNKNOWN);
+    to.push(DROP_UNKNOWN);
+    return { from, to };
+  };
+  if (ready.length <= DISPATCH_FLAT_MAX) {
+    const { from, to } = leafRules(ready);
+    f.set(names.fromDispatch, from);
+    f.set(names.toDispatch, to);
+    return;
+  }
+  const groups = new Map<string, Array<(typeof ready)[number]>>();
+  for (const l of ready) {
+    // Interface names are validated ([A-Za-z0-9_.-]), so the character is safe in a chain name
+    // and in an iptables interface wildcard; a name equal to the prefix has no character there.
+    const c = l.hostIf.charAt(ifPrefix.length);
+    const g = groups.get(c);
+    if (g === undefined) groups.set(c, [l]);
+    else g.push(l);
+  }
+  const rootFrom: string[] = [];
+  const rootTo: string[] = [];
+  const leaves: Array<[string, string[], string[]]> = [];
+  for (const [c, eps] of groups) {
+    const { from, to } = leafRules(eps);
+    if (c === '') {
+      // Only the bare prefix: its rules go straight into the roots.
+      rootFrom.push(...from.slice(0, -1));
+      rootTo.push(...to.slice(0, -1));
+      continue;
+    }
+    const fromLeaf = `${names.fromDispatch}-${c}`;
+    const toLeaf = `${names.toDispatch}-${c}`;
+    rootFrom.push(`-i ${ifPrefix}${c}+ -g ${fromLeaf}`);
+    rootTo.push(`-o ${ifPrefix}${c}+ -g ${toLeaf}`);
+    leaves.push([c, from, to]);
+  }
+  rootFrom.push(DROP_UNKNOWN);
+  rootTo.push(DROP_UNKNOWN);
+  f.set(names.fromDispatch, rootFrom);
+  f.set(names.toDispatch, rootTo);
+  for (const [c, from] of leaves) f.set(`${names.fromDispatch}-${c}`, from);
+  for (const [c, , to] of leaves) f.set(`${names.toDispatch}-${c}`, to);
+}
+
+function renderNat(family: Family, ctx: Ctx): string[] {
+  const masq = poolNets(ctx.model.natOutgoingPools, family, 'natOutgoing pool');
+  if (masq.length === 0) return [];
+  const pools = poolNets([...ctx.model.allPools, ...ctx.model.natOutgoingPools], family, 'pool');
+  const names = natSetNames(ctx.prefix, family);
+  ctx.sets.set(names.masq, { family, type: 'hash:net', members: masq });
+  ctx.sets.set(names.pools, { family, type: 'hash:net', members: pools });
+  return [
+    `-m set --match-set ${names.masq} src -m set ! --match-set ${names.pools} dst ` +
+      `${comment('natOutgoing pool to outside all pools')} -j MASQUERADE`,
+  ];
+}
+
+function poolNets(cidrs: readonly string[], family: Family, what: string): string[] {
+  return setMembers(cidrs.map((c) => parseNet(c, what)).filter((c) => c.family === family));
+}
+
+/**
+ * The iptables rules for one policy rule in one family: zero (the rule cannot match this
+ * family), or one or more (ports split across multiport matches).
+ */
+function renderRule(rule: Rule, family: Family, chain: string, ctx: Ctx): string[] {
+  const matches = ruleMatches(rule, family, ctx);
+  if (matches === undefined) return [];
+  const mark = ctx.mark;
+  switch (rule.action) {
+    case 'allow':
+      return [
+        ...matches.map((m) => `${m}-j MARK --set-xmark ${mark}/${mark}`),
+        `-m mark --mark ${mark}/${mark} -j RETURN`,
+      ];
+    case 'deny':
+      return matches.map((m) => `${m}-j DROP`);
+    case 'log':
+      // chain (≤ 28) + ' ' fits LOG's 29-character prefix.
+      return matches.map((m) => `${m}-j LOG --log-prefix "${chain} "`);
+    default:
+      throw new InvalidRequestError(`invalid rule action ${JSON.stringify((rule as { action: unknown }).action)}`);
+  }
+}
+
+/** Alternatives (each a match text ending in a space, or '' for "anything"), or undefined when
+ * the rule cannot match in this family. */
+function ruleMatches(rule: Rule, family: Family, ctx: Ctx): string[] | undefined {
+  const proto = protocolFor(rule.protocol, family);
+  if (proto === null) return undefined;
+  let head = proto === undefined ? '' : `-p ${proto} `;
+
+  if (rule.icmp !== undefined || rule.notICMP !== undefined) {
+    if (proto !== 'icmp' && proto !== 'ipv6-icmp') {
+      throw new InvalidRequestError('an ICMP type or code needs protocol icmp or icmpv6');
+    }
+    const [mod, opt] = proto === 'icmp' ? ['icmp', '--icmp-type'] : ['icmp6', '--icmpv6-type'];
+    if (rule.icmp !== undefined) head += `-m ${mod} ${opt} ${icmpText(rule.icmp)} `;
+    if (rule.notICMP !== undefined) head += `-m ${mod} ! ${opt} ${icmpText(rule.notICMP)} `;
+  }
+
+  const src = entityMatches(rule.source, 'src', family, ctx);
+  const dst = entityMatches(rule.destination, 'dst', family, ctx);
+  if (src === undefined || dst === undefined) return undefined;
+  head += src + dst;
+
+  const hasPorts = [rule.source, rule.destination].some((e) => (e.ports?.length ?? 0) + (e.notPorts?.length ?? 0) > 0);
+  if (hasPorts && proto !== 'tcp' && proto !== 'udp' && proto !== 'sctp') {
+    throw new InvalidRequestError('ports need protocol tcp, udp or sctp');
+  }
+  const portAlternatives = (e: EntityRule, opt: string): string[] => {
+    let tail = '';
+    for (const chunk of portChunks(e.notPorts ?? [])) tail += `-m multiport ! ${opt} ${chunk} `;
+    const pos = portChunks(e.ports ?? []);
+    return pos.length === 0 ? [tail] : pos.map((chunk) => `-m multiport ${opt} ${chunk} ${tail}`);
+  };
+  const out: string[] = [];
+  for (const s of portAlternatives(rule.source, '--sports')) {
+    for (const d of portAlternatives(rule.destination, '--dports')) out.push(head + s + d);
+  }
+  return out;
+}
+
+/** iptables' name for the protocol; undefined = any; null = cannot match in this family. */
+function protocolFor(p: Rule['protocol'], family: Family): string | null | undefined {
+  if (p === undefined) return undefined;
+  if (typeof p !== 'number' && !Object.hasOwn(PROTOCOL_NUMBERS, p)) {
+    throw new InvalidRequestError(`invalid protocol ${JSON.stringify(p)}`);
+  }
+  const n = protocolNumber(p);
+  // Protocol 0 would mean "all" to iptables: refuse it with the rest of the invalid numbers.
+  if (!Number.isInteger(n) || n < 1 || n > 255) throw new InvalidRequestError(`invalid protocol number ${n}`);
+  if ((n === 1 && family === 6) || (n === 58 && family === 4)) return null;
+  // The names iptables-save prints (from /etc/protocols); other numbers stay numbers.
+  return ({ 1: 'icmp', 6: 'tcp', 17: 'udp', 58: 'ipv6-icmp', 132: 'sctp' } as Record<number, string>)[n] ?? String(n);
+}
+
+function icmpText(m: IcmpMatch): string {
+  const byte = (v: number, what: string) => {
+    if (!Number.isInteger(v) || v < 0 || v > 255) throw new InvalidRequestError(`invalid ICMP ${what} ${v}: expected 0-255`);
+    return String(v);
+  };
+  return m.code === undefined ? byte(m.type, 'type') : `${byte(m.type, 'type')}/${byte(m.code, 'code')}`;
+}
+
+/** Set matches for one side (text ending in a space, or ''), or undefined when this side cannot
+ * match in this family (its nets are all of the other family). */
+function entityMatches(e: EntityRule, dir: 'src' | 'dst', family: Family, ctx: Ctx): string | undefined {
+  let out = '';
+  if (e.nets !== undefined && e.nets.length > 0) {
+    const nets = setMembers(e.nets.map((c) => parseNet(c, 'net')).filter((c) => c.family === family));
+    if (nets.length === 0) return undefined;
+    out += `-m set --match-set ${netSet(nets, family, ctx)} ${dir} `;
+  }
+  if (e.notNets !== undefined && e.notNets.length > 0) {
+    // As Felix renders it (and policy/evaluate.ts specifies): a notNets list of only the other
+    // family makes the rule belong to that family, rather than match every packet of this one.
+    const nets = setMembers(e.notNets.map((c) => parseNet(c, 'notNet')).filter((c) => c.family === family));
+    if (nets.length === 0) return undefined;
+    out += `-m set ! --match-set ${netSet(nets, family, ctx)} ${dir} `;
+  }
+  if (e.selector !== undefined) out += `-m set --match-set ${selectorSet(e.selector, family, ctx)} ${dir} `;
+  if (e.notSelector !== undefined) out += `-m set ! --match-set ${selectorSet(e.notSelector, family, ctx)} ${dir} `;
+  return out;
+}
+
+function groupByLabels(eps: readonly LabelledEndpoint[], warnings: string[]): Ctx['groups'] {
+  const groups = new Map<string, { labels: Labels; v4: string[]; v6: string[] }>();
+  eps.forEach((ep, i) => {
+    const key = JSON.stringify(Object.entries(ep.labels).sort((a, b) => cmp(a[0], b[0])));
+    let g = groups.get(key);
+    if (g === undefined) {
+      g = { labels: ep.labels, v4: [], v6: [] };
+      groups.set(key, g);
+    }
+    g.v4.push(...lenientAddresses(ep.ipv4, 4, i, warnings));
+    g.v6.push(...lenientAddresses(ep.ipv6, 6, i, warnings));
+  });
+  return [...groups.values()];
+}
+
+function netSet(members: string[], family: Family, ctx: Ctx): string {
+  const name = netSetName(ctx.prefix, family, members);
+  ctx.sets.set(name, { family, type: 'hash:net', members });
+  return name;
+}
+
+function selectorSet(text: string, family: Family, ctx: Ctx): string {
+  const sel = selector(text);
+  let hash = selectorHash.get(sel.text);
+  if (hash === undefined) {
+    hash = sha256(sel.text).slice(0, SET_HASH_CHARS);
+    if (selectorHash.size >= SELECTOR_CACHE_MAX) selectorHash.clear();
+    selectorHash.set(sel.text, hash);
+  }
+  const name = `${ctx.prefix}-${family}s-${hash}`;
+  if (!ctx.sets.has(name)) {
+    const members = new Set<string>();
+    for (const g of ctx.groups) {
+      if (sel.matches(g.labels)) for (const a of family === 4 ? g.v4 : g.v6) members.add(a);
+    }
+    ctx.sets.set(name, { family, type: 'hash:ip', members: [...members].sort(cmp) });
+  }
+  return name;
+}
+
+/** multiport lists of at most 15 slots (a range takes two). */
+export function portChunks(ports: readonly PortRange[]): string[] {
+  const chunks: string[] = [];
+  let cur: string[] = [];
+  let slots = 0;
+  for (const p of ports) {
+    const ok = (v: number) => Number.isInteger(v) && v >= 0 && v <= 65535;
+    if (!ok(p.from) || !ok(p.to) || p.from > p.to) {
+      throw new InvalidRequestError(`invalid port range ${p.from}-${p.to}: expected 0-65535, from ≤ to`);
+    }
+    const single = p.from === p.to;
+    const need = single ? 1 : 2;
+    if (slots + need > MULTIPORT_MAX_SLOTS) {
+      chunks.push(cur.join(','));
+      cur = [];
+      slots = 0;
+    }
+    cur.push(single ? String(p.from) : `${p.from}:${p.to}`);
+    slots += need;
+  }
+  if (cur.length > 0) chunks.push(cur.join(','));
+  return chunks;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Addresses
+
+/** A CIDR (or a bare address, meaning /32 or /128) from a rule or a pool; refused if invalid,
+ * because dropping a net from a deny rule would open what the rule closes. */
+function parseNet(text: string, what: string): Cidr {
+  if (typeof text !== 'string') throw new InvalidRequestError(`invalid ${what} ${JSON.stringify(text)}`);
+  if (!text.includes('/')) {
+    const ip = tryParseIp(text);
+    if (ip === undefined) throw new InvalidRequestError(`invalid ${what} ${JSON.stringify(text)}`);
+    return { family: ip.family, network: ip.value, prefix: familyBits(ip.family) };
+  }
+  return parseCidr(text, what);
+}
+
+/** hash:net members: canonical, /0 split into two /1 (hash:net cannot hold /0), full-length
+ * prefixes written bare (as ipset prints them), sorted and unique. */
+function setMembers(cidrs: readonly Cidr[]): string[] {
+  const out = new Set<string>();
+  for (const c of cidrs) {
+    const bits = familyBits(c.family);
+    if (c.prefix === 0) {
+      out.add(formatCidr({ family: c.family, network: 0n, prefix: 1 }));
+      out.add(formatCidr({ family: c.family, network: 1n << BigInt(bits - 1), prefix: 1 }));
+    } else {
+      const s = formatCidr(c);
+      out.add(c.prefix === bits ? s.slice(0, s.indexOf('/')) : s);
+    }
+  }
+  return [...out].sort(cmp);
+}
+
+function canonicalHostAddresses(values: readonly string[], family: Family, what: string): string[] {
+  const out = new Set<string>();
+  for (const v of values) {
+    const a = hostAddress(v, family);
+    if (a === undefined) throw new InvalidRequestError(`invalid IPv${family} address ${JSON.stringify(v)} of ${what}`);
+    out.add(a);
+  }
+  return [...out].sort(cmp);
+}
+
+/** Remote data: an invalid address matches no packet, so leaving it out of a set changes
+ * nothing; note it and go on rather than stop programming the host. */
+function lenientAddresses(values: readonly string[], family: Family, index: number, warnings: string[]): string[] {
+  const out: string[] = [];
+  for (const v of values) {
+    const a = hostAddress(v, family);
+    if (a === undefined) warnings.push(`endpoint #${index}: ignored invalid IPv${family} address ${JSON.stringify(v)}`);
+    else out.push(a);
+  }
+  return out;
+}
+
+const ADDRESS_CACHE_MAX = 65536;
+const addressCache = new Map<string, string | null>();
+
+/** Canonical bare address, or undefined. Cached: the same addresses come by on every apply. */
+function hostAddress(value: string, family: Family): string | undefined {
+  if (typeof value !== 'string') return undefined;
+  const key = family === 4 ? value : `6|${value}`;
+  const hit = addressCache.get(key);
+  if (hit !== undefined) return hit ?? undefined;
+  const slash = value.indexOf('/');
+  const bare = slash < 0 ? value : value.slice(0, slash);
+  let out: string | undefined;
+  if (slash < 0 || value.slice(slash + 1) === String(familyBits(family))) {
+    const ip = tryParseIp(bare);
+    if (ip !== undefined && ip.family === family) {
+      const s = formatCidr({ family, network: ip.value, prefix: familyBits(family) });
+      out = s.slice(0, s.indexOf('/'));
+    }
+  }
+  if (addressCache.size >= ADDRESS_CACHE_MAX) addressCache.clear();
+  addressCache.set(key, out ?? null);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/** `-m comment --comment ...` quoted the way iptables-save prints it. Only fixed text and
+ * validated names reach here; anything else is refused. */
+function comment(text: string): string {
+  if (!/^[A-Za-z0-9 _.:,\/+-]{1,128}$/.test(text)) throw new InvalidRequestError(`unsafe comment ${JSON.stringify(text)}`);
+  return `-m comment --comment ${text.includes(' ') ? `"${text}"` : text}`;
+}
+
+function cmp(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+/** iptables-save-like text of one family (filter then nat) and the sets: golden files, debugging. */
+export function formatDesiredState(state: DesiredState, family: Family): string {
+  const lines: string[] = [];
+  for (const table of ['filter', 'nat'] as const) {
+    lines.push(`*${table}`);
+    const chains = state[table][family];
+    for (const chain of chains.keys()) lines.push(`:${chain} - [0:0]`);
+    for (const j of state.jumps[family]) if (j.table === table) lines.push(`-A ${j.from} -j ${j.to}`);
+    for (const [chain, rules] of chains) for (const r of rules) lines.push(`-A ${chain} ${r}`);
+    lines.push('COMMIT');
+  }
+  for (const [name, s] of state.sets) {
+    if (s.family !== family) continue;
+    lines.push(`# set ${name} ${s.type}: ${s.members.join(' ')}`);
+  }
+  return lines.join('\n') + '\n';
+}

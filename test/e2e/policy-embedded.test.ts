@@ -1,0 +1,3 @@
+import { policySuite } from './policy-flow';
+
+policySuite('embedded');
