@@ -13,6 +13,10 @@ import { PolicyState } from './policy-model';
 
 const log = logger('agent');
 const RETRY_MS = 1_000;
+/** How often the kernel is compared with what we wrote and repaired: other tools (Docker
+ * restarting and inserting its own FORWARD rules above ours, an admin's iptables -F) can undo our
+ * work without the datastore changing. */
+const KERNEL_RESYNC_MS = 60_000;
 
 /** The kernel side (dataplane/policy-dataplane.ts), reduced to what the agent drives. */
 export interface PolicyApplier {
@@ -34,6 +38,7 @@ export class PolicyAgent {
   private loop: Promise<void> | undefined;
   private stopped = false;
   private retryTimer: NodeJS.Timeout | undefined;
+  private kernelTimer: NodeJS.Timeout | undefined;
   private readonly waiters = new Set<Waiter>();
   /** Local endpoints that were ready in the last successful apply. */
   private programmed = new Set<string>();
@@ -51,6 +56,11 @@ export class PolicyAgent {
    * daemon fails at start instead of serving endpoints it cannot protect. */
   async start(): Promise<void> {
     await this.sync();
+    this.kernelTimer = setInterval(() => {
+      this.applier.resync();
+      this.markDirty();
+    }, KERNEL_RESYNC_MS);
+    this.kernelTimer.unref();
   }
 
   private async sync(): Promise<void> {
@@ -145,6 +155,7 @@ export class PolicyAgent {
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.retryTimer !== undefined) clearTimeout(this.retryTimer);
+    if (this.kernelTimer !== undefined) clearInterval(this.kernelTimer);
     await this.watch?.close();
     await this.loop?.catch(() => undefined);
     for (const w of this.waiters) {

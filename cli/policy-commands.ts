@@ -151,11 +151,16 @@ export const policyCommands: Record<string, Handler> = {
       ...(icmpCode !== undefined && { icmpCode }),
     };
     const result = explainPacket(packet, src.endpoint, dst.endpoint, (n) => profiles.get(n));
+    // Mirrors the dataplane: a host's own traffic to its local workloads is not filtered.
+    const note = src.endpoint === undefined && dst.endpoint !== undefined
+      ? `${src.ip} is not a workload: this verdict holds for traffic from other hosts or outside; traffic that originates on the destination's own host is always allowed to its local workloads`
+      : undefined;
     const summary = {
       allowed: result.allowed,
       packet,
       egress: { of: src.label, ...result.egress },
       ingress: { of: dst.label, ...result.ingress },
+      ...(note !== undefined && { note }),
     };
     if (ctx.format !== 'table') {
       ctx.io.out(ctx.format === 'json' ? JSON.stringify(summary, null, 2) : stringify(summary).trimEnd());
@@ -166,6 +171,7 @@ export const policyCommands: Record<string, Handler> = {
       `${src.label} -> ${dst.label} ${String(protocol)}${port}: ${result.allowed ? 'ALLOWED' : 'DENIED'}`,
       `  ${describe('egress', src.label, result.egress)}`,
       `  ${describe('ingress', dst.label, result.ingress)}`,
+      ...(note !== undefined ? [`  note: ${note}`] : []),
     ].join('\n'));
   },
 };

@@ -1,6 +1,9 @@
 // calicoctl against a running daemon's embedded store (through its socket) and, once the daemon
 // is gone, against the store files directly.
 import test from 'ava';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { calicoctl, startPlugin, type Plugin } from '../harness/plugin';
 import { post } from '../harness/plugin-client';
 
@@ -81,6 +84,79 @@ test.serial('ipam show and endpoint list work with nothing allocated', async (t)
   const eps = await calicoctl(plugin, ['endpoint', 'list']);
   t.is(eps.code, 0, eps.stderr);
   t.regex(eps.stdout, /^NODE\s+ENDPOINT\s+NETWORK/);
+});
+
+
+test.serial('profiles: apply, get in every format, round trip, delete', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'calicoctl-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const file = join(dir, 'web.yaml');
+  await writeFile(file, `apiVersion: projectcalico.org/v3
+kind: Profile
+metadata:
+  name: web
+spec:
+  ingress:
+  - action: Allow
+    protocol: TCP
+    source:
+      selector: role == 'frontend' && !has(blocked)
+    destination:
+      ports: [80, "8000:8080"]
+  - action: Deny
+    source:
+      nets: [198.18.0.0/16]
+  egress:
+  - action: Allow
+`);
+  const applied = await calicoctl(plugin, ['apply', '-f', file]);
+  t.is(applied.code, 0, applied.stderr);
+  t.is(applied.stdout.trim(), 'profile web created');
+  t.is((await calicoctl(plugin, ['apply', '-f', file])).stdout.trim(), 'profile web unchanged');
+
+  const yaml = await calicoctl(plugin, ['get', 'profile', 'web', '-o', 'yaml']);
+  t.is(yaml.code, 0, yaml.stderr);
+  t.regex(yaml.stdout, /selector: "!has\(blocked\) && role == 'frontend'"/, 'stored in canonical form');
+  // What `get` prints is valid input for `apply`.
+  const copy = join(dir, 'copy.yaml');
+  await writeFile(copy, yaml.stdout);
+  t.is((await calicoctl(plugin, ['apply', '-f', copy])).stdout.trim(), 'profile web unchanged');
+
+  const json = JSON.parse((await calicoctl(plugin, ['get', 'profile', '-o', 'json'])).stdout) as { kind: string; items: { metadata: { name: string } }[] };
+  t.is(json.kind, 'ProfileList');
+  t.true(json.items.some((p) => p.metadata.name === 'web'));
+  const table = await calicoctl(plugin, ['get', 'profile']);
+  t.regex(table.stdout, /^web\s+2\s+1\s*$/m);
+
+  t.is((await calicoctl(plugin, ['delete', 'profile', 'web'])).code, 0);
+  const gone = await calicoctl(plugin, ['get', 'profile', 'web']);
+  t.is(gone.code, 1);
+  t.regex(gone.stderr, /profile 'web' does not exist/);
+});
+
+test.serial('profiles: bad documents are refused with a clear message and write nothing', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'calicoctl-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const doc = (rule: string, name = 'bad'): string => `kind: Profile\nmetadata:\n  name: ${name}\nspec:\n  ingress:\n  - action: Allow\n${rule}`;
+  const cases: [string, string, RegExp][] = [
+    ['bad selector', doc('    source:\n      selector: "role == frontend"\n'), /column 9/],
+    ['unknown field', doc('    sauce:\n      nets: [198.18.0.0/16]\n'), /sauce/],
+    ['port out of range', doc('    protocol: TCP\n    destination:\n      ports: [70000]\n'), /70000/],
+    ['bad CIDR', doc('    source:\n      nets: [198.18.0.300/16]\n'), /198\.18\.0\.300\/16/],
+    ['ports without protocol', doc('    destination:\n      ports: [80]\n'), /protocol/i],
+    ['injection through a name', doc('', 'x --jump ACCEPT'), /name/],
+    ['injection through a selector', doc('    source:\n      selector: "role == \'a\' -j ACCEPT"\n'), /selector/],
+    ['a second bad document after a good one', `${doc('', 'good')}---\n${doc('    protocol: TCP\n    destination:\n      ports: ["9:1"]\n')}`, /9:1/],
+  ];
+  for (const [what, text, message] of cases) {
+    const file = join(dir, 'p.yaml');
+    await writeFile(file, text);
+    const r = await calicoctl(plugin, ['apply', '-f', file]);
+    t.is(r.code, 1, what);
+    t.regex(r.stderr, message, what);
+  }
+  const listed = JSON.parse((await calicoctl(plugin, ['get', 'profile', '-o', 'json'])).stdout) as { items: { metadata: { name: string } }[] };
+  t.deepEqual(listed.items.map((p) => p.metadata.name).filter((n) => n === 'good' || n === 'bad'), [], 'nothing written');
 });
 
 test.serial('after the daemon stops, calicoctl opens the store files directly', async (t) => {

@@ -7,7 +7,6 @@ import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { DataplaneError, InvalidRequestError } from '../../lib/errors.js';
-import { spawnCount } from '../../dataplane/exec.js';
 import {
   assertIfName,
   hostVethName,
@@ -28,11 +27,6 @@ import {
   removeEndpointVeth,
   routesFor,
 } from '../../dataplane/veth.js';
-import {
-  ensureForwardAccept,
-  inspectForwardAccept,
-  removeForwardAccept,
-} from '../../dataplane/iptables-forward.js';
 import { execInNetns, ipIn, netnsRegistry, type NetnsRegistry } from '../harness/netns.js';
 
 const BUSYBOX = '/bin/busybox';
@@ -345,51 +339,4 @@ test('ensureHostForwarding reads before it writes', async (t) => {
   t.deepEqual(await ensureHostForwarding({ ipv6: true }, { netns: h }), ['net.ipv6.conf.all.forwarding']);
   t.deepEqual(await ensureHostForwarding({ ipv6: true }, { netns: h }), []);
   t.is(await sysctl(h, 'net.ipv4.ip_forward'), '1');
-});
-
-test('iptables FORWARD accept chain: idempotent, exactly one jump at the top, removable', async (t) => {
-  const reg = netnsRegistry(t);
-  const h = await reg.create('cti');
-  const chain = `t-${randomBytes(4).toString('hex')}`;
-  const opts = { netns: h, chain, ifPrefix: 'cali' };
-  t.teardown(() => removeForwardAccept(opts));
-  // Something else already in FORWARD (as Docker would have), and a DROP policy.
-  for (const tool of ['iptables', 'ip6tables']) {
-    await execInNetns(h, tool, ['-w', '-A', 'FORWARD', '-i', 'upl0', '-j', 'DROP']);
-    await execInNetns(h, tool, ['-w', '-P', 'FORWARD', 'DROP']);
-  }
-
-  await ensureForwardAccept(opts);
-  await ensureForwardAccept(opts);
-  const check = async () => {
-    const states = await inspectForwardAccept(opts);
-    t.is(states.length, 2);
-    for (const s of states) {
-      t.true(s.chainExists);
-      t.deepEqual(s.jumpPositions, [0], `IPv${s.family}`);
-      t.deepEqual(s.chainRules, [`-A ${chain} -i cali+ -j ACCEPT`, `-A ${chain} -o cali+ -j ACCEPT`]);
-    }
-  };
-  await check();
-
-  // Heals a duplicated jump, a jump pushed down, and a tampered chain.
-  await execInNetns(h, 'iptables', ['-w', '-I', 'FORWARD', '1', '-j', 'ACCEPT']);
-  await execInNetns(h, 'iptables', ['-w', '-A', 'FORWARD', '-j', chain]);
-  await execInNetns(h, 'ip6tables', ['-w', '-F', chain]);
-  await ensureForwardAccept(opts);
-  await check();
-
-  await removeForwardAccept(opts);
-  for (const s of await inspectForwardAccept(opts)) {
-    t.false(s.chainExists);
-    t.deepEqual(s.jumpPositions, []);
-    t.deepEqual(s.chainRules, []);
-  }
-  const { stdout } = await execInNetns(h, 'iptables', ['-w', '-S', 'FORWARD']);
-  t.false(stdout.includes(chain));
-  await t.notThrowsAsync(removeForwardAccept(opts));
-});
-
-test('spawnCount is exported for hot-path checks', (t) => {
-  t.is(typeof spawnCount(), 'number');
 });
