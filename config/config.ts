@@ -23,6 +23,9 @@ export interface Config {
   readonly pluginDir: string;
   readonly networkDriverName: string;
   readonly ipamDriverName: string;
+  /** Prefix of the host ends of the veths (`cali`): with 11 characters of the endpoint ID it
+   * makes the interface name, and policy matches `<prefix>+`. */
+  readonly hostIfPrefix: string;
   /** Prefix Docker gives the container-side interface (DstPrefix): 'eth' → eth0. */
   readonly containerIfPrefix: string;
   readonly vethMtu: number;
@@ -53,6 +56,8 @@ export const DEFAULTS = {
 type Env = Readonly<Record<string, string | undefined>>;
 
 const DRIVER_NAME = /^[a-z0-9][a-z0-9._-]{0,62}$/;
+// 4 + 11 characters of the endpoint ID = 15, the kernel's limit for interface names.
+const HOST_IF_PREFIX = /^[a-z][a-z0-9]{0,3}$/;
 const IF_PREFIX = /^[a-z][a-z0-9]{0,9}$/;
 // Node names end up in datastore keys and in owner records; keep them DNS-like.
 const NODE_NAME = /^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$/;
@@ -172,6 +177,7 @@ export function parseConfig(env: Env, defaultNodeName: string = hostname()): Con
     pluginDir: absolutePath(env, 'CALICO_PLUGIN_DIR', DEFAULTS.pluginDir) ?? DEFAULTS.pluginDir,
     networkDriverName,
     ipamDriverName,
+    hostIfPrefix: matching(env, 'CALICO_INTERFACE_PREFIX', HOST_IF_PREFIX, 'cali', 'one to four lower-case letters or digits, starting with a letter (interface names are at most 15 characters)'),
     containerIfPrefix: matching(env, 'CALICO_LIBNETWORK_IFPREFIX', IF_PREFIX, DEFAULTS.containerIfPrefix, 'a short lower-case interface prefix such as eth'),
     vethMtu: mtu(env),
     createProfiles: bool(env, 'CALICO_LIBNETWORK_CREATE_PROFILES', true),

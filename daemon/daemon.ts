@@ -23,7 +23,6 @@ import { logger } from '../lib/log';
 import { registerNode } from './register-node';
 import { ensureDefaultPools } from './default-pools';
 import { startPluginServer, type PluginServer } from '../protocol/plugin-server';
-import { HOST_IF_PREFIX } from '../dataplane/names';
 
 const log = logger('daemon');
 
@@ -71,7 +70,7 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
     await registerNode(store, keys, config);
     await ensureHostForwarding({ ipv6: false }, ns);
     // The agent owns our iptables chains; it programs everything before Docker can reach us.
-    const agent = new PolicyAgent(store, keys, config.nodeName, new PolicyDataplane({ prefix: config.iptablesChainPrefix, markBit: POLICY_MARK_BIT, ifPrefix: HOST_IF_PREFIX, ...ns }));
+    const agent = new PolicyAgent(store, keys, config.nodeName, new PolicyDataplane({ prefix: config.iptablesChainPrefix, markBit: POLICY_MARK_BIT, ifPrefix: config.hostIfPrefix, ...ns }));
     await agent.start();
     closers.push(() => agent.stop());
     const labels = new LabelResolver({ dockerSocket: config.dockerSocket, store, keys, node: config.nodeName });
@@ -90,7 +89,7 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
       node: config.nodeName,
       pluginName: config.networkDriverName,
       ipamPluginName: config.ipamDriverName,
-      hostIfPrefix: HOST_IF_PREFIX,
+      hostIfPrefix: config.hostIfPrefix,
       containerIfPrefix: config.containerIfPrefix,
       mtu: config.vethMtu,
       createProfiles: config.createProfiles,

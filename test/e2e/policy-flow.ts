@@ -8,7 +8,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Docker from 'dockerode';
 import { run } from '../../dataplane/exec';
-import { hostVethName } from '../../dataplane/names';
 import { addressOn, createNetwork, exec, removeQuietly, runContainer, type ContainerAddress } from '../harness/containers';
 import { startDockerd } from '../harness/dockerd';
 import { startEtcd } from '../harness/etcd';
@@ -173,7 +172,7 @@ ${extra}  - action: Allow
   test.serial(`${backend}: a container whose labels are not known yet is never reachable`, async (t) => {
     // A second plugin that cannot reach Docker can never learn container labels: its endpoints
     // must stay isolated (fail closed), although the default profile would admit their peers.
-    const blind = await startPlugin({ dockerSocket: join(c().tmp, 'no-docker.sock'), ipv4Pool: `198.19.${randomInt(0, 256)}.0/24` });
+    const blind = await startPlugin({ dockerSocket: join(c().tmp, 'no-docker.sock'), ipv4Pool: `198.19.${randomInt(0, 255)}.0/24` });
     t.teardown(() => blind.cleanup());
     const name = `blind-${randomBytes(3).toString('hex')}`;
     networks.push(await createNetwork(c().docker, { name, driver: blind.networkDriver, ipamDriver: blind.ipamDriver }));
@@ -183,7 +182,7 @@ ${extra}  - action: Allow
     const eps = JSON.parse((await calicoctl(blind, ['endpoint', 'list', '-o', 'json'])).stdout) as { id: string; ready: boolean }[];
     t.deepEqual(eps.map((e) => e.ready), [false, false]);
     const { stdout } = await run('iptables', ['-S', `${blind.chainPrefix}-from-wl-dispatch`], 'dispatch');
-    t.false(stdout.includes(hostVethName('cali', target.address.endpointId)), 'no dispatch rule: the final drop applies');
+    t.false(stdout.includes(blind.hostIf(target.address.endpointId)), 'no dispatch rule: the final drop applies');
   });
 
   test.serial(`${backend}: a plugin restart reprograms identical rules with no gap`, async (t) => {
@@ -215,7 +214,7 @@ ${extra}  - action: Allow
     let leftovers: string[] = [];
     do {
       const rules = (await ourRules(c().plugin.chainPrefix)).join('\n');
-      leftovers = gone.flatMap((m) => [hostVethName('cali', m.address.endpointId), `${m.address.ipv4}`].filter((s) => rules.includes(s)));
+      leftovers = gone.flatMap((m) => [c().plugin.hostIf(m.address.endpointId), `${m.address.ipv4}`].filter((s) => rules.includes(s)));
       if (leftovers.length === 0) break;
       await new Promise((r) => setTimeout(r, 100));
     } while (Date.now() < deadline);

@@ -5,7 +5,6 @@ import test, { type ExecutionContext } from 'ava';
 import { randomBytes, randomInt } from 'node:crypto';
 import Docker from 'dockerode';
 import { run } from '../../dataplane/exec';
-import { hostVethName } from '../../dataplane/names';
 import { linkExists } from '../../dataplane/veth';
 import { addressOn, createNetwork, exec, removeQuietly, runContainer, type ContainerAddress } from '../harness/containers';
 import { startDockerd, type Dockerd } from '../harness/dockerd';
@@ -38,7 +37,7 @@ export function singleHostSuite(backend: 'embedded' | 'etcd'): void {
     const octet = randomInt(0, 256);
     const v4Pool = `198.18.${octet}.0/24`;
     const v6Pool = `fd00:ca11:${randomBytes(2).toString('hex')}::/64`;
-    const hostAddress = `198.19.${octet}.1`;
+    const hostAddress = `198.19.255.${randomInt(1, 255)}`;
     const dockerd = await startDockerd();
     teardowns.push(() => dockerd.stop());
     const etcd = backend === 'etcd' ? await startEtcd() : undefined;
@@ -72,7 +71,7 @@ export function singleHostSuite(backend: 'embedded' | 'etcd'): void {
 
   async function assertNoTraces(t: ExecutionContext, endpoints: ContainerAddress[]): Promise<void> {
     for (const ep of endpoints) {
-      t.false(await linkExists(hostVethName('cali', ep.endpointId)), `veth of ${ep.ipv4} removed`);
+      t.false(await linkExists(c().plugin.hostIf(ep.endpointId)), `veth of ${ep.ipv4} removed`);
       for (const ip of [ep.ipv4, ep.ipv6].filter((a) => a !== '')) {
         const { stdout } = await run('ip', ['-j', ip.includes(':') ? '-6' : '-4', 'route', 'show', 'exact', ip], 'routes');
         t.deepEqual(JSON.parse(stdout || '[]'), [], `route to ${ip} removed`);

@@ -31,6 +31,10 @@ export interface Plugin {
   readonly node: string;
   /** Prefix of this instance's iptables chains and ipsets. */
   readonly chainPrefix: string;
+  /** Prefix of this instance's host-side interfaces. */
+  readonly ifPrefix: string;
+  /** The host end of an endpoint's veth. */
+  hostIf(endpointId: string): string;
   /** Everything the daemon printed so far (for failure messages). */
   output(): string;
   /** SIGTERM and wait; resolves with the exit code. */
@@ -53,12 +57,16 @@ export async function startPlugin(opts: PluginOptions): Promise<Plugin> {
   const networkDriver = `calico-t${id}`;
   const ipamDriver = `calico-ipam-t${id}`;
   const node = `node-${id}`;
+  // Each instance has its own interface prefix: policy matches `<prefix>+`, and instances sharing
+  // one would drop each other's (to them unknown) interfaces.
+  const ifPrefix = `q${id.slice(0, 3)}`;
   const env: Record<string, string> = {
     CALICO_NETWORK_DRIVER_NAME: networkDriver,
     CALICO_IPAM_DRIVER_NAME: ipamDriver,
     CALICO_DATA_DIR: dataDir,
     CALICO_DATASTORE_PREFIX: `/calico-test/${id}`,
     CALICO_IPTABLES_CHAIN_PREFIX: chainPrefix,
+    CALICO_INTERFACE_PREFIX: ifPrefix,
     NODENAME: node,
     DOCKER_HOST: `unix://${opts.dockerSocket}`,
     CALICO_IPV4POOL_CIDR: opts.ipv4Pool ?? 'none',
@@ -97,6 +105,8 @@ export async function startPlugin(opts: PluginOptions): Promise<Plugin> {
     env,
     node,
     chainPrefix,
+    ifPrefix,
+    hostIf: (endpointId) => hostVethName(ifPrefix, endpointId),
     output: () => out,
     async stop() {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
@@ -114,7 +124,7 @@ export async function startPlugin(opts: PluginOptions): Promise<Plugin> {
       const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
       await plugin.stop();
       clearTimeout(timer);
-      await new PolicyDataplane({ prefix: chainPrefix, markBit: 0x100000 }).removeAll();
+      await new PolicyDataplane({ prefix: chainPrefix, markBit: 0x100000, ifPrefix }).removeAll();
       await rm(dataDir, { recursive: true, force: true });
     },
   };
@@ -144,7 +154,7 @@ export function calicoctl(plugin: Plugin, args: string[]): Promise<{ code: numbe
  * kernel): from then on the container's traffic follows its profiles instead of the fail-closed
  * drop. Reads the kernel, so it proves the rules are really there. */
 export async function waitProgrammed(plugin: Plugin, endpointId: string, timeoutMs = 10_000): Promise<void> {
-  const hostIf = hostVethName('cali', endpointId);
+  const hostIf = plugin.hostIf(endpointId);
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const { stdout } = await run('iptables', ['-S', `${plugin.chainPrefix}-from-wl-dispatch`], 'read dispatch chain');

@@ -14,6 +14,7 @@ test('defaults: embedded store, Calico names, default pools', (t) => {
   t.true(c.createProfiles);
   t.is(c.defaultIpv4Pool, '192.168.0.0/16');
   t.is(c.containerIfPrefix, 'eth');
+  t.is(c.hostIfPrefix, 'cali');
 });
 
 test('etcd settings are read and TLS files are kept', (t) => {
@@ -59,6 +60,7 @@ const invalid: [string, Record<string, string>, RegExp][] = [
   ['node name', { NODENAME: 'a b' }, /NODENAME/],
   ['docker host', { DOCKER_HOST: 'tcp://1.2.3.4:2375' }, /DOCKER_HOST must be a unix:\/\/ socket/],
   ['chain prefix', { CALICO_IPTABLES_CHAIN_PREFIX: 'way-too-long-prefix' }, /CALICO_IPTABLES_CHAIN_PREFIX/],
+  ['interface prefix too long', { CALICO_INTERFACE_PREFIX: 'calico' }, /CALICO_INTERFACE_PREFIX must be one to four/],
 ];
 
 for (const [name, env, message] of invalid) {
