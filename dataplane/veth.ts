@@ -359,7 +359,7 @@ export async function ensureHostForwarding(
   const netns = checkedNetns(opts);
   const keys = ['net/ipv4/ip_forward', ...(want.ipv6 ? ['net/ipv6/conf/all/forwarding'] : [])];
   const current = await readSysctls(keys, netns, 'read forwarding settings');
-  const toWrite = keys.filter((k, i) => current[i] !== '1');
+  const toWrite = keys.filter((_, i) => current[i] !== '1');
   if (toWrite.length > 0) {
     await writeSysctls(toWrite.map((k) => [k, '1']), netns, 'enable forwarding');
   }

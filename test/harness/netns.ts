@@ -6,6 +6,7 @@ import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { run, type ExecOptions, type ExecResult } from '../../dataplane/exec.js';
 import { assertNetnsName } from '../../dataplane/names.js';
+import { ensureHostForwarding } from '../../dataplane/veth.js';
 
 const live = new Set<string>();
 let exitHookInstalled = false;
@@ -104,4 +105,23 @@ export function netnsRegistry(t: { teardown(fn: () => Promise<void> | void): voi
   const reg = new NetnsRegistry();
   t.teardown(() => reg.deleteAll());
   return reg;
+}
+
+/** The "host" of namespace tests: lo carries HOST_V4/HOST_V6, an uplink veth pair carries the
+ * default routes (proxy ARP answers only for targets routed out of another interface), and
+ * forwarding is on. */
+export const HOST_V4 = '10.64.0.1';
+export const HOST_V6 = 'fd64::1';
+
+export async function makeRoutedHost(reg: NetnsRegistry, prefix: string): Promise<string> {
+  const h = await reg.create(prefix);
+  await ipIn(h, ['link', 'add', 'upl0', 'type', 'veth', 'peer', 'name', 'upl1']);
+  await ipIn(h, ['link', 'set', 'dev', 'upl0', 'up']);
+  await ipIn(h, ['link', 'set', 'dev', 'upl1', 'up']);
+  await ipIn(h, ['addr', 'add', `${HOST_V4}/32`, 'dev', 'lo']);
+  await ipIn(h, ['-6', 'addr', 'add', `${HOST_V6}/128`, 'dev', 'lo', 'nodad']);
+  await ipIn(h, ['route', 'add', 'default', 'dev', 'upl0']);
+  await ipIn(h, ['-6', 'route', 'add', 'default', 'dev', 'upl0']);
+  await ensureHostForwarding({ ipv6: true }, { netns: h });
+  return h;
 }

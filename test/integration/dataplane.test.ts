@@ -27,31 +27,17 @@ import {
   removeEndpointVeth,
   routesFor,
 } from '../../dataplane/veth.js';
-import { execInNetns, ipIn, netnsRegistry, type NetnsRegistry } from '../harness/netns.js';
+import { execInNetns, ipIn, netnsRegistry, type NetnsRegistry, HOST_V4, HOST_V6, makeRoutedHost } from '../harness/netns.js';
 
 const BUSYBOX = '/bin/busybox';
 const MTU = 1400;
-const H_V4 = '10.64.0.1';
-const H_V6 = 'fd64::1';
+const H_V4 = HOST_V4;
+const H_V6 = HOST_V6;
 
 function endpointId(): string {
   return randomBytes(32).toString('hex');
 }
 
-/** H: lo up with H_V4/H_V6, an uplink veth pair with the default routes (proxy ARP answers only
- * for targets routed out of another interface), forwarding on. */
-async function makeHost(reg: NetnsRegistry): Promise<string> {
-  const h = await reg.create('cth');
-  await ipIn(h, ['link', 'add', 'upl0', 'type', 'veth', 'peer', 'name', 'upl1']);
-  await ipIn(h, ['link', 'set', 'dev', 'upl0', 'up']);
-  await ipIn(h, ['link', 'set', 'dev', 'upl1', 'up']);
-  await ipIn(h, ['addr', 'add', `${H_V4}/32`, 'dev', 'lo']);
-  await ipIn(h, ['-6', 'addr', 'add', `${H_V6}/128`, 'dev', 'lo', 'nodad']);
-  await ipIn(h, ['route', 'add', 'default', 'dev', 'upl0']);
-  await ipIn(h, ['-6', 'route', 'add', 'default', 'dev', 'upl0']);
-  await ensureHostForwarding({ ipv6: true }, { netns: h });
-  return h;
-}
 
 interface Container {
   ns: string;
@@ -147,7 +133,7 @@ test('names: host and temporary peer names, validators', (t) => {
 
 test('IPv4 endpoint: link, MTU, sysctls, /32 route; container reaches the host', async (t) => {
   const reg = netnsRegistry(t);
-  const h = await makeHost(reg);
+  const h = await makeRoutedHost(reg, 'cth');
   const c = await attach(reg, h, { v4: '10.65.0.2' });
 
   const link = await linkInfo(c.hostIf, { netns: h });
@@ -170,7 +156,7 @@ test('IPv4 endpoint: link, MTU, sysctls, /32 route; container reaches the host',
 
 test('two IPv4 containers on one host reach each other', async (t) => {
   const reg = netnsRegistry(t);
-  const h = await makeHost(reg);
+  const h = await makeRoutedHost(reg, 'cth');
   const c1 = await attach(reg, h, { v4: '10.65.0.11' });
   const c2 = await attach(reg, h, { v4: '10.65.0.12' });
   t.true(await ping(c1.ns, '10.65.0.12'));
@@ -179,7 +165,7 @@ test('two IPv4 containers on one host reach each other', async (t) => {
 
 test('IPv6: /128 route, proxy_ndp, gateway is the host end link-local; ping6 across', async (t) => {
   const reg = netnsRegistry(t);
-  const h = await makeHost(reg);
+  const h = await makeRoutedHost(reg, 'cth');
   const c1 = await attach(reg, h, { v4: '10.65.0.21', v6: 'fd65::21' });
   const c2 = await attach(reg, h, { v6: 'fd65::22' });
 
@@ -203,7 +189,7 @@ test('IPv6: /128 route, proxy_ndp, gateway is the host end link-local; ping6 acr
 
 test('removeEndpointVeth deletes the pair and its routes, and is idempotent', async (t) => {
   const reg = netnsRegistry(t);
-  const h = await makeHost(reg);
+  const h = await makeRoutedHost(reg, 'cth');
   const c = await attach(reg, h, { v4: '10.65.0.31', v6: 'fd65::31' });
   t.true(await linkExists(c.hostIf, { netns: h }));
 
@@ -225,7 +211,7 @@ test('removeEndpointVeth deletes the pair and its routes, and is idempotent', as
 
 test('createEndpointVeth rolls back: existing name, route conflict, bad input', async (t) => {
   const reg = netnsRegistry(t);
-  const h = await makeHost(reg);
+  const h = await makeRoutedHost(reg, 'cth');
   const before = async () => ({
     links: (JSON.parse((await ipIn(h, ['-j', 'link', 'show'])).stdout) as Array<{ ifname: string }>)
       .map((l) => l.ifname)
@@ -296,7 +282,7 @@ test('host-namespace mode (run inside H): /proc/sys writes, one process per IPv4
   // The code path without `netns` writes /proc/sys directly. Running it in a child process that
   // lives in H tests that path without touching the real host.
   const reg = netnsRegistry(t);
-  const h = await makeHost(reg);
+  const h = await makeRoutedHost(reg, 'cth');
   const vethModule = path.join(__dirname, '../../dataplane/veth.js');
   const execModule = path.join(__dirname, '../../dataplane/exec.js');
   const code = `

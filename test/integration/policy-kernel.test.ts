@@ -14,16 +14,16 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { DataplaneError } from '../../lib/errors.js';
 import { hostVethName, tempPeerName } from '../../dataplane/names.js';
 import { PolicyDataplane } from '../../dataplane/policy-dataplane.js';
-import { CONTAINER_GATEWAY_V4, createEndpointVeth, ensureHostForwarding } from '../../dataplane/veth.js';
+import { CONTAINER_GATEWAY_V4, createEndpointVeth } from '../../dataplane/veth.js';
 import { explainPacket } from '../../policy/evaluate.js';
 import { DISPATCH_FLAT_MAX, renderPolicy, type PolicyModel } from '../../policy/render.js';
 import type { Labels, Profile, Rule } from '../../policy/types.js';
-import { execInNetns, ipIn, netnsRegistry, type NetnsRegistry } from '../harness/netns.js';
+import { execInNetns, ipIn, netnsRegistry, type NetnsRegistry, HOST_V4, HOST_V6, makeRoutedHost } from '../harness/netns.js';
 
 const BUSYBOX = '/bin/busybox';
 const MTU = 1400;
-const H_V4 = '10.64.0.1';
-const H_V6 = 'fd64::1';
+const H_V4 = HOST_V4;
+const H_V6 = HOST_V6;
 const MARK = 0x100000;
 
 test.before(() => {
@@ -53,22 +53,10 @@ interface World {
   profiles: Map<string, Profile>;
 }
 
-async function makeHost(reg: NetnsRegistry): Promise<string> {
-  const h = await reg.create('cph');
-  await ipIn(h, ['link', 'add', 'upl0', 'type', 'veth', 'peer', 'name', 'upl1']);
-  await ipIn(h, ['link', 'set', 'dev', 'upl0', 'up']);
-  await ipIn(h, ['link', 'set', 'dev', 'upl1', 'up']);
-  await ipIn(h, ['addr', 'add', `${H_V4}/32`, 'dev', 'lo']);
-  await ipIn(h, ['-6', 'addr', 'add', `${H_V6}/128`, 'dev', 'lo', 'nodad']);
-  await ipIn(h, ['route', 'add', 'default', 'dev', 'upl0']);
-  await ipIn(h, ['-6', 'route', 'add', 'default', 'dev', 'upl0']);
-  await ensureHostForwarding({ ipv6: true }, { netns: h });
-  return h;
-}
 
 async function world(t: ExecutionContext): Promise<World> {
   const reg = netnsRegistry(t);
-  const h = await makeHost(reg);
+  const h = await makeRoutedHost(reg, 'cph');
   const prefix = `t${randomBytes(3).toString('hex')}`;
   const dp = new PolicyDataplane({ prefix, markBit: MARK, netns: h });
   // Registered after the namespaces, so it runs before they are deleted (teardowns run LIFO).
