@@ -3,6 +3,7 @@
 // function of the datastore alone and can be tested without a kernel.
 import type { KeyValue } from '../datastore/datastore';
 import type { Keys } from '../datastore/keys';
+import { addressPart } from '../ipam/cidr';
 import { decodePool, type Pool } from '../ipam/pool';
 import { errorMessage } from '../lib/errors';
 import type { Logger } from '../lib/log';
@@ -12,8 +13,6 @@ import { decodeProfile } from '../model/profile';
 import { effectiveLabels } from '../policy/evaluate';
 import type { PolicyModel } from '../policy/render';
 import type { Labels, Profile } from '../policy/types';
-
-const bare = (cidr: string): string => cidr.replace(/\/\d+$/, '');
 
 function labelsOf(endpoint: Endpoint, profiles: ReadonlyMap<string, Profile>): Labels {
   return effectiveLabels(endpoint.profiles.map((name) => profiles.get(name)?.labelsToApply ?? {}), endpoint.labels);
@@ -74,8 +73,8 @@ export class PolicyState {
     return {
       localEndpoints: all
         .filter((e) => e.node === this.node)
-        .map((e) => ({ id: e.id, hostIf: e.hostInterface, ipv4: e.ipv4.map(bare), ipv6: e.ipv6.map(bare), profiles: e.profiles, ready: e.ready })),
-      remoteAndLocalEndpoints: all.map((e) => ({ ipv4: e.ipv4.map(bare), ipv6: e.ipv6.map(bare), labels: labelsOf(e, profiles) })),
+        .map((e) => ({ id: e.id, hostIf: e.hostInterface, ipv4: e.ipv4.map(addressPart), ipv6: e.ipv6.map(addressPart), profiles: e.profiles, ready: e.ready })),
+      remoteAndLocalEndpoints: all.map((e) => ({ ipv4: e.ipv4.map(addressPart), ipv6: e.ipv6.map(addressPart), labels: labelsOf(e, profiles) })),
       profiles,
       natOutgoingPools: pools.filter((p) => p.natOutgoing).map((p) => p.cidr),
       allPools: pools.map((p) => p.cidr),

@@ -2,6 +2,7 @@
 // endpoint may reach another and which rule decides, from the same semantics the agent renders.
 import { readFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
+import { addressPart } from '../ipam/cidr';
 import { InvalidRequestError, NotFoundError } from '../lib/errors';
 import { decodeProfile, encodeProfile } from '../model/profile';
 import { effectiveLabels, explainPacket, type Decision, type EndpointDescription, type Packet } from '../policy/evaluate';
@@ -69,14 +70,14 @@ interface Party {
 async function resolveParty(ctx: Context, arg: string, profiles: Map<string, Profile>, family?: 4 | 6): Promise<Party> {
   const eps = await listEndpoints(ctx);
   const byIp = isIP(arg) !== 0;
-  const matches = eps.filter((e) => (byIp ? [...e.ipv4, ...e.ipv6].some((a) => a.replace(/\/\d+$/, '') === arg) : e.id.startsWith(arg)));
+  const matches = eps.filter((e) => (byIp ? [...e.ipv4, ...e.ipv6].some((a) => addressPart(a) === arg) : e.id.startsWith(arg)));
   if (matches.length > 1) throw new InvalidRequestError(`'${arg}' matches ${matches.length} endpoints; give more of the endpoint ID`);
   const ep = matches[0];
   if (ep === undefined) {
     if (byIp) return { label: `${arg} (not a workload)`, ip: arg };
     throw new NotFoundError(`no endpoint with ID or address '${arg}' (see calicoctl endpoint list)`);
   }
-  const addresses = [...ep.ipv4, ...ep.ipv6].map((a) => a.replace(/\/\d+$/, ''));
+  const addresses = [...ep.ipv4, ...ep.ipv6].map(addressPart);
   const ip = byIp ? arg : addresses.find((a) => family === undefined || isIP(a) === family) ?? addresses[0];
   if (ip === undefined) throw new InvalidRequestError(`endpoint ${ep.id.slice(0, 12)} has no address`);
   return {

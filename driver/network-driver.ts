@@ -5,7 +5,7 @@ import type { Datastore } from '../datastore/datastore';
 import type { Keys } from '../datastore/keys';
 import { hostVethName, tempPeerName } from '../dataplane/names';
 import type { Allocator } from '../ipam/allocator';
-import { normalizeIp, parseCidr } from '../ipam/cidr';
+import { addressPart, familyBits, formatIp, parseCidr, parseIp, type IpFamily } from '../ipam/cidr';
 import { ConflictError, InvalidRequestError, NotFoundError } from '../lib/errors';
 import { logger } from '../lib/log';
 import { Undo } from '../lib/undo';
@@ -73,8 +73,11 @@ export interface NetworkDriverOptions {
  * endpoint is isolated until programmed, so answering early is safe, just less convenient). */
 const PROGRAMMED_WAIT_MS = 5_000;
 
-function bareAddress(cidrOrIp: string): string {
-  return cidrOrIp.replace(/\/\d+$/, '');
+/** A container address as the endpoint records it: canonical, with its full-length prefix. */
+function hostAddress(text: string, family: IpFamily, field: string): string {
+  const ip = parseIp(addressPart(text), field);
+  if (ip.family !== family) throw new InvalidRequestError(`${field} must be an IPv${family} address, got '${text}'`);
+  return `${formatIp(ip)}/${familyBits(family)}`;
 }
 
 export class NetworkDriver {
@@ -171,8 +174,8 @@ export class NetworkDriver {
     if (iface.Address === '' && iface.AddressIPv6 === '') {
       throw new InvalidRequestError(`endpoint ${req.EndpointID.slice(0, 12)} has no address: ${this.o.pluginName} networks need --ipam-driver ${this.o.ipamPluginName}`);
     }
-    const ipv4 = iface.Address === '' ? [] : [`${normalizeIp(bareAddress(iface.Address), 'Interface.Address')}/32`];
-    const ipv6 = iface.AddressIPv6 === '' ? [] : [`${normalizeIp(bareAddress(iface.AddressIPv6), 'Interface.AddressIPv6')}/128`];
+    const ipv4 = iface.Address === '' ? [] : [hostAddress(iface.Address, 4, 'Interface.Address')];
+    const ipv6 = iface.AddressIPv6 === '' ? [] : [hostAddress(iface.AddressIPv6, 6, 'Interface.AddressIPv6')];
     const profiles = await this.ensureProfile(req.NetworkID);
     const endpoint: Endpoint = {
       id: req.EndpointID,
@@ -193,7 +196,7 @@ export class NetworkDriver {
       const created = await this.o.store.create(key, serialize(endpoint));
       if (created === undefined) throw new ConflictError(`endpoint ${req.EndpointID.slice(0, 12)} already exists on ${this.o.node}`);
       undo.push(() => this.o.store.delete(key, created.revision));
-      for (const cidr of [...ipv4, ...ipv6]) await this.o.allocator.setEndpoint(bareAddress(cidr), req.EndpointID);
+      for (const cidr of [...ipv4, ...ipv6]) await this.o.allocator.setEndpoint(addressPart(cidr), req.EndpointID);
     } catch (err) {
       await undo.run(log);
       throw err;
@@ -226,8 +229,8 @@ export class NetworkDriver {
       hostIf,
       peerIf: tempPeerName(req.EndpointID),
       mtu: this.o.mtu,
-      ipv4: ep.ipv4.map(bareAddress),
-      ipv6: ep.ipv6.map(bareAddress),
+      ipv4: ep.ipv4.map(addressPart),
+      ipv6: ep.ipv6.map(addressPart),
     });
     if (ep.ready) {
       if (!(await this.o.policy.waitProgrammed(req.EndpointID, PROGRAMMED_WAIT_MS))) {

@@ -286,3 +286,9 @@ export function blockContaining(ip: IpAddress, blockPrefix: number): Cidr {
   }
   return { family: ip.family, network: ip.value & ~hostMask(ip.family, blockPrefix), prefix: blockPrefix };
 }
+
+/** The address part of "A/N" (or A itself): Docker and our records carry host addresses with
+ * their prefix length, the kernel tools and the allocator want them bare. */
+export function addressPart(text: string): string {
+  return text.replace(/\/\d+$/, '');
+}

@@ -15,7 +15,7 @@ import {
 import { route, type Route } from '../protocol/plugin-server';
 import type { Allocator } from './allocator';
 import type { Owner, Requester } from './block';
-import { containsIp, familyBits, formatIp, normalizeCidr, parseCidr, parseIp, type IpFamily } from './cidr';
+import { addressPart, containsIp, familyBits, formatIp, normalizeCidr, parseCidr, parseIp, type IpFamily } from './cidr';
 import type { Pool } from './pool';
 
 export const LOCAL_ADDRESS_SPACE = 'CalicoLocalAddressSpace';
@@ -111,7 +111,7 @@ export class IpamDriver {
     const owner: Owner = { node: this.node, handle: dockerHandle(req.PoolID), kind: 'container' };
     const bits = familyBits(ref.family);
     if (req.Address !== '') {
-      const ip = parseIp(req.Address.replace(/\/\d+$/, ''), '--ip');
+      const ip = parseIp(addressPart(req.Address), '--ip');
       if (ip.family !== ref.family) throw new InvalidRequestError(`--ip ${req.Address} is not an IPv${ref.family} address`);
       if (ref.cidr !== undefined && !containsIp(parseCidr(ref.cidr), ip)) {
         throw new InvalidRequestError(`--ip ${req.Address} is outside the network's subnet ${ref.cidr}`);
@@ -128,7 +128,7 @@ export class IpamDriver {
 
   async releaseAddress(req: ReleaseAddressRequest): Promise<object> {
     const ref = parsePoolId(req.PoolID);
-    const ip = parseIp(req.Address.replace(/\/\d+$/, ''), 'Address');
+    const ip = parseIp(addressPart(req.Address), 'Address');
     if (ip.family !== ref.family) throw new InvalidRequestError(`Address ${req.Address} does not belong to pool ${req.PoolID}`);
     const requester: Requester = { node: this.node, handle: dockerHandle(req.PoolID) };
     // Releasing an address that is already free (Docker retries, a second ReleaseAddress) is fine;
