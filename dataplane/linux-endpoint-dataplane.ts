@@ -1,12 +1,20 @@
 // The Linux implementation of the driver's EndpointDataplane: veths, host routes and sysctls via
 // iproute2 (dataplane/veth.ts).
 import type { AttachedVeth, EndpointDataplane, VethSpec } from '../driver/endpoint-dataplane';
+import { errorMessage } from '../lib/errors';
+import { logger } from '../lib/log';
 import { createEndpointVeth, ensureHostForwarding, removeEndpointVeth, type NetnsOption } from './veth';
 
+const log = logger('dataplane');
+
 export class LinuxEndpointDataplane implements EndpointDataplane {
+  /** Removals started by Leave, by interface. */
+  private readonly removing = new Map<string, Promise<void>>();
+
   constructor(private readonly ns: NetnsOption = {}) {}
 
   async attach(spec: VethSpec): Promise<AttachedVeth> {
+    await this.removing.get(spec.hostIf);
     // IPv6 forwarding is turned on only when an IPv6 endpoint needs it: on a host that configures
     // itself by router advertisements, forwarding=1 makes the kernel ignore them.
     if (spec.ipv6.length > 0) await ensureHostForwarding({ ipv6: true }, this.ns);
@@ -15,6 +23,17 @@ export class LinuxEndpointDataplane implements EndpointDataplane {
   }
 
   async detach(hostIf: string): Promise<void> {
+    await this.removing.get(hostIf);
     await removeEndpointVeth(hostIf, this.ns);
+  }
+
+  startDetach(hostIf: string): void {
+    if (this.removing.has(hostIf)) return;
+    // A failure here is not lost: detach() (DeleteEndpoint) removes the veth again and reports.
+    const removal = removeEndpointVeth(hostIf, this.ns).then(
+      () => undefined,
+      (err: unknown) => log.warn('removing %s after Leave failed (DeleteEndpoint retries): %s', hostIf, errorMessage(err)),
+    ).finally(() => this.removing.delete(hostIf));
+    this.removing.set(hostIf, removal);
   }
 }

@@ -16,6 +16,7 @@
 // namespace sysctls are written to /proc/sys directly (no process); in a namespace they go through
 // `ip netns exec <ns> sysctl`.
 
+import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DataplaneError, errorMessage, InvalidRequestError } from '../lib/errors.js';
@@ -273,6 +274,9 @@ export async function linkExists(name: string, opts: NetnsOption = {}): Promise<
 export async function removeEndpointVeth(hostIf: string, opts: NetnsOption = {}): Promise<boolean> {
   assertIfName(hostIf, 'host interface name');
   const netns = checkedNetns(opts);
+  // In our own namespace sysfs tells at no cost whether there is anything to delete: DeleteEndpoint
+  // after Leave, and repeated teardowns, then spawn nothing.
+  if (netns === undefined && !existsSync(`/sys/class/net/${hostIf}`)) return false;
   try {
     await run(IP, [...nsArgs(netns), 'link', 'del', 'dev', hostIf], `delete veth ${hostIf}`);
     return true;

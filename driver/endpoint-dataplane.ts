@@ -19,8 +19,12 @@ export interface AttachedVeth {
 export interface EndpointDataplane {
   /** Creates the veth and host routes. All-or-nothing: on failure nothing is left behind. */
   attach(spec: VethSpec): Promise<AttachedVeth>;
-  /** Removes the veth (and with it its routes). Succeeds when it is already gone. */
+  /** Removes the veth (and with it its routes), after any removal started by startDetach.
+   * Succeeds when it is already gone. */
   detach(hostIf: string): Promise<void>;
+  /** Starts removing the veth without waiting for it (the kernel takes ~20 ms to delete a veth
+   * pair); attach and detach of the same interface wait for it to finish. */
+  startDetach(hostIf: string): void;
 }
 
 /** Looks up Docker's name for a network (CreateNetwork carries only the ID). */

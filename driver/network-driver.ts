@@ -256,8 +256,10 @@ export class NetworkDriver {
     return response;
   }
 
-  async leave(req: EndpointRequest): Promise<object> {
-    await this.o.dataplane.detach(hostVethName(this.o.hostIfPrefix, req.EndpointID));
+  /** Answers at once: the veth is removed in the background and DeleteEndpoint, which Docker
+   * sends next, waits for the removal to be complete. */
+  leave(req: EndpointRequest): object {
+    this.o.dataplane.startDetach(hostVethName(this.o.hostIfPrefix, req.EndpointID));
     return {};
   }
 

@@ -129,9 +129,10 @@ test.serial('replays a docker network create / run / rm sequence', async (t) => 
   t.like(info.body, { Value: { hostInterface: `cali${ENDPOINT_ID.slice(0, 11)}`, ipv4: [ip] } });
   t.deepEqual((await net('/NetworkDriver.RevokeExternalConnectivity', fixture('/NetworkDriver.RevokeExternalConnectivity'))).body, {});
   t.deepEqual((await net('/NetworkDriver.Leave', fixture('/NetworkDriver.Leave'))).body, {});
-  t.false(await linkExists(`cali${ENDPOINT_ID.slice(0, 11)}`, { netns }));
   t.deepEqual((await net('/NetworkDriver.Leave', fixture('/NetworkDriver.Leave'))).body, {}, 'Leave twice is fine');
+  // Leave starts removing the veth; DeleteEndpoint, which Docker sends next, finishes it.
   t.deepEqual((await net('/NetworkDriver.DeleteEndpoint', fixture('/NetworkDriver.DeleteEndpoint'))).body, {});
+  t.false(await linkExists(`cali${ENDPOINT_ID.slice(0, 11)}`, { netns }));
   t.deepEqual((await net('/NetworkDriver.DeleteEndpoint', fixture('/NetworkDriver.DeleteEndpoint'))).body, {}, 'DeleteEndpoint twice is fine');
 
   const release = { PoolID: POOL, Address: ip.replace('/32', '') };
