@@ -15,7 +15,7 @@ import { DataplaneError } from '../../lib/errors.js';
 import { hostVethName, tempPeerName } from '../../dataplane/names.js';
 import { PolicyDataplane } from '../../dataplane/policy-dataplane.js';
 import { CONTAINER_GATEWAY_V4, createEndpointVeth } from '../../dataplane/veth.js';
-import { explainPacket } from '../../policy/evaluate.js';
+import { effectiveLabels, explainPacket } from '../../policy/evaluate.js';
 import { DISPATCH_FLAT_MAX, renderPolicy, type PolicyModel } from '../../policy/render.js';
 import type { Labels, Profile, Rule } from '../../policy/types.js';
 import { execInNetns, ipIn, netnsRegistry, type NetnsRegistry, HOST_V4, HOST_V6, makeRoutedHost } from '../harness/netns.js';
@@ -102,9 +102,7 @@ async function attach(
 }
 
 function effective(w: World, c: Container): Labels {
-  const out: Record<string, string> = {};
-  for (const p of [...c.profiles].reverse()) Object.assign(out, w.profiles.get(p)?.labelsToApply ?? {});
-  return Object.assign(out, c.labels);
+  return effectiveLabels(c.profiles.map((p) => w.profiles.get(p)?.labelsToApply ?? {}), c.labels);
 }
 
 function modelOf(w: World): PolicyModel {
@@ -512,4 +510,27 @@ test('a failed apply forces a full resync; removeAll leaves nothing of ours', as
     t.false(stdout.includes(w.prefix), `IPv${fam}: ${stdout}`);
   }
   t.deepEqual(await ourSets(w), []);
+});
+
+test('natOutgoing pools masquerade traffic to destinations outside every pool', async (t) => {
+  const w = await world(t);
+  // An "outside" host on a link of its own, with no route back to the pool: it can answer only
+  // if the container's source address was rewritten to the host's.
+  const outside = await w.reg.create('cpo');
+  await ipIn(w.h, ['link', 'add', 'ext0', 'type', 'veth', 'peer', 'name', 'ext1']);
+  await ipIn(w.h, ['link', 'set', 'dev', 'ext1', 'netns', outside]);
+  await ipIn(w.h, ['addr', 'add', '10.67.0.1/24', 'dev', 'ext0']);
+  await ipIn(w.h, ['link', 'set', 'dev', 'ext0', 'up']);
+  await ipIn(outside, ['addr', 'add', '10.67.0.2/24', 'dev', 'ext1']);
+  await ipIn(outside, ['link', 'set', 'dev', 'ext1', 'up']);
+  setProfiles(w, networkProfile('net'));
+  const a = await attach(w, { v4: '10.66.0.10', profiles: ['net'] });
+  const b = await attach(w, { v4: '10.66.0.11', profiles: ['net'] });
+
+  await w.dp.apply(modelOf(w));
+  t.false(await ping(a.ns, '10.67.0.2', false), 'without natOutgoing the outside cannot answer');
+
+  await w.dp.apply({ ...modelOf(w), natOutgoingPools: ['10.66.0.0/16'] });
+  t.true(await ping(a.ns, '10.67.0.2', true), 'masqueraded to the host address');
+  await check(t, w, a, b, { tcp: 8080 }, true);
 });
