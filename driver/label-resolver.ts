@@ -16,7 +16,10 @@ import { Endpoint } from '../model/endpoint';
 import { containerLabelsToEndpointLabels } from './container-labels';
 
 const log = logger('labels');
-const FIRST_DELAY_MS = 20;
+/** Docker connects the container within a few hundred milliseconds of Join: poll briskly for a
+ * while (each poll is one container-list call), then back off. */
+const FAST_POLL_MS = 25;
+const FAST_POLLS = 80;
 const MAX_DELAY_MS = 2_000;
 /** After this long the container is gone or Docker is unreachable; the endpoint stays isolated. */
 const GIVE_UP_MS = 120_000;
@@ -48,6 +51,8 @@ export class LabelResolver {
   resolveLater(endpointId: string, networkId: string): void {
     if (this.closed || this.pending.has(endpointId)) return;
     const started = Date.now();
+    let polls = 0;
+    const next = (delay: number): number => (++polls < FAST_POLLS ? FAST_POLL_MS : Math.min(delay * 2, MAX_DELAY_MS));
     const attempt = (delay: number): void => {
       const timer = setTimeout(() => {
         this.tryOnce(endpointId, networkId).then(
@@ -58,18 +63,18 @@ export class LabelResolver {
               this.pending.delete(endpointId);
               log.warn('endpoint %s: no container found for it in Docker after %ds; it stays isolated', endpointId.slice(0, 12), GIVE_UP_MS / 1000);
             } else {
-              attempt(Math.min(delay * 2, MAX_DELAY_MS));
+              attempt(next(delay));
             }
           },
           (err: unknown) => {
             log.warn('endpoint %s: label lookup failed: %s', endpointId.slice(0, 12), errorMessage(err));
-            attempt(Math.min(delay * 2, MAX_DELAY_MS));
+            attempt(next(delay));
           },
         );
       }, delay);
       this.pending.set(endpointId, timer);
     };
-    attempt(FIRST_DELAY_MS);
+    attempt(FAST_POLL_MS);
   }
 
   /** True when finished: labels written, or the endpoint no longer exists. */
