@@ -16,6 +16,7 @@ import {
   assertPolicyPrefix,
   FAMILIES,
   ownsSet,
+  RenderCache,
   renderPolicy,
   type DesiredState,
   type Family,
@@ -56,7 +57,8 @@ export interface ApplyStats extends PlanStats {
   processes: number;
   /** Wall time of the whole apply. */
   ms: number;
-  /** Where it went: render (pure), kernel read (full resync only), diff (pure), kernel writes. */
+  /** Where it went: render (pure), kernel read (full resync only; started before render, so this
+   * is the wait left after it), diff (pure), kernel writes. */
   phasesMs: { render: number; read: number; diff: number; write: number };
   /** Render warnings (skipped invalid remote addresses). */
   warnings: readonly string[];
@@ -69,6 +71,8 @@ export class PolicyDataplane {
   private readonly ipv6: boolean;
   private readonly netns: string | undefined;
   private applied: DesiredState | undefined;
+  /** What earlier renders worked out (pure memo: the output does not depend on it). */
+  private readonly renderCache = new RenderCache();
   /** Bumped by resync(): an apply already under way must not record its state as current. */
   private epoch = 0;
   private queue: Promise<unknown> = Promise.resolve();
@@ -86,14 +90,15 @@ export class PolicyDataplane {
   apply(model: PolicyModel): Promise<ApplyStats> {
     return this.serialized(async () => {
       const t0 = performance.now();
-      const desired = renderPolicy({
-        ...model,
-        prefix: this.prefix,
-        markBit: this.markBit,
-        ifPrefix: this.ifPrefix,
-        ipv6: this.ipv6,
-      });
-      return this.write(desired, t0, performance.now() - t0);
+      // A full resync diffs against the kernel: start the reading tools first, so they run while
+      // render (synchronous, CPU only) works. The read still completes before anything is written.
+      const kernelRead = this.applied === undefined ? this.readKernel() : undefined;
+      kernelRead?.catch(() => undefined); // if render throws first; write() awaits and reports it
+      const desired = renderPolicy(
+        { ...model, prefix: this.prefix, markBit: this.markBit, ifPrefix: this.ifPrefix, ipv6: this.ipv6 },
+        this.renderCache,
+      );
+      return this.write(desired, t0, performance.now() - t0, kernelRead);
     });
   }
 
@@ -133,7 +138,12 @@ export class PolicyDataplane {
 
   // ---------------------------------------------------------------------------------------------
 
-  private async write(desired: DesiredState, t0: number, renderMs: number): Promise<ApplyStats> {
+  private async write(
+    desired: DesiredState,
+    t0: number,
+    renderMs: number,
+    kernelRead?: Promise<KernelSnapshot>,
+  ): Promise<ApplyStats> {
     let processes = 0;
     const epoch = this.epoch;
     const fullResync = this.applied === undefined;
@@ -141,12 +151,14 @@ export class PolicyDataplane {
       let t = performance.now();
       let kernel: KernelSnapshot | undefined;
       if (fullResync) {
-        kernel = await this.readKernel();
+        kernel = await (kernelRead ?? this.readKernel());
         processes += this.ipv6 ? 3 : 2;
       }
       const read = performance.now() - t;
       t = performance.now();
-      const plan = diffPolicy(this.applied, desired, kernel);
+      // The base is exact (what we wrote last, or what the kernel printed), so chains that only
+      // gained rules can take inserts: no deletion, no RCU wait in the tool (see DiffOptions).
+      const plan = diffPolicy(this.applied, desired, kernel, { insertInPlace: true });
       const diff = performance.now() - t;
       t = performance.now();
       this.applied = undefined; // until the whole plan is in

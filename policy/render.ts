@@ -1,6 +1,8 @@
 // Profile policy → the iptables chains and ipsets a host needs for its local endpoints. Pure: no
 // I/O, no clock; the same input always renders the same text, in iptables-save's canonical
 // spelling, so a resync can compare what the kernel prints with what is wanted line by line.
+// A RenderCache (one per dataplane) remembers content-keyed pieces of earlier renders, so a render
+// after one change costs little more than walking the model; it never changes the output.
 //
 // Layout (per family; every name starts with `<prefix>-`, at most 28 characters):
 //
@@ -31,7 +33,7 @@
 
 import { createHash } from 'node:crypto';
 import { InvalidRequestError } from '../lib/errors.js';
-import { assertIfName, HOST_IF_PREFIX } from '../dataplane/names.js';
+import { assertIfName, HOST_IF_PREFIX, isValidIfName } from '../dataplane/names.js';
 import { familyBits, formatCidr, parseCidr, tryParseIp, type Cidr } from '../ipam/cidr.js';
 import { parseSelector, type Selector } from './selector.js';
 import { PROTOCOL_NUMBERS, protocolNumber, type EntityRule, type IcmpMatch, type Labels, type PortRange, type Profile, type Rule } from './types.js';
@@ -250,18 +252,86 @@ function selector(text: string): Selector {
 // ---------------------------------------------------------------------------------------------
 // Rendering
 
+/** A set named by a rendered rule: a net set (members known from the rule) or a selector set
+ * (members are the addresses of the endpoints whose labels the selector matches). */
+type SetRef =
+  | { readonly kind: 'net'; readonly name: string; readonly spec: IpSetSpec }
+  | { readonly kind: 'selector'; readonly name: string; readonly selector: Selector; readonly family: Family };
+
 interface Ctx {
   readonly prefix: string;
   readonly mark: string;
-  readonly model: PolicyModel;
-  readonly sets: Map<string, IpSetSpec>;
-  readonly warnings: string[];
-  /** Remote and local endpoints grouped by identical labels (a selector is evaluated once per
-   * group), with their canonical addresses. */
-  readonly groups: ReadonlyArray<{ readonly labels: Labels; readonly v4: string[]; readonly v6: string[] }>;
+  /** The sets named by the rules rendered so far, in order. */
+  readonly refs: SetRef[];
 }
 
-export function renderPolicy(input: PolicyInput): DesiredState {
+interface CachedChain {
+  epoch: number;
+  /** The profile rules' JSON this was rendered from. */
+  readonly json: string;
+  readonly rules: readonly string[];
+  readonly refs: readonly SetRef[];
+}
+
+interface LabelMatches {
+  epoch: number;
+  /** A frozen copy of the labels (parsed from the key, so later changes to the caller's object
+   * cannot make the entry lie). */
+  readonly labels: Labels;
+  /** How many of RenderCache.selectors have been evaluated against these labels. */
+  checked: number;
+  /** Indexes into RenderCache.selectors of those that match. */
+  readonly matches: number[];
+}
+
+interface EndpointRulesNode {
+  readonly next: Map<string, EndpointRulesNode>;
+  chain?: { epoch: number; readonly rules: readonly string[] };
+}
+
+interface CachedMembers {
+  epoch: number;
+  /** Addresses in endpoint order, as collected (may repeat). */
+  readonly raw: readonly string[];
+  readonly spec: IpSetSpec;
+}
+
+/** Entries beyond the ones a render used, kept for undo-like changes before a sweep. */
+const CACHE_SLACK = 1024;
+/** Known selectors beyond twice the ones a render uses before they are forgotten. */
+const SELECTOR_SLACK = 64;
+
+/**
+ * What earlier renders worked out, so that a render after a small change (one endpoint added, one
+ * profile edited) redoes only what that change touches: profile chains are keyed by their rules'
+ * content, selector matches by the labels' content, set members by what was collected. Nothing is
+ * keyed by object identity, so a render with a cache returns exactly what one without would.
+ * Entries a render did not use are swept once they outnumber the used ones, so the cache stays
+ * in proportion to the model. One cache per dataplane; renders are synchronous, so never
+ * interleaved.
+ */
+export class RenderCache {
+  /** Render counter: entries touched by the current render carry it. */
+  epoch = 0;
+  /** `<prefix> <mark> <family> <chain>` → rendered rules and the sets they name, with the JSON of
+   * the profile rules they came from (a hit needs the same JSON). */
+  readonly chains = new Map<string, CachedChain>();
+  /** Selectors evaluated against cached labels, by index; selectorIds maps canonical text. */
+  selectors: Selector[] = [];
+  readonly selectorIds = new Map<string, number>();
+  /** JSON of an endpoint's labels → which known selectors match. */
+  readonly labels = new Map<string, LabelMatches>();
+  /** Selector set name → its last members. */
+  readonly members = new Map<string, CachedMembers>();
+  /** `<direction> <mark>`, then each profile chain in order → an endpoint chain's rules. */
+  readonly endpointRules = new Map<string, EndpointRulesNode>();
+  /** Endpoint chains held in the endpointRules trie. */
+  endpointRulesCount = 0;
+}
+
+const defaultCache = new RenderCache();
+
+export function renderPolicy(input: PolicyInput, cache: RenderCache = defaultCache): DesiredState {
   const prefix = assertPolicyPrefix(input.prefix);
   const mark = assertMarkBit(input.markBit);
   const ifPrefix = assertIfPrefix(input.ifPrefix ?? HOST_IF_PREFIX);
@@ -271,7 +341,11 @@ export function renderPolicy(input: PolicyInput): DesiredState {
   // Local endpoints: validated names, unique interfaces, canonical addresses.
   const seenIf = new Set<string>();
   const locals = input.localEndpoints.map((ep) => {
-    const hostIf = assertIfName(ep.hostIf, `host interface name of endpoint ${JSON.stringify(ep.id)}`);
+    // The message only when it is needed: this runs for every endpoint on every render.
+    const hostIf =
+      typeof ep.hostIf === 'string' && isValidIfName(ep.hostIf)
+        ? ep.hostIf
+        : assertIfName(ep.hostIf, `host interface name of endpoint ${JSON.stringify(ep.id)}`);
     if (!hostIf.startsWith(ifPrefix)) {
       throw new InvalidRequestError(`host interface ${hostIf} of endpoint ${ep.id} does not start with ${ifPrefix}`);
     }
@@ -291,14 +365,10 @@ export function renderPolicy(input: PolicyInput): DesiredState {
   locals.sort((a, b) => cmp(a.hostIf, b.hostIf));
   const ready = locals.filter((l) => l.ep.ready);
 
-  const ctx: Ctx = {
-    prefix,
-    mark,
-    model: input,
-    sets: new Map(),
-    warnings,
-    groups: groupByLabels(input.remoteAndLocalEndpoints, warnings),
-  };
+  const epoch = ++cache.epoch;
+  const sets = new Map<string, IpSetSpec>();
+  /** Selector sets wanted, by name: members are filled in after every chain is rendered. */
+  const selectorSets = new Map<string, { readonly selector: Selector; readonly family: Family }>();
 
   // Profiles used by ready local endpoints, in name order.
   const used = new Set<string>();
@@ -310,30 +380,64 @@ export function renderPolicy(input: PolicyInput): DesiredState {
   for (const p of usedProfiles) {
     profileChain.set(p, { ingress: profileChainName(prefix, 'ingress', p), egress: profileChainName(prefix, 'egress', p) });
   }
-  const endpointChains: Array<[string, string[]]> = [];
+  // An endpoint chain's rules depend only on the mark and its profiles' chains, so endpoints with
+  // the same profiles share one (cached, frozen) array, which the diff compares by reference.
+  const endpointChains: Array<[string, readonly string[]]> = [];
   const clearMark = `-j MARK --set-xmark 0x0/${mark}`;
   const returnIfMarked = `-m mark --mark ${mark}/${mark} -j RETURN`;
+  let endpointRulesUsed = 0;
+  const roots = { egress: endpointRulesRoot(cache, 'egress', mark), ingress: endpointRulesRoot(cache, 'ingress', mark) };
   for (const l of ready) {
-    for (const direction of ['egress', 'ingress'] as const) {
-      const rules = [clearMark];
+    for (const direction of DIRECTIONS) {
+      // Looked up along a path of chain names (a trie: no key string to build and hash).
+      let node = roots[direction];
       for (const p of l.profiles) {
         const chains = profileChain.get(p);
-        if (chains === undefined) continue; // unknown profile: no allow from it (fail closed)
-        rules.push(`-j ${chains[direction]}`, returnIfMarked);
+        if (chains === undefined) continue;
+        let child: EndpointRulesNode | undefined = node.next.get(chains[direction]);
+        if (child === undefined) {
+          child = { next: new Map() };
+          node.next.set(chains[direction], child);
+        }
+        node = child;
       }
-      rules.push(direction === 'egress' ? DROP_NO_EGRESS : DROP_NO_INGRESS);
-      endpointChains.push([direction === 'egress' ? l.fw : l.tw, rules]);
+      let cached = node.chain;
+      if (cached === undefined) {
+        const rules = [clearMark];
+        for (const p of l.profiles) {
+          const chains = profileChain.get(p);
+          if (chains === undefined) continue; // unknown profile: no allow from it (fail closed)
+          rules.push(`-j ${chains[direction]}`, returnIfMarked);
+        }
+        rules.push(direction === 'egress' ? DROP_NO_EGRESS : DROP_NO_INGRESS);
+        cached = { epoch: -1, rules: Object.freeze(rules) };
+        cache.endpointRulesCount++;
+        node.chain = cached;
+      }
+      if (cached.epoch !== epoch) {
+        cached.epoch = epoch;
+        endpointRulesUsed++;
+      }
+      endpointChains.push([direction === 'egress' ? l.fw : l.tw, cached.rules]);
     }
   }
 
   const names = topChainNames(prefix);
   const wild = `${ifPrefix}+`;
-  const filter = {} as Record<Family, Map<string, string[]>>;
-  const nat = {} as Record<Family, Map<string, string[]>>;
+  const filter = {} as Record<Family, Map<string, readonly string[]>>;
+  const nat = {} as Record<Family, Map<string, readonly string[]>>;
   const jumps = {} as Record<Family, TopLevelJump[]>;
+  // Profile rules as JSON (the cache key), once for both families; undefined: not serializable
+  // (not a valid profile anyway), rendered without the cache so render reports what is wrong.
+  const rulesJson = new Map<string, { ingress: string | undefined; egress: string | undefined }>();
+  for (const name of usedProfiles) {
+    const profile = input.profiles.get(name);
+    if (profile !== undefined) rulesJson.set(name, { ingress: jsonOf(profile.ingress), egress: jsonOf(profile.egress) });
+  }
+  let chainsUsed = 0;
   for (const family of FAMILIES) {
-    const f = new Map<string, string[]>();
-    const n = new Map<string, string[]>();
+    const f = new Map<string, readonly string[]>();
+    const n = new Map<string, readonly string[]>();
     filter[family] = f;
     nat[family] = n;
     jumps[family] = [];
@@ -366,13 +470,18 @@ export function renderPolicy(input: PolicyInput): DesiredState {
       if (profile === undefined) continue;
       for (const direction of ['ingress', 'egress'] as const) {
         const chain = profileChain.get(name)?.[direction] ?? profileChainName(prefix, direction, name);
-        const rules: string[] = [];
-        for (const rule of profile[direction]) rules.push(...renderRule(rule, family, chain, ctx));
-        f.set(chain, rules);
+        const json = rulesJson.get(name)?.[direction];
+        const rendered = profileRules(cache, epoch, { prefix, mark, refs: [] }, family, chain, profile[direction], json);
+        chainsUsed++;
+        f.set(chain, rendered.rules);
+        for (const ref of rendered.refs) {
+          if (ref.kind === 'net') sets.set(ref.name, ref.spec);
+          else selectorSets.set(ref.name, ref);
+        }
       }
     }
 
-    n.set(names.postrouting, renderNat(family, ctx));
+    n.set(names.postrouting, renderNat(family, input, prefix, sets));
     jumps[family].push(
       { table: 'filter', from: 'FORWARD', to: names.forward },
       { table: 'filter', from: 'INPUT', to: names.input },
@@ -380,8 +489,166 @@ export function renderPolicy(input: PolicyInput): DesiredState {
     );
   }
 
-  const sets = new Map([...ctx.sets.entries()].sort((a, b) => cmp(a[0], b[0])));
-  return { prefix, filter, nat, jumps, sets, warnings };
+  const labelsUsed = selectorMembers(cache, epoch, selectorSets, input.remoteAndLocalEndpoints, warnings, sets);
+  sweep(cache.chains, epoch, chainsUsed);
+  if (cache.endpointRulesCount > 2 * endpointRulesUsed + CACHE_SLACK) {
+    // Rare (profile lists churned a lot): start the trie over; the next render refills it.
+    cache.endpointRules.clear();
+    cache.endpointRulesCount = 0;
+  }
+  sweep(cache.labels, epoch, labelsUsed);
+  sweep(cache.members, epoch, selectorSets.size);
+  const sorted = new Map([...sets.entries()].sort((a, b) => cmp(a[0], b[0])));
+  return { prefix, filter, nat, jumps, sets: sorted, warnings };
+}
+
+const DIRECTIONS = ['egress', 'ingress'] as const;
+
+function endpointRulesRoot(cache: RenderCache, direction: 'egress' | 'ingress', mark: string): EndpointRulesNode {
+  let node = cache.endpointRules.get(`${direction} ${mark}`);
+  if (node === undefined) {
+    node = { next: new Map() };
+    cache.endpointRules.set(`${direction} ${mark}`, node);
+  }
+  return node;
+}
+
+function jsonOf(rules: readonly Rule[]): string | undefined {
+  try {
+    return JSON.stringify(rules);
+  } catch {
+    return undefined; // e.g. a BigInt: let rendering refuse it
+  }
+}
+
+/** One profile chain in one family, from the cache when its rules are unchanged. Frozen: states
+ * share these arrays, and a diff compares them by reference first. */
+function profileRules(
+  cache: RenderCache,
+  epoch: number,
+  ctx: Ctx,
+  family: Family,
+  chain: string,
+  rules: readonly Rule[],
+  json: string | undefined,
+): { readonly rules: readonly string[]; readonly refs: readonly SetRef[] } {
+  const key = `${ctx.prefix} ${ctx.mark} ${family} ${chain}`;
+  const hit = cache.chains.get(key);
+  if (hit !== undefined && json !== undefined && hit.json === json) {
+    hit.epoch = epoch;
+    return hit;
+  }
+  const out: string[] = [];
+  for (const rule of rules) out.push(...renderRule(rule, family, chain, ctx));
+  const rendered = { rules: Object.freeze(out), refs: Object.freeze(ctx.refs) };
+  if (json !== undefined) cache.chains.set(key, { epoch, json, ...rendered });
+  return rendered;
+}
+
+/** Drop the entries the current render did not use once they outnumber the used ones. */
+function sweep(map: Map<string, { epoch: number }>, epoch: number, used: number): void {
+  if (map.size <= 2 * used + CACHE_SLACK) return;
+  for (const [k, v] of map) if (v.epoch !== epoch) map.delete(k);
+}
+
+/**
+ * Members of the wanted selector sets: the canonical addresses of every endpoint whose labels the
+ * selector matches, sorted and unique. Each distinct label set is matched against each selector
+ * once and remembered, so a render evaluates selectors only for labels or selectors it has not
+ * seen. Also notes invalid addresses (warnings), whether or not any selector is wanted. Returns
+ * how many distinct label sets were used.
+ */
+function selectorMembers(
+  cache: RenderCache,
+  epoch: number,
+  wanted: ReadonlyMap<string, { readonly selector: Selector; readonly family: Family }>,
+  endpoints: readonly LabelledEndpoint[],
+  warnings: string[],
+  sets: Map<string, IpSetSpec>,
+): number {
+  const distinct = new Set([...wanted.values()].map((w) => w.selector.text)).size;
+  const ids = (): Map<string, number> => {
+    const out = new Map<string, number>();
+    for (const { selector: sel } of wanted.values()) {
+      let id = cache.selectorIds.get(sel.text);
+      if (id === undefined) {
+        id = cache.selectors.length;
+        cache.selectors.push(sel);
+        cache.selectorIds.set(sel.text, id);
+      }
+      out.set(sel.text, id);
+    }
+    return out;
+  };
+  let idOf = ids();
+  if (cache.selectors.length > 2 * distinct + SELECTOR_SLACK) {
+    // Mostly selectors no longer used: start over, so new labels are not matched against them.
+    cache.selectors = [];
+    cache.selectorIds.clear();
+    cache.labels.clear();
+    idOf = ids();
+  }
+  const collect4: Array<string[] | undefined> = [];
+  const collect6: Array<string[] | undefined> = [];
+  for (const { selector: sel, family } of wanted.values()) {
+    const id = idOf.get(sel.text) as number;
+    (family === 4 ? collect4 : collect6)[id] = [];
+  }
+
+  let labelsUsed = 0;
+  const known = cache.selectors;
+  endpoints.forEach((ep, i) => {
+    const v4 = lenientAddresses(ep.ipv4, 4, i, warnings);
+    const v6 = lenientAddresses(ep.ipv6, 6, i, warnings);
+    if (wanted.size === 0 || v4.length + v6.length === 0) return;
+    const key = JSON.stringify(ep.labels);
+    let m = cache.labels.get(key);
+    if (m === undefined) {
+      m = { epoch: -1, labels: Object.freeze(JSON.parse(key) as Labels), checked: 0, matches: [] };
+      cache.labels.set(key, m);
+    }
+    if (m.epoch !== epoch) {
+      m.epoch = epoch;
+      labelsUsed++;
+    }
+    for (; m.checked < known.length; m.checked++) if ((known[m.checked] as Selector).matches(m.labels)) m.matches.push(m.checked);
+    for (const id of m.matches) {
+      const c4 = collect4[id];
+      if (c4 !== undefined) for (const a of v4) c4.push(a);
+      const c6 = collect6[id];
+      if (c6 !== undefined) for (const a of v6) c6.push(a);
+    }
+  });
+
+  for (const [name, { selector: sel, family }] of wanted) {
+    const raw = (family === 4 ? collect4 : collect6)[idOf.get(sel.text) as number] ?? [];
+    const prev = cache.members.get(name);
+    if (prev !== undefined && prev.spec.family === family && sameStrings(prev.raw, raw)) {
+      prev.epoch = epoch;
+      sets.set(name, prev.spec);
+      continue;
+    }
+    const spec: IpSetSpec = Object.freeze({ family, type: 'hash:ip' as const, members: Object.freeze(uniqueSorted(raw)) });
+    cache.members.set(name, { epoch, raw, spec });
+    sets.set(name, spec);
+  }
+  return labelsUsed;
+}
+
+function sameStrings(a: readonly string[], b: readonly string[]): boolean {
+  if (a === b) return true;
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/** Sorted (code-unit order, like cmp) without repeats. */
+function uniqueSorted(values: readonly string[]): string[] {
+  const sorted = [...values].sort();
+  let n = 0;
+  for (let i = 0; i < sorted.length; i++) if (i === 0 || sorted[i] !== sorted[n - 1]) sorted[n++] = sorted[i] as string;
+  sorted.length = n;
+  return sorted;
 }
 
 const DROP_UNKNOWN = `${comment('unknown or not ready workload')} -j DROP`;
@@ -396,7 +663,7 @@ const DROP_NO_INGRESS = `${comment('no profile allowed this ingress')} -j DROP`;
  * what an iptables-restore of the change costs.
  */
 function renderDispatch(
-  f: Map<string, string[]>,
+  f: Map<string, readonly string[]>,
   ready: ReadonlyArray<{ readonly hostIf: string; readonly fw: string; readonly tw: string; readonly v4: readonly string[]; readonly v6: readonly string[] }>,
   family: Family,
   ifPrefix: string,
@@ -454,13 +721,13 @@ function renderDispatch(
   for (const [c, , to] of leaves) f.set(`${names.toDispatch}-${c}`, to);
 }
 
-function renderNat(family: Family, ctx: Ctx): string[] {
-  const masq = poolNets(ctx.model.natOutgoingPools, family, 'natOutgoing pool');
+function renderNat(family: Family, model: PolicyModel, prefix: string, sets: Map<string, IpSetSpec>): string[] {
+  const masq = poolNets(model.natOutgoingPools, family, 'natOutgoing pool');
   if (masq.length === 0) return [];
-  const pools = poolNets([...ctx.model.allPools, ...ctx.model.natOutgoingPools], family, 'pool');
-  const names = natSetNames(ctx.prefix, family);
-  ctx.sets.set(names.masq, { family, type: 'hash:net', members: masq });
-  ctx.sets.set(names.pools, { family, type: 'hash:net', members: pools });
+  const pools = poolNets([...model.allPools, ...model.natOutgoingPools], family, 'pool');
+  const names = natSetNames(prefix, family);
+  sets.set(names.masq, { family, type: 'hash:net', members: masq });
+  sets.set(names.pools, { family, type: 'hash:net', members: pools });
   return [
     `-m set --match-set ${names.masq} src -m set ! --match-set ${names.pools} dst ` +
       `${comment('natOutgoing pool to outside all pools')} -j MASQUERADE`,
@@ -576,24 +843,9 @@ function entityMatches(e: EntityRule, dir: 'src' | 'dst', family: Family, ctx: C
   return out;
 }
 
-function groupByLabels(eps: readonly LabelledEndpoint[], warnings: string[]): Ctx['groups'] {
-  const groups = new Map<string, { labels: Labels; v4: string[]; v6: string[] }>();
-  eps.forEach((ep, i) => {
-    const key = JSON.stringify(Object.entries(ep.labels).sort((a, b) => cmp(a[0], b[0])));
-    let g = groups.get(key);
-    if (g === undefined) {
-      g = { labels: ep.labels, v4: [], v6: [] };
-      groups.set(key, g);
-    }
-    g.v4.push(...lenientAddresses(ep.ipv4, 4, i, warnings));
-    g.v6.push(...lenientAddresses(ep.ipv6, 6, i, warnings));
-  });
-  return [...groups.values()];
-}
-
 function netSet(members: string[], family: Family, ctx: Ctx): string {
   const name = netSetName(ctx.prefix, family, members);
-  ctx.sets.set(name, { family, type: 'hash:net', members });
+  ctx.refs.push({ kind: 'net', name, spec: Object.freeze({ family, type: 'hash:net', members: Object.freeze(members) }) });
   return name;
 }
 
@@ -606,13 +858,7 @@ function selectorSet(text: string, family: Family, ctx: Ctx): string {
     selectorHash.set(sel.text, hash);
   }
   const name = `${ctx.prefix}-${family}s-${hash}`;
-  if (!ctx.sets.has(name)) {
-    const members = new Set<string>();
-    for (const g of ctx.groups) {
-      if (sel.matches(g.labels)) for (const a of family === 4 ? g.v4 : g.v6) members.add(a);
-    }
-    ctx.sets.set(name, { family, type: 'hash:ip', members: [...members].sort(cmp) });
-  }
+  ctx.refs.push({ kind: 'selector', name, selector: sel, family });
   return name;
 }
 
@@ -695,13 +941,14 @@ function lenientAddresses(values: readonly string[], family: Family, index: numb
 }
 
 const ADDRESS_CACHE_MAX = 65536;
-const addressCache = new Map<string, string | null>();
+/** Per family, so a lookup needs no key built from the value. */
+const addressCache: Readonly<Record<Family, Map<string, string | null>>> = { 4: new Map(), 6: new Map() };
 
 /** Canonical bare address, or undefined. Cached: the same addresses come by on every apply. */
 function hostAddress(value: string, family: Family): string | undefined {
   if (typeof value !== 'string') return undefined;
-  const key = family === 4 ? value : `6|${value}`;
-  const hit = addressCache.get(key);
+  const cache = addressCache[family];
+  const hit = cache.get(value);
   if (hit !== undefined) return hit ?? undefined;
   const slash = value.indexOf('/');
   const bare = slash < 0 ? value : value.slice(0, slash);
@@ -713,8 +960,8 @@ function hostAddress(value: string, family: Family): string | undefined {
       out = s.slice(0, s.indexOf('/'));
     }
   }
-  if (addressCache.size >= ADDRESS_CACHE_MAX) addressCache.clear();
-  addressCache.set(key, out ?? null);
+  if (cache.size >= ADDRESS_CACHE_MAX) cache.clear();
+  cache.set(value, out ?? null);
   return out;
 }
 

@@ -1,0 +1,448 @@
+// Benchmark: programming profile policy into the kernel (PolicyDataplane.apply) at scale, inside a
+// throwaway network namespace. A deterministic pseudo-random world (N local endpoints with 1-3 of
+// M profiles each, a few hundred remote endpoints whose labels feed selector sets) is applied:
+//   (a) cold: the first apply into an empty namespace (kernel read + full write), wall clock, and
+//       this process's peak memory (RSS high-water mark, sampled heap);
+//   (b) one endpoint added on top, K times (a new endpoint each time): median and p90;
+//   (c) one profile rule changed, K times; and a no-op apply, K times.
+// Then a consistency check: forget the applied state and apply again; the kernel read must show
+// that nothing needs writing. Everything of ours (chains, sets) and the namespace are removed at
+// the end, also on failure or Ctrl-C.
+//
+//   npm run bench:policy -- [--endpoints N] [--profiles M] [--reps K] [--remote R] [--seed S]
+//
+// Models are rebuilt from plain records before every apply, as the agent's PolicyState.input()
+// does, so nothing is shared by identity between applies except unchanged Profile objects.
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { cpus, loadavg } from 'node:os';
+import { performance } from 'node:perf_hooks';
+import { parseArgs } from 'node:util';
+import { run } from '../dataplane/exec';
+import { hostVethName } from '../dataplane/names';
+import { PolicyDataplane, type ApplyStats } from '../dataplane/policy-dataplane';
+import { effectiveLabels } from '../policy/evaluate';
+import type { PolicyModel } from '../policy/render';
+import { parseSelector } from '../policy/selector';
+import type { Labels, PortRange, Profile, Rule } from '../policy/types';
+import { createNetns, deleteNetns, execInNetns } from '../test/harness/netns';
+
+const PREFIX = 'bench';
+const MARK_BIT = 0x100000;
+const COLD_TARGET_MS = 1000;
+const INCREMENTAL_TARGET_MS = 50;
+const MEMORY_SAMPLE_MS = 2;
+/** Local endpoints get 198.18.0.0/16 and 2001:db8:18::/48, remote ones 198.19.0.0/16 and
+ * 2001:db8:19::/48 (benchmarking and documentation ranges). */
+const MAX_ENDPOINTS = 65_000;
+
+// ---------------------------------------------------------------------------------------------
+// Deterministic world
+
+/** mulberry32: small, fast, good enough to spread choices; the same seed gives the same world. */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const canon = (selector: string): string => parseSelector(selector).text;
+const port = (p: number): PortRange => ({ from: p, to: p });
+const range = (from: number, to: number): PortRange => ({ from, to });
+
+function profileName(i: number): string {
+  // Every 17th name is too long for a chain name and gets hashed, as long Docker network names do.
+  return i % 17 === 5 ? `bench-network-with-a-rather-long-name-${i}` : `bench-net-${i}`;
+}
+
+/** A realistic mix: same-profile allow, selector + ports, nets, port ranges, ICMP, log + deny. */
+function makeProfile(i: number, seed: number, version = 0): Profile {
+  // Each profile draws from its own stream, so a new version differs only where `version` is used.
+  const random = rng(seed * 100_003 + i);
+  const name = profileName(i);
+  const k = i % 10;
+  const ingress: Rule[] = [
+    { action: 'allow', source: { selector: canon(`has(${name})`) }, destination: {} },
+    {
+      action: 'allow',
+      protocol: 'tcp',
+      source: { selector: canon(`role == 'frontend-${k}'`) },
+      destination: { ports: [port(80), port(443), range(8000 + (version % 90), 8099)] },
+    },
+    { action: 'allow', protocol: 'icmp', icmp: { type: 8 }, source: {}, destination: {} },
+    { action: 'allow', protocol: 'icmpv6', icmp: { type: 128, code: 0 }, source: {}, destination: {} },
+  ];
+  if (random() < 0.5) {
+    ingress.push({
+      action: 'allow',
+      protocol: 'udp',
+      source: { nets: ['198.51.100.0/24', '2001:db8:53::/48'] },
+      destination: { ports: [port(53), range(5353, 5355)] },
+    });
+  }
+  if (random() < 0.3) {
+    ingress.unshift(
+      { action: 'log', protocol: 'tcp', source: { selector: canon("tier == 'untrusted'") }, destination: { ports: [port(22)] } },
+      { action: 'deny', protocol: 'tcp', source: { selector: canon("tier == 'untrusted'") }, destination: { ports: [port(22)] } },
+    );
+  }
+  if (random() < 0.3) {
+    ingress.push({
+      action: 'allow',
+      protocol: 'tcp',
+      source: { selector: canon(`app in {'api-${k}', 'web-${k}'} && env != 'prod'`), notNets: ['198.19.255.0/24'] },
+      destination: { ports: [range(9000, 9100)], notPorts: [port(9050)] },
+    });
+  }
+  if (random() < 0.2) {
+    ingress.push({ action: 'deny', source: { nets: [`203.0.113.${k * 16}/28`] }, destination: {} });
+  }
+  const egress: Rule[] = [
+    { action: 'log', protocol: 'tcp', source: {}, destination: { nets: ['169.254.169.254'], ports: [port(80)] } },
+    { action: 'deny', protocol: 'tcp', source: {}, destination: { nets: ['169.254.169.254'], ports: [port(80)] } },
+  ];
+  if (random() < 0.3) {
+    egress.push({ action: 'deny', protocol: 'tcp', source: {}, destination: { notSelector: canon(`has(${name})`), ports: [port(5432)] } });
+  }
+  egress.push({ action: 'allow', source: {}, destination: {} });
+  return { name, labels: {}, annotations: {}, ingress, egress, labelsToApply: { [name]: '' } };
+}
+
+interface EndpointRecord {
+  readonly id: string;
+  readonly hostIf: string;
+  readonly ipv4: string;
+  readonly ipv6: string;
+  readonly profiles: readonly string[];
+  readonly labels: Labels;
+}
+
+function endpointLabels(k: number, random: () => number): Labels {
+  const labels: Record<string, string> = {
+    role: `frontend-${Math.floor(random() * 10)}`,
+    app: `${random() < 0.5 ? 'api' : 'web'}-${k % 10}`,
+    env: random() < 0.5 ? 'prod' : 'dev',
+  };
+  if (random() < 0.05) labels['tier'] = 'untrusted';
+  return labels;
+}
+
+function makeLocal(i: number, profiles: number, random: () => number): EndpointRecord {
+  const id = createHash('sha256').update(`bench-endpoint-${i}`).digest('hex');
+  const count = 1 + Math.floor(random() * 3);
+  const chosen = new Set<string>();
+  while (chosen.size < Math.min(count, profiles)) chosen.add(profileName(Math.floor(random() * profiles)));
+  return {
+    id,
+    hostIf: hostVethName('cali', id),
+    ipv4: `198.18.${i >> 8}.${i & 255}`,
+    ipv6: `2001:db8:18::${i.toString(16)}`,
+    profiles: [...chosen],
+    labels: endpointLabels(i, random),
+  };
+}
+
+function makeRemote(i: number, profiles: number, random: () => number): EndpointRecord {
+  return {
+    id: `remote-${i}`,
+    hostIf: '',
+    ipv4: `198.19.${i >> 8}.${i & 255}`,
+    ipv6: `2001:db8:19::${i.toString(16)}`,
+    profiles: [profileName(Math.floor(random() * profiles))],
+    labels: endpointLabels(i, random),
+  };
+}
+
+export class World {
+  readonly profiles = new Map<string, Profile>();
+  readonly locals: EndpointRecord[] = [];
+  readonly remotes: EndpointRecord[] = [];
+  private readonly random: () => number;
+  private readonly profileCount: number;
+  private readonly seed: number;
+  private nextLocal = 1;
+
+  constructor(endpoints: number, profiles: number, remotes: number, seed: number) {
+    this.random = rng(seed);
+    this.seed = seed;
+    this.profileCount = profiles;
+    for (let p = 0; p < profiles; p++) {
+      const profile = makeProfile(p, seed);
+      this.profiles.set(profile.name, profile);
+    }
+    for (let i = 0; i < endpoints; i++) this.addLocal();
+    for (let r = 1; r <= remotes; r++) this.remotes.push(makeRemote(r, profiles, this.random));
+  }
+
+  addLocal(): void {
+    if (this.nextLocal > MAX_ENDPOINTS) throw new Error(`at most ${MAX_ENDPOINTS} local endpoints`);
+    this.locals.push(makeLocal(this.nextLocal++, this.profileCount, this.random));
+  }
+
+  /** Replace one profile with a new object in which one rule's port range differs. */
+  changeProfile(round: number): void {
+    const i = (round * 7) % this.profileCount;
+    this.profiles.set(profileName(i), makeProfile(i, this.seed, round + 1));
+  }
+
+  /** What the agent's PolicyState.input() hands over: fresh objects every time. */
+  model(): PolicyModel {
+    const all = [...this.locals, ...this.remotes];
+    return {
+      localEndpoints: this.locals.map((e) => ({
+        id: e.id,
+        hostIf: e.hostIf,
+        ipv4: [e.ipv4],
+        ipv6: [e.ipv6],
+        profiles: e.profiles,
+        ready: true,
+      })),
+      remoteAndLocalEndpoints: all.map((e) => ({
+        ipv4: [e.ipv4],
+        ipv6: [e.ipv6],
+        labels: effectiveLabels(e.profiles.map((p) => this.profiles.get(p)?.labelsToApply ?? {}), e.labels),
+      })),
+      profiles: new Map(this.profiles),
+      natOutgoingPools: ['198.18.0.0/15'],
+      allPools: ['198.18.0.0/15', '2001:db8::/32'],
+    };
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measuring
+
+interface Sample {
+  readonly wallMs: number;
+  readonly stats: ApplyStats;
+}
+
+async function timedApply(dp: PolicyDataplane, model: PolicyModel): Promise<Sample> {
+  const t0 = performance.now();
+  const stats = await dp.apply(model);
+  return { wallMs: performance.now() - t0, stats };
+}
+
+export function percentile(values: readonly number[], p: number): number {
+  if (values.length === 0) return Number.NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  const rank = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[rank] as number;
+}
+
+const median = (values: readonly number[]): number => {
+  if (values.length === 0) return Number.NaN;
+  const s = [...values].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 === 1 ? (s[mid] as number) : ((s[mid - 1] as number) + (s[mid] as number)) / 2;
+};
+
+const ms = (v: number): string => (Number.isNaN(v) ? '-' : v < 10 ? `${v.toFixed(1)} ms` : `${Math.round(v)} ms`);
+const mb = (bytes: number): string => `${(bytes / 1024 / 1024).toFixed(0)} MB`;
+
+interface Row {
+  readonly what: string;
+  readonly value: string;
+  readonly target?: string;
+  readonly pass?: boolean;
+  readonly detail?: string;
+}
+
+function phases(samples: readonly Sample[]): string {
+  const p = (k: keyof ApplyStats['phasesMs']) => median(samples.map((s) => s.stats.phasesMs[k]));
+  const procs = median(samples.map((s) => s.stats.processes));
+  const chains = median(samples.map((s) => s.stats.chainsWritten));
+  const sets = median(samples.map((s) => s.stats.setsWritten));
+  return `render ${ms(p('render'))}, diff ${ms(p('diff'))}, write ${ms(p('write'))}; ${procs} proc, ${chains} chains, ${sets} sets`;
+}
+
+function printTable(rows: readonly Row[]): void {
+  const w = [
+    Math.max(...rows.map((r) => r.what.length)),
+    Math.max(...rows.map((r) => r.value.length)),
+    Math.max(...rows.map((r) => (r.target ?? '').length)),
+  ];
+  for (const r of rows) {
+    const result = r.pass === undefined ? '    ' : r.pass ? 'PASS' : 'MISS';
+    console.log(
+      `${r.what.padEnd(w[0] as number)}  ${r.value.padStart(w[1] as number)}  ${(r.target ?? '').padEnd(w[2] as number)}  ${result}` +
+        (r.detail === undefined ? '' : `  ${r.detail}`),
+    );
+  }
+}
+
+function toolVersion(): Promise<string> {
+  return new Promise((resolve) => {
+    execFile('iptables', ['--version'], (err, stdout) => resolve(err ? 'iptables version unknown' : stdout.trim()));
+  });
+}
+
+function nonNegativeInt(name: string, text: string | undefined): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 0) throw new Error(`--${name} must be a non-negative integer`);
+  return n;
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      endpoints: { type: 'string', default: '1000' },
+      profiles: { type: 'string', default: '100' },
+      reps: { type: 'string', default: '20' },
+      remote: { type: 'string', default: '300' },
+      seed: { type: 'string', default: '1' },
+    },
+  });
+  const endpoints = nonNegativeInt('endpoints', values.endpoints);
+  const profiles = Math.max(1, nonNegativeInt('profiles', values.profiles));
+  const reps = Math.max(1, nonNegativeInt('reps', values.reps));
+  const remote = nonNegativeInt('remote', values.remote);
+  const seed = nonNegativeInt('seed', values.seed);
+  if (endpoints + reps > MAX_ENDPOINTS || remote > MAX_ENDPOINTS) throw new Error(`at most ${MAX_ENDPOINTS} endpoints`);
+
+  const world = new World(endpoints, profiles, remote, seed);
+  const ns = await createNetns('benchpol');
+  // Ctrl-C: clean up like on any failure (the harness's exit hook deletes the namespace too).
+  let interrupted = false;
+  const onSignal = (): void => {
+    console.error(interrupted ? 'still cleaning up' : 'interrupted: stopping after the current step and cleaning up');
+    interrupted = true;
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  const check = (): void => {
+    if (interrupted) throw new Error('interrupted');
+  };
+  let cleanup: PolicyDataplane | undefined;
+  try {
+    const dp = new PolicyDataplane({ prefix: PREFIX, markBit: MARK_BIT, netns: ns });
+    cleanup = dp;
+    console.log(
+      `policy benchmark: ${endpoints} local endpoints, ${profiles} profiles, ${remote} remote endpoints, ` +
+        `${reps} repetitions, netns ${ns}, node ${process.version}, ${cpus().length} CPUs, ${await toolVersion()}`,
+    );
+    // Context for the numbers: every kernel write is a process started through `ip netns exec`
+    // (a direct exec on a real host is cheaper), and other load on the machine shows up directly.
+    const viaNetns: number[] = [];
+    const direct: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      let t0 = performance.now();
+      await execInNetns(ns, 'true', []);
+      viaNetns.push(performance.now() - t0);
+      t0 = performance.now();
+      await run('true', [], 'start true');
+      direct.push(performance.now() - t0);
+    }
+    console.log(
+      `load average ${loadavg()[0]?.toFixed(2)}; process start: 'ip netns exec <ns> true' ${ms(median(viaNetns))}, ` +
+        `'true' ${ms(median(direct))}`,
+    );
+
+    // (a) cold
+    const model0 = world.model();
+    const rssBefore = process.memoryUsage().rss;
+    let heapPeak = process.memoryUsage().heapUsed;
+    const sampler = setInterval(() => {
+      heapPeak = Math.max(heapPeak, process.memoryUsage().heapUsed);
+    }, MEMORY_SAMPLE_MS);
+    let cold: Sample;
+    try {
+      cold = await timedApply(dp, model0);
+    } finally {
+      clearInterval(sampler);
+    }
+    heapPeak = Math.max(heapPeak, process.memoryUsage().heapUsed);
+    const maxRss = process.resourceUsage().maxRSS * 1024;
+    const rules = [4, 6].reduce(
+      (n, f) => n + [...(dp.appliedState?.filter[f as 4 | 6].values() ?? [])].reduce((m, r) => m + r.length, 0),
+      0,
+    );
+    check();
+
+    // (c) no-op
+    const noop: Sample[] = [];
+    for (let i = 0; i < reps; i++) {
+      noop.push(await timedApply(dp, world.model()));
+      check();
+    }
+
+    // (b) one endpoint added each time
+    const added: Sample[] = [];
+    for (let i = 0; i < reps; i++) {
+      world.addLocal();
+      added.push(await timedApply(dp, world.model()));
+      check();
+    }
+
+    // (c) one profile rule changed each time
+    const changed: Sample[] = [];
+    for (let i = 0; i < reps; i++) {
+      world.changeProfile(i);
+      changed.push(await timedApply(dp, world.model()));
+      check();
+    }
+
+    // Consistency: the kernel holds exactly what was rendered.
+    dp.resync();
+    const verify = await timedApply(dp, world.model());
+    const consistent = verify.stats.chainsWritten + verify.stats.chainsRemoved + verify.stats.setsWritten + verify.stats.setsRemoved + verify.stats.jumpsWritten === 0;
+
+    const wall = (s: readonly Sample[]) => s.map((x) => x.wallMs);
+    console.log('');
+    printTable([
+      { what: 'metric', value: 'value', target: 'target', detail: 'details (medians)' },
+      {
+        what: 'cold apply (empty netns)',
+        value: ms(cold.wallMs),
+        target: `< ${COLD_TARGET_MS} ms`,
+        pass: cold.wallMs < COLD_TARGET_MS,
+        detail: `${phases([cold])}, read ${ms(cold.stats.phasesMs.read)}; ${rules} rules`,
+      },
+      { what: 'peak RSS (maxRSS)', value: mb(maxRss), detail: `RSS before cold ${mb(rssBefore)}` },
+      { what: 'peak heap used (sampled)', value: mb(heapPeak) },
+      {
+        what: '+1 endpoint median',
+        value: ms(median(wall(added))),
+        target: `< ${INCREMENTAL_TARGET_MS} ms`,
+        pass: median(wall(added)) < INCREMENTAL_TARGET_MS,
+        detail: phases(added),
+      },
+      { what: '+1 endpoint p90', value: ms(percentile(wall(added), 90)), detail: `min ${ms(Math.min(...wall(added)))}, max ${ms(Math.max(...wall(added)))}` },
+      { what: 'profile rule change median', value: ms(median(wall(changed))), detail: phases(changed) },
+      { what: 'profile rule change p90', value: ms(percentile(wall(changed), 90)) },
+      { what: 'no-op apply median', value: ms(median(wall(noop))), detail: phases(noop) },
+      { what: 'no-op apply p90', value: ms(percentile(wall(noop), 90)) },
+      {
+        what: 'resync check (kernel == model)',
+        value: consistent ? 'ok' : 'DIFF',
+        pass: consistent,
+        detail: `${ms(verify.wallMs)}, ${verify.stats.chainsWritten} chains / ${verify.stats.setsWritten} sets rewritten`,
+      },
+    ]);
+    console.log(`load average at the end ${loadavg()[0]?.toFixed(2)} (numbers above 1 mean other work competed for the CPUs)`);
+    if (!consistent) process.exitCode = 1;
+  } finally {
+    // Signals stay caught until the namespace is gone: a second Ctrl-C must not leave it behind.
+    try {
+      await cleanup?.removeAll();
+    } finally {
+      // Sets live in the namespace: deleting it removes anything removeAll could not.
+      await deleteNetns(ns);
+      process.removeListener('SIGINT', onSignal);
+      process.removeListener('SIGTERM', onSignal);
+    }
+  }
+}
+
+// Run when started as a script; importing it (profiling harnesses) only gets World.
+if (require.main === module) {
+  main().catch((err: unknown) => {
+    console.error(err instanceof Error ? (err.stack ?? err.message) : String(err));
+    process.exitCode = 1;
+  });
+}
