@@ -1,14 +1,14 @@
 // The NetworkDriver: records networks and endpoints in the datastore and plumbs each endpoint into
-// the host as a routed veth. Every multi-step operation keeps an undo list (lib/undo.ts) and
-// rolls back what it did when a later step fails.
+// the host as a routed veth. Each request changes one thing at most, or undoes its own work when a
+// later step fails (the veth plumbing keeps an explicit undo list: dataplane/veth.ts), so a failed
+// request leaves nothing behind.
 import type { Datastore } from '../datastore/datastore';
 import type { Keys } from '../datastore/keys';
 import { hostVethName, tempPeerName } from '../dataplane/names';
 import type { Allocator } from '../ipam/allocator';
 import { addressPart, familyBits, formatIp, parseCidr, parseIp, type IpFamily } from '../ipam/cidr';
-import { ConflictError, InvalidRequestError, NotFoundError } from '../lib/errors';
+import { ConflictError, InvalidRequestError, NotFoundError, errorMessage } from '../lib/errors';
 import { logger } from '../lib/log';
-import { Undo } from '../lib/undo';
 import { parseStored, serialize } from '../model/codec';
 import { Endpoint } from '../model/endpoint';
 import { Network } from '../model/network';
@@ -191,17 +191,24 @@ export class NetworkDriver {
       createdAt: new Date().toISOString(),
     };
     const key = this.o.keys.endpoint(this.o.node, req.EndpointID);
-    const undo = new Undo();
-    try {
-      const created = await this.o.store.create(key, serialize(endpoint));
-      if (created === undefined) throw new ConflictError(`endpoint ${req.EndpointID.slice(0, 12)} already exists on ${this.o.node}`);
-      undo.push(() => this.o.store.delete(key, created.revision));
-      for (const cidr of [...ipv4, ...ipv6]) await this.o.allocator.setEndpoint(addressPart(cidr), req.EndpointID);
-    } catch (err) {
-      await undo.run(log);
-      throw err;
+    if ((await this.o.store.create(key, serialize(endpoint))) === undefined) {
+      throw new ConflictError(`endpoint ${req.EndpointID.slice(0, 12)} already exists on ${this.o.node}`);
     }
+    // Naming the endpoint on its allocations is bookkeeping for operators (ipam show), not needed
+    // to serve Docker: it runs after the answer, off the container start path.
+    void this.recordEndpointOnAllocations(req.EndpointID, [...ipv4, ...ipv6]);
     return {};
+  }
+
+  private async recordEndpointOnAllocations(endpointId: string, addresses: string[]): Promise<void> {
+    for (const cidr of addresses) {
+      try {
+        await this.o.allocator.setEndpoint(addressPart(cidr), endpointId);
+      } catch (err) {
+        // NotFound: the container is already gone and its address released.
+        if (!(err instanceof NotFoundError)) log.warn('recording endpoint %s on address %s: %s', endpointId.slice(0, 12), cidr, errorMessage(err));
+      }
+    }
   }
 
   private async getEndpoint(endpointId: string): Promise<Endpoint> {

@@ -291,8 +291,9 @@ export class Allocator {
     const what = `assign an IPv${family} address`;
     return this.exclusive(() =>
       this.retrying(what, async (): Promise<Attempt<AssignedAddress>> => {
-        const pools = choosePools(await this.readPools(), family, requested);
-        const blocks = await this.readBlocks();
+        // Two independent reads: in parallel, since this is on Docker's container start path.
+        const [allPools, blocks] = await Promise.all([this.readPools(), this.readBlocks()]);
+        const pools = choosePools(allPools, family, requested);
         const inPool = (pool: StoredPool): ReadBlock[] =>
           blocks.filter((b) => containsCidr(pool.cidr, b.cidr));
 

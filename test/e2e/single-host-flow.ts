@@ -105,6 +105,16 @@ export function singleHostSuite(backend: 'embedded' | 'etcd'): void {
     const listed = JSON.parse(endpoints.stdout) as { id: string; profiles: string[]; ipv4: string[] }[];
     t.deepEqual(listed.map((e) => e.ipv4[0]).sort(), [`${a.ipv4}/32`, `${b.ipv4}/32`].sort());
     t.true(listed.every((e) => e.profiles.includes(name)), 'endpoints carry the network profile');
+    // Each allocation names its owner: this node, a container, and (recorded right after
+    // CreateEndpoint answers) the endpoint.
+    const owners = async (): Promise<{ ip: string; node: string; kind: string; endpointId?: string }[]> =>
+      (JSON.parse((await calicoctl(c().plugin, ['ipam', 'show', '-o', 'json'])).stdout) as { allocations: { ip: string; node: string; kind: string; endpointId?: string }[] }[]).flatMap((bl) => bl.allocations);
+    let allocations = await owners();
+    for (let i = 0; i < 50 && allocations.some((x) => x.endpointId === undefined); i++) allocations = await owners();
+    t.deepEqual(
+      allocations.map((x) => [x.ip, x.node, x.kind, x.endpointId]).sort(),
+      [a, b].map((x) => [x.ipv4, c().plugin.node, 'container', x.endpointId]).sort(),
+    );
     await removeQuietly(containers);
     await assertNoTraces(t, [a, b]);
   });
