@@ -21,8 +21,8 @@ import { IpamDriver } from '../ipam/ipam-driver';
 import { errorMessage } from '../lib/errors';
 import { logger } from '../lib/log';
 import { registerNode } from './register-node';
-import { ensureDefaultPools } from './default-pools';
-import { startPluginServer, type PluginServer } from '../protocol/plugin-server';
+import { defaultPools, ensureDefaultPools } from './default-pools';
+import { assertSocketFree, startPluginServer } from '../protocol/plugin-server';
 
 const log = logger('daemon');
 
@@ -52,6 +52,14 @@ export interface DaemonOptions {
 
 export async function startDaemon(config: Config, options: DaemonOptions = {}): Promise<Daemon> {
   const ns = options.netns === undefined ? {} : { netns: options.netns };
+  const pools = defaultPools(config);
+  const sockets = {
+    network: join(config.pluginDir, `${config.networkDriverName}.sock`),
+    ipam: join(config.pluginDir, `${config.ipamDriverName}.sock`),
+  };
+  // Before anything with side effects: a second daemon under the same names would otherwise
+  // reprogram the first one's chains from its own (different) datastore before failing.
+  for (const socket of Object.values(sockets)) await assertSocketFree(socket);
   const store = await openDatastore({ ...(config.etcd !== undefined && { etcd: config.etcd }), dataDir: config.dataDir, mode: 'daemon' });
   const closers: (() => Promise<void>)[] = [() => store.close()];
   const closeAll = async (): Promise<void> => {
@@ -66,7 +74,7 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
   try {
     const keys = new Keys(config.datastorePrefix);
     const allocator = new Allocator({ store, keys, node: config.nodeName });
-    await ensureDefaultPools(allocator, config);
+    await ensureDefaultPools(allocator, pools);
     await registerNode(store, keys, config);
     await ensureHostForwarding({ ipv6: false }, ns);
     // The agent owns our iptables chains; it programs everything before Docker can reach us.
@@ -100,15 +108,10 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
       },
     });
     const ipam = new IpamDriver(allocator, config.nodeName, config.ipamDriverName);
-    const servers: PluginServer[] = [];
-    const sockets = {
-      network: join(config.pluginDir, `${config.networkDriverName}.sock`),
-      ipam: join(config.pluginDir, `${config.ipamDriverName}.sock`),
-    };
-    servers.push(await startPluginServer({ name: config.networkDriverName, socketPath: sockets.network, implements: ['NetworkDriver'], errorKey: 'Err', routes: driver.routes() }));
-    closers.push(() => servers[0]!.close());
-    servers.push(await startPluginServer({ name: config.ipamDriverName, socketPath: sockets.ipam, implements: ['IpamDriver'], errorKey: 'Error', routes: ipam.routes() }));
-    closers.push(() => servers[1]!.close());
+    const networkServer = await startPluginServer({ name: config.networkDriverName, socketPath: sockets.network, implements: ['NetworkDriver'], errorKey: 'Err', routes: driver.routes() });
+    closers.push(() => networkServer.close());
+    const ipamServer = await startPluginServer({ name: config.ipamDriverName, socketPath: sockets.ipam, implements: ['IpamDriver'], errorKey: 'Error', routes: ipam.routes() });
+    closers.push(() => ipamServer.close());
     log.info('serving %s and %s as node %s (%s datastore)', sockets.network, sockets.ipam, config.nodeName, config.etcd === undefined ? 'embedded' : 'etcd');
     return { store, sockets, close: closeAll };
   } catch (err) {

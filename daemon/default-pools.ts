@@ -3,34 +3,42 @@
 import type { Config } from '../config/config';
 import type { Allocator } from '../ipam/allocator';
 import { parseCidr } from '../ipam/cidr';
-import { makePool } from '../ipam/pool';
+import { makePool, type Pool } from '../ipam/pool';
 import { ConfigError, ConflictError, InvalidRequestError } from '../lib/errors';
 import { logger } from '../lib/log';
 
 const log = logger('daemon');
 
-export async function ensureDefaultPools(allocator: Allocator, config: Config): Promise<void> {
-  const wanted: [string, string | undefined][] = [
-    ['CALICO_IPV4POOL_CIDR', config.defaultIpv4Pool],
-    ['CALICO_IPV6POOL_CIDR', config.defaultIpv6Pool],
+/** The configured default pools, validated: pure, so a bad value stops the daemon before it
+ * touches anything. */
+export function defaultPools(config: Config): Pool[] {
+  const wanted: [string, 4 | 6, string | undefined][] = [
+    ['CALICO_IPV4POOL_CIDR', 4, config.defaultIpv4Pool],
+    ['CALICO_IPV6POOL_CIDR', 6, config.defaultIpv6Pool],
   ];
-  const existing = await allocator.listPools();
-  for (const [variable, cidr] of wanted) {
+  const pools: Pool[] = [];
+  for (const [variable, family, cidr] of wanted) {
     if (cidr === undefined) continue;
-    let pool;
+    let pool: Pool;
     try {
-      pool = makePool({ cidr, createdAt: new Date().toISOString() });
+      pool = makePool({ cidr });
     } catch (err) {
       if (err instanceof InvalidRequestError) throw new ConfigError(`${variable}: ${err.message}`);
       throw err;
     }
+    if (parseCidr(pool.cidr).family !== family) throw new ConfigError(`${variable} must be an IPv${family} CIDR, got '${cidr}'`);
+    pools.push(pool);
+  }
+  return pools;
+}
+
+export async function ensureDefaultPools(allocator: Allocator, pools: Pool[]): Promise<void> {
+  const existing = await allocator.listPools();
+  for (const pool of pools) {
     const family = parseCidr(pool.cidr).family;
-    if ((variable === 'CALICO_IPV4POOL_CIDR') !== (family === 4)) {
-      throw new ConfigError(`${variable} must be an IPv${variable === 'CALICO_IPV4POOL_CIDR' ? 4 : 6} CIDR, got '${cidr}'`);
-    }
     if (existing.some((p) => parseCidr(p.cidr).family === family)) continue;
     try {
-      await allocator.addPool(pool);
+      await allocator.addPool({ ...pool, createdAt: new Date().toISOString() });
       log.info('created default IPv%d pool %s', family, pool.cidr);
     } catch (err) {
       // Another host created a pool at the same moment: theirs serves us too.

@@ -104,8 +104,8 @@ export function buildApp(opts: PluginServerOptions): express.Express {
   return app;
 }
 
-/** Refuses to steal a socket another live process is serving; removes a stale one. */
-async function clearSocket(path: string): Promise<void> {
+/** Refuses to steal a socket another live process is serving. */
+export async function assertSocketFree(path: string): Promise<void> {
   const live = await new Promise<boolean>((resolve) => {
     const c = createConnection(path);
     c.once('connect', () => {
@@ -115,6 +115,11 @@ async function clearSocket(path: string): Promise<void> {
     c.once('error', () => resolve(false));
   });
   if (live) throw new Error(`another process is already serving ${path}; stop it or choose another plugin name`);
+}
+
+/** Refuses to steal a live socket; removes a stale one. */
+async function clearSocket(path: string): Promise<void> {
+  await assertSocketFree(path);
   await rm(path, { force: true });
 }
 
