@@ -14,15 +14,20 @@
 //   filter INPUT → <p>-INPUT                     (workload → host: the workload's egress)
 //     -i cali+ INVALID → DROP; RELATED,ESTABLISHED → ACCEPT; [v6: ICMPv6 130-136 → ACCEPT]
 //     -i cali+ → <p>-from-wl-dispatch; -i cali+ → ACCEPT
-//   <p>-from-wl-dispatch: -s <ip> -i caliX -g <p>-fw-caliX per address of each READY endpoint,
-//     then DROP. The source check stops a workload from borrowing a labelled peer's address
-//     (selectors are address sets); an unknown or not-ready interface gets only the DROP.
-//   <p>-to-wl-dispatch: -o caliX -g <p>-tw-caliX per ready endpoint, then DROP.
+//   <p>-from-wl-dispatch: -s <ip> -i caliX -g <p>-fw-<L> per address of each READY endpoint,
+//     then DROP, where L names the endpoint's profile list (below). The source check stops a
+//     workload from borrowing a labelled peer's address (selectors are address sets); an unknown
+//     or not-ready interface gets only the DROP.
+//   <p>-to-wl-dispatch: -o caliX -g <p>-tw-<L> per ready endpoint, then DROP.
 //     With more than DISPATCH_FLAT_MAX ready endpoints both become a root that branches on the
 //     first character after the interface prefix (`-i cali3+ -g <p>-from-wl-dispatch-3`) to
 //     leaves holding the rules above, so one endpoint changes one small leaf.
-//   <p>-fw-caliX / <p>-tw-caliX (egress / ingress of one endpoint): clear the mark bit; for each
-//     profile: jump to its chain, RETURN if the mark bit is set; then DROP.
+//   <p>-fw-<L> / <p>-tw-<L> (egress / ingress policy of a profile list, shared by every ready
+//     endpoint whose existing profiles are that list, in that order): clear the mark bit; for each
+//     profile: jump to its chain, RETURN if the mark bit is set; then DROP. L is the profile's name
+//     for one profile whose name fits, `_none` for no profile (drops everything), else a hash of
+//     the list (endpointChainName). Everything endpoint-specific (interface, addresses) is in the
+//     dispatch rules, so these chains depend on the profile list alone.
 //   <p>-pro-<profile> / <p>-pri-<profile> (egress / ingress rules): allow → set the mark bit and
 //     RETURN; deny → DROP; log → LOG and go on. Falling off the end means "no verdict": the
 //     endpoint chain tries the next profile, and drops after the last.
@@ -62,6 +67,8 @@ const IF_PREFIX_RE = /^[A-Za-z0-9_.-]{1,14}$/;
 const LITERAL_PROFILE_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
 /** IPv6 neighbour discovery and MLD (130-136), accepted from workloads before policy. */
 const ICMPV6_ND_TYPES = [130, 131, 132, 133, 134, 135, 136] as const;
+/** L of the endpoint chains for "no profile" (see endpointChainName). */
+const NO_PROFILES_TAG = '_none';
 
 // ---------------------------------------------------------------------------------------------
 // Input and output
@@ -188,11 +195,28 @@ export function topChainNames(prefix: string): TopChainNames {
   };
 }
 
-/** `<p>-fw-<if>` (from the workload: its egress) or `<p>-tw-<if>` (to it: its ingress). */
-export function endpointChainName(prefix: string, dir: 'fw' | 'tw', hostIf: string): string {
+/**
+ * The endpoint policy chain for a profile list (the profiles that exist, in evaluation order, no
+ * repeats): `<p>-fw-<L>` (from the workload: its egress) or `<p>-tw-<L>` (to it: its ingress).
+ * Its rules depend only on that list, so endpoints with the same list share it. L is the profile's
+ * own name for a single profile whose name is literal and fits; `_none` for the empty list;
+ * otherwise `_<14 hex of sha256(JSON of the list)>`. Literal names never start with '_' and
+ * `_none` is not hex, so the three kinds cannot collide.
+ */
+export function endpointChainName(prefix: string, dir: 'fw' | 'tw', profiles: readonly string[]): string {
   assertPolicyPrefix(prefix);
-  assertIfName(hostIf, 'host interface name');
-  return `${prefix}-${dir}-${hostIf}`;
+  return `${prefix}-${dir}-${profileListTag(prefix, profiles)}`;
+}
+
+/** L of endpointChainName (the same for both directions); the prefix must be valid. */
+function profileListTag(prefix: string, profiles: readonly string[]): string {
+  if (profiles.length === 0) return NO_PROFILES_TAG;
+  const only = profiles.length === 1 ? profiles[0] : undefined;
+  // `<p>-fw-` and `<p>-tw-` have the same length.
+  if (only !== undefined && LITERAL_PROFILE_RE.test(only) && prefix.length + 4 + only.length <= MAX_CHAIN_NAME_LENGTH) {
+    return only;
+  }
+  return `_${sha256(JSON.stringify(profiles)).slice(0, CHAIN_HASH_CHARS)}`;
 }
 
 /** `<p>-pri-<name>` (ingress) / `<p>-pro-<name>` (egress); names that are too long or contain
@@ -286,7 +310,8 @@ interface LabelMatches {
 
 interface EndpointRulesNode {
   readonly next: Map<string, EndpointRulesNode>;
-  chain?: { epoch: number; readonly rules: readonly string[] };
+  /** The shared endpoint chain for the profile list along this path: its name and rules. */
+  chain?: { epoch: number; readonly name: string; readonly rules: readonly string[] };
 }
 
 interface CachedMembers {
@@ -323,7 +348,8 @@ export class RenderCache {
   readonly labels = new Map<string, LabelMatches>();
   /** Selector set name → its last members. */
   readonly members = new Map<string, CachedMembers>();
-  /** `<direction> <mark>`, then each profile chain in order → an endpoint chain's rules. */
+  /** `<prefix> <direction> <mark>`, then each profile chain in order → an endpoint chain's name
+   * and rules. */
   readonly endpointRules = new Map<string, EndpointRulesNode>();
   /** Endpoint chains held in the endpointRules trie. */
   endpointRulesCount = 0;
@@ -354,9 +380,6 @@ export function renderPolicy(input: PolicyInput, cache: RenderCache = defaultCac
     return {
       ep,
       hostIf,
-      // Both pieces validated above: no need to validate again per family.
-      fw: `${prefix}-fw-${hostIf}`,
-      tw: `${prefix}-tw-${hostIf}`,
       v4: canonicalHostAddresses(ep.ipv4, 4, `endpoint ${ep.id}`),
       v6: canonicalHostAddresses(ep.ipv6, 6, `endpoint ${ep.id}`),
       profiles: [...new Set(ep.profiles)],
@@ -380,14 +403,20 @@ export function renderPolicy(input: PolicyInput, cache: RenderCache = defaultCac
   for (const p of usedProfiles) {
     profileChain.set(p, { ingress: profileChainName(prefix, 'ingress', p), egress: profileChainName(prefix, 'egress', p) });
   }
-  // An endpoint chain's rules depend only on the mark and its profiles' chains, so endpoints with
-  // the same profiles share one (cached, frozen) array, which the diff compares by reference.
-  const endpointChains: Array<[string, readonly string[]]> = [];
+  // An endpoint chain's rules depend only on the mark and its existing profiles' chains, so
+  // endpoints with the same list share one chain (named after the list, rules in a cached, frozen
+  // array that the diff compares by reference); the dispatch rules send each interface there.
+  const endpointChains = new Map<string, readonly string[]>();
+  const dispatch: DispatchEntry[] = [];
   const clearMark = `-j MARK --set-xmark 0x0/${mark}`;
   const returnIfMarked = `-m mark --mark ${mark}/${mark} -j RETURN`;
   let endpointRulesUsed = 0;
-  const roots = { egress: endpointRulesRoot(cache, 'egress', mark), ingress: endpointRulesRoot(cache, 'ingress', mark) };
+  const roots = {
+    egress: endpointRulesRoot(cache, prefix, 'egress', mark),
+    ingress: endpointRulesRoot(cache, prefix, 'ingress', mark),
+  };
   for (const l of ready) {
+    const chainOf = { egress: '', ingress: '' };
     for (const direction of DIRECTIONS) {
       // Looked up along a path of chain names (a trie: no key string to build and hash).
       let node = roots[direction];
@@ -404,23 +433,30 @@ export function renderPolicy(input: PolicyInput, cache: RenderCache = defaultCac
       let cached = node.chain;
       if (cached === undefined) {
         const rules = [clearMark];
+        const existing: string[] = [];
         for (const p of l.profiles) {
           const chains = profileChain.get(p);
           if (chains === undefined) continue; // unknown profile: no allow from it (fail closed)
+          existing.push(p);
           rules.push(`-j ${chains[direction]}`, returnIfMarked);
         }
         rules.push(direction === 'egress' ? DROP_NO_EGRESS : DROP_NO_INGRESS);
-        cached = { epoch: -1, rules: Object.freeze(rules) };
+        const name = endpointChainName(prefix, direction === 'egress' ? 'fw' : 'tw', existing);
+        cached = { epoch: -1, name, rules: Object.freeze(rules) };
         cache.endpointRulesCount++;
         node.chain = cached;
       }
       if (cached.epoch !== epoch) {
         cached.epoch = epoch;
         endpointRulesUsed++;
+        endpointChains.set(cached.name, cached.rules);
       }
-      endpointChains.push([direction === 'egress' ? l.fw : l.tw, cached.rules]);
+      chainOf[direction] = cached.name;
     }
+    dispatch.push({ hostIf: l.hostIf, fw: chainOf.egress, tw: chainOf.ingress, v4: l.v4, v6: l.v6 });
   }
+  // By name, so the layout reads the same whatever order the endpoints come in.
+  const sharedChains = [...endpointChains].sort((a, b) => cmp(a[0], b[0]));
 
   const names = topChainNames(prefix);
   const wild = `${ifPrefix}+`;
@@ -461,9 +497,9 @@ export function renderPolicy(input: PolicyInput, cache: RenderCache = defaultCac
       `-i ${wild} -j ACCEPT`,
     ]);
 
-    renderDispatch(f, ready, family, ifPrefix, names);
+    renderDispatch(f, dispatch, family, ifPrefix, names);
 
-    for (const [chain, rules] of endpointChains) f.set(chain, rules);
+    for (const [chain, rules] of sharedChains) f.set(chain, rules);
 
     for (const name of usedProfiles) {
       const profile = input.profiles.get(name);
@@ -504,11 +540,14 @@ export function renderPolicy(input: PolicyInput, cache: RenderCache = defaultCac
 
 const DIRECTIONS = ['egress', 'ingress'] as const;
 
-function endpointRulesRoot(cache: RenderCache, direction: 'egress' | 'ingress', mark: string): EndpointRulesNode {
-  let node = cache.endpointRules.get(`${direction} ${mark}`);
+function endpointRulesRoot(cache: RenderCache, prefix: string, direction: 'egress' | 'ingress', mark: string): EndpointRulesNode {
+  // The prefix too: the chain name cached at the root (no profiles) does not contain a profile
+  // chain's name, which is what tells prefixes apart further down.
+  const key = `${prefix} ${direction} ${mark}`;
+  let node = cache.endpointRules.get(key);
   if (node === undefined) {
     node = { next: new Map() };
-    cache.endpointRules.set(`${direction} ${mark}`, node);
+    cache.endpointRules.set(key, node);
   }
   return node;
 }
@@ -655,16 +694,27 @@ const DROP_UNKNOWN = `${comment('unknown or not ready workload')} -j DROP`;
 const DROP_NO_EGRESS = `${comment('no profile allowed this egress')} -j DROP`;
 const DROP_NO_INGRESS = `${comment('no profile allowed this ingress')} -j DROP`;
 
+/** A ready endpoint as dispatch sees it: its interface, addresses and (shared) policy chains. */
+interface DispatchEntry {
+  readonly hostIf: string;
+  /** Its egress chain (`<p>-fw-<L>`) and ingress chain (`<p>-tw-<L>`). */
+  readonly fw: string;
+  readonly tw: string;
+  readonly v4: readonly string[];
+  readonly v6: readonly string[];
+}
+
 /**
  * Dispatch by interface. Up to DISPATCH_FLAT_MAX ready endpoints: one flat chain per direction.
  * Beyond that a root chain branches on the first character after the interface prefix to leaf
  * chains `<p>-from-wl-dispatch-<c>` (endpoint IDs are hex, so up to 16 leaves): adding or removing
  * an endpoint then rewrites one small leaf instead of a chain with a rule per endpoint, which is
- * what an iptables-restore of the change costs.
+ * what an iptables-restore of the change costs. The rules go (`-g`) to the endpoint's shared policy
+ * chain, so its RETURN (allowed) returns to the chain that called dispatch.
  */
 function renderDispatch(
   f: Map<string, readonly string[]>,
-  ready: ReadonlyArray<{ readonly hostIf: string; readonly fw: string; readonly tw: string; readonly v4: readonly string[]; readonly v6: readonly string[] }>,
+  ready: readonly DispatchEntry[],
   family: Family,
   ifPrefix: string,
   names: TopChainNames,

@@ -156,9 +156,13 @@ export function calicoctl(plugin: Plugin, args: string[]): Promise<{ code: numbe
 export async function waitProgrammed(plugin: Plugin, endpointId: string, timeoutMs = 10_000): Promise<void> {
   const hostIf = plugin.hostIf(endpointId);
   const deadline = Date.now() + timeoutMs;
+  // The whole table: above DISPATCH_FLAT_MAX ready endpoints the rule sits in a leaf
+  // (`<prefix>-from-wl-dispatch-<c>`), not in the root chain.
+  const root = `-A ${plugin.chainPrefix}-from-wl-dispatch`;
+  const inDispatch = (l: string): boolean => l.startsWith(`${root} `) || l.startsWith(`${root}-`);
   for (;;) {
-    const { stdout } = await run('iptables', ['-S', `${plugin.chainPrefix}-from-wl-dispatch`], 'read dispatch chain');
-    if (stdout.split('\n').some((l) => l.includes(`-i ${hostIf} `))) return;
+    const { stdout } = await run('iptables', ['-S'], 'read dispatch chains');
+    if (stdout.split('\n').some((l) => inDispatch(l) && l.includes(` -i ${hostIf} `))) return;
     if (Date.now() > deadline) throw new Error(`endpoint ${endpointId.slice(0, 12)} was not programmed within ${timeoutMs}ms:\n${plugin.output()}`);
     await new Promise((r) => setTimeout(r, 50));
   }

@@ -418,6 +418,78 @@ test('many endpoints: the dispatch tree sends each interface to its own chains',
   await check(t, w, a2, b1, { icmp: true }, false);
 });
 
+test('shared endpoint chains: per-interface dispatch keeps anti-spoofing; chains go with their last user', async (t) => {
+  const w = await world(t);
+  setProfiles(w, networkProfile('net-a'), networkProfile('net-b'));
+  const a1 = await attach(w, { v4: '10.66.0.1', profiles: ['net-a'] });
+  const a2 = await attach(w, { v4: '10.66.0.2', profiles: ['net-a'] });
+  const b1 = await attach(w, { v4: '10.66.0.3', profiles: ['net-b'] });
+  const none = await attach(w, { v4: '10.66.0.4', profiles: [] });
+  await w.dp.apply(modelOf(w));
+  const chains = async (): Promise<string[]> => (await ourRules(w, 4)).filter((l) => l.startsWith(':')).map((l) => l.slice(1).split(' ')[0] ?? '');
+  const endpointChains = (await chains()).filter((c) => /^t[0-9a-f]+-[ft]w-/.test(c)).sort();
+  t.deepEqual(endpointChains, ['fw-_none', 'fw-net-a', 'fw-net-b', 'tw-_none', 'tw-net-a', 'tw-net-b'].map((c) => `${w.prefix}-${c}`));
+  // Nothing but the dispatch rules names an interface.
+  for (const l of await ourRules(w, 4)) {
+    if (w.cs.some((c) => l.includes(c.hostIf))) t.regex(l, new RegExp(`^-A ${w.prefix}-(from|to)-wl-dispatch `), l);
+  }
+
+  await check(t, w, a1, a2, { tcp: 8080 }, true);
+  await check(t, w, a2, a1, { icmp: true }, true);
+  await check(t, w, b1, a1, { tcp: 8080 }, false);
+  // No profile: nothing in, nothing out, not even to the host.
+  await check(t, w, none, a1, { icmp: true }, false);
+  await check(t, w, a1, none, { icmp: true }, false);
+  t.false(await ping(none.ns, H_V4, false), 'no profile: not even the host');
+
+  // Anti-spoofing stays with the interface: b1 sends from 10.66.0.99, an address of a net-a
+  // endpoint on another host (so a1's ingress would allow it), routed back to b1 by the host.
+  const spoofed = '10.66.0.99';
+  await ipIn(b1.ns, ['addr', 'add', `${spoofed}/32`, 'dev', 'eth0']);
+  await ipIn(w.h, ['route', 'add', `${spoofed}/32`, 'dev', b1.hostIf, 'scope', 'link']);
+  const remoteA = { ipv4: [spoofed], ipv6: [], labels: { 'net-a': '' } };
+  const withRemote = (m: PolicyModel, b1Addresses: string[]): PolicyModel => ({
+    ...m,
+    localEndpoints: m.localEndpoints.map((e) => (e.hostIf === b1.hostIf ? { ...e, ipv4: b1Addresses } : e)),
+    remoteAndLocalEndpoints: [...m.remoteAndLocalEndpoints, remoteA],
+  });
+  const pingFrom = async (expected: boolean): Promise<boolean> => {
+    for (let i = 0; i < (expected ? 3 : 1); i++) {
+      try {
+        await execInNetns(b1.ns, BUSYBOX, ['ping', '-c', '1', '-W', '2', '-I', spoofed, a1.v4], { timeoutMs: 10_000 });
+        return true;
+      } catch {
+        // try again
+      }
+    }
+    return false;
+  };
+  await w.dp.apply(withRemote(modelOf(w), [b1.v4]));
+  t.false(await pingFrom(false), 'a source address that is not the endpoint\'s own is dropped at dispatch');
+  // Control: the same packet passes once the address is b1's own (so only the source check
+  // stopped it above).
+  await w.dp.apply(withRemote(modelOf(w), [b1.v4, spoofed]));
+  t.true(await pingFrom(true), 'the same packet from an address of its own passes');
+  await ipIn(w.h, ['route', 'del', `${spoofed}/32`, 'dev', b1.hostIf]);
+
+  // a2 leaves: its dispatch rules go, the shared chains stay for a1, and a2's interface is back
+  // to the fail-closed drop.
+  w.cs.splice(w.cs.indexOf(a2), 1);
+  const left = await w.dp.apply(modelOf(w));
+  t.is(left.chainsRemoved, 0);
+  t.false((await ourRules(w, 4)).some((l) => l.includes(a2.hostIf) || l.includes(a2.v4)));
+  t.true((await chains()).includes(`${w.prefix}-fw-net-a`));
+  t.false(await ping(a2.ns, a1.v4, false), 'a departed endpoint\'s interface is dropped');
+  t.false(await ping(a2.ns, H_V4, false), 'not even to the host');
+
+  // a1, the last user of [net-a], leaves: its endpoint and profile chains go too, in both families.
+  w.cs.splice(w.cs.indexOf(a1), 1);
+  const last = await w.dp.apply(modelOf(w));
+  t.is(last.chainsRemoved, 8); // fw/tw-net-a, pri/pro-net-a; IPv4 and IPv6
+  for (const fam of [4, 6] as const) t.false((await ourRules(w, fam)).some((l) => l.includes('net-a') || l.includes(a1.hostIf)), `IPv${fam}`);
+  t.true(await ping(b1.ns, H_V4, true), 'the others keep their policy');
+});
+
 test('incremental: same input writes nothing; one profile change writes only its chains', async (t) => {
   const w = await world(t);
   setProfiles(w, networkProfile('net-a'), networkProfile('net-b'));

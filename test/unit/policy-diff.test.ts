@@ -13,6 +13,7 @@ import {
   type PolicyPlan,
 } from '../../policy/diff';
 import {
+  endpointChainName,
   formatDesiredState,
   renderPolicy,
   selectorSetName,
@@ -112,17 +113,23 @@ test('changing one profile rewrites only its chains and the sets whose membershi
   t.deepEqual(written(diffPolicy(before, renderPolicy(egressOnly))), ['4 cali-pro-b', '6 cali-pro-b']);
 });
 
-test('adding an endpoint rewrites only its chains, the dispatch chains and changed sets', (t) => {
+test('adding an endpoint rewrites only the dispatch chains, changed sets and chains of a new profile list', (t) => {
   const before = renderPolicy(base());
   const after = renderPolicy(model([ep(1, ['a']), ep(2, ['b']), ep(3, ['a'])], [sameProfile('a'), sameProfile('b')]));
   const plan = diffPolicy(before, after);
-  const w = ['cali-from-wl-dispatch', 'cali-fw-cali0303030303a', 'cali-to-wl-dispatch', 'cali-tw-cali0303030303a'];
+  // Profile list [a] already has its chains: only the dispatch rules are new.
+  const w = ['cali-from-wl-dispatch', 'cali-to-wl-dispatch'];
   t.deepEqual(written(plan), [...w.map((c) => `4 ${c}`), ...w.map((c) => `6 ${c}`)].sort());
   t.is(
     plan.ipsetBefore,
     `add ${selectorSetName('cali', 4, 'has(a)')} 10.65.0.3\nadd ${selectorSetName('cali', 6, 'has(a)')} fd65::3\n`,
   );
   t.is(plan.ipsetAfter, '');
+
+  // A list no endpoint had before ([b, a]) gets its chains in the same transaction.
+  const third = renderPolicy(model([ep(1, ['a']), ep(2, ['b']), ep(3, ['b', 'a'])], [sameProfile('a'), sameProfile('b')]));
+  const ba = ['cali-from-wl-dispatch', endpointChainName('cali', 'fw', ['b', 'a']), 'cali-to-wl-dispatch', endpointChainName('cali', 'tw', ['b', 'a'])];
+  t.deepEqual(written(diffPolicy(before, third)), [...ba.map((c) => `4 ${c}`), ...ba.map((c) => `6 ${c}`)].sort());
 
   // A remote endpoint joining a selector changes a set and nothing else.
   const remote = renderPolicy(model([ep(1, ['a']), ep(2, ['b'])], [sameProfile('a'), sameProfile('b')], [
@@ -139,27 +146,74 @@ test('with a dispatch tree, adding an endpoint rewrites one leaf per direction',
     Array.from({ length: n }, (_, i) => ({ ...ep(i + 1, ['a']), hostIf: `cali${'0123456789abcdef'[i % 16]}${String(i).padStart(10, '0')}` }));
   const before = renderPolicy(model(many(40), [sameProfile('a')]));
   const after = renderPolicy(model(many(41), [sameProfile('a')]));
-  const w = ['cali-from-wl-dispatch-8', 'cali-fw-cali80000000040', 'cali-to-wl-dispatch-8', 'cali-tw-cali80000000040'];
+  const w = ['cali-from-wl-dispatch-8', 'cali-to-wl-dispatch-8'];
   t.deepEqual(written(diffPolicy(before, after)), [...w.map((c) => `4 ${c}`), ...w.map((c) => `6 ${c}`)].sort());
+  // In place (what the dataplane does): the new endpoint's dispatch rules are inserted, nothing
+  // is redeclared or deleted.
+  const inPlace = diffPolicy(before, after, undefined, { insertInPlace: true });
+  t.deepEqual(written(inPlace), []);
+  t.deepEqual(inPlace.iptables[4].split('\n').filter((l) => /^-[AIDFX] /.test(l)), [
+    '-I cali-from-wl-dispatch-8 3 -s 10.65.0.41/32 -i cali80000000040 -g cali-fw-a',
+    '-I cali-to-wl-dispatch-8 3 -o cali80000000040 -g cali-tw-a',
+  ]);
 });
 
-test('an endpoint becoming ready is like adding it; leaving removes its chains after the dispatch rewrite', (t) => {
-  const pending = renderPolicy(model([ep(1, ['a']), ep(3, ['a'], false)], [sameProfile('a')]));
-  const ready = renderPolicy(model([ep(1, ['a']), ep(3, ['a'])], [sameProfile('a')]));
+test('an endpoint becoming ready is like adding it; leaving removes shared chains only with their last user, after the dispatch rewrite', (t) => {
+  const ps = [sameProfile('a'), sameProfile('b')];
+  const pending = renderPolicy(model([ep(1, ['a']), ep(3, ['a', 'b'], false)], ps));
+  const ready = renderPolicy(model([ep(1, ['a']), ep(3, ['a', 'b'])], ps));
+  const fwAB = endpointChainName('cali', 'fw', ['a', 'b']);
+  const twAB = endpointChainName('cali', 'tw', ['a', 'b']);
   t.deepEqual(
     written(diffPolicy(pending, ready)).filter((c) => c.startsWith('4 ')),
-    ['4 cali-from-wl-dispatch', '4 cali-fw-cali0303030303a', '4 cali-to-wl-dispatch', '4 cali-tw-cali0303030303a'],
+    ['4 cali-from-wl-dispatch', `4 ${fwAB}`, '4 cali-pri-b', '4 cali-pro-b', '4 cali-to-wl-dispatch', `4 ${twAB}`].sort(),
   );
-  const gone = diffPolicy(ready, renderPolicy(model([ep(1, ['a'])], [sameProfile('a')])));
+
+  // Another endpoint with the same list comes and goes: the shared chains stay.
+  const two = renderPolicy(model([ep(1, ['a']), ep(3, ['a', 'b']), ep(4, ['a', 'b'])], ps));
+  t.deepEqual(written(diffPolicy(ready, two)).filter((c) => c.startsWith('4 ')), ['4 cali-from-wl-dispatch', '4 cali-to-wl-dispatch']);
+  const back = diffPolicy(two, ready);
+  t.deepEqual(written(back).filter((c) => c.startsWith('4 ')), ['4 cali-from-wl-dispatch', '4 cali-to-wl-dispatch']);
+  t.is(back.stats.chainsRemoved, 0);
+  t.notRegex(back.iptables[4], /cali0404040404a|10\.65\.0\.4\//);
+
+  // The last user leaves: its dispatch rules, the shared chains and the profile chains only it
+  // used go; [a]'s chains stay for endpoint 1.
+  const gone = diffPolicy(ready, renderPolicy(model([ep(1, ['a'])], ps)));
   const lines = gone.iptables[4].trim().split('\n');
   t.deepEqual(lines.filter((l) => /^-[FX] /.test(l)), [
-    '-F cali-fw-cali0303030303a',
-    '-F cali-tw-cali0303030303a',
-    '-X cali-fw-cali0303030303a',
-    '-X cali-tw-cali0303030303a',
+    `-F ${fwAB}`,
+    `-F ${twAB}`,
+    '-F cali-pri-b',
+    '-F cali-pro-b',
+    `-X ${fwAB}`,
+    `-X ${twAB}`,
+    '-X cali-pri-b',
+    '-X cali-pro-b',
   ]);
-  t.true(lines.indexOf(':cali-from-wl-dispatch - [0:0]') < lines.indexOf('-F cali-fw-cali0303030303a'));
+  t.false(lines.some((l) => l.includes('cali0303030303a') || l.includes('10.65.0.3/')));
+  t.true(lines.indexOf(':cali-from-wl-dispatch - [0:0]') < lines.indexOf(`-F ${fwAB}`));
+  t.true(lines.indexOf(':cali-to-wl-dispatch - [0:0]') < lines.indexOf(`-F ${twAB}`));
   t.is(gone.ipsetBefore, `del ${selectorSetName('cali', 4, 'has(a)')} 10.65.0.3\ndel ${selectorSetName('cali', 6, 'has(a)')} fd65::3\n`);
+});
+
+test('an endpoint whose profile list changes moves to the other shared chains', (t) => {
+  const ps = [sameProfile('a'), sameProfile('b')];
+  const before = renderPolicy(model([ep(1, ['a']), ep(2, ['b'])], ps));
+  const after = renderPolicy(model([ep(1, ['a']), ep(2, ['a'])], ps));
+  const plan = diffPolicy(before, after, undefined, { insertInPlace: true });
+  t.deepEqual(written(plan).filter((c) => c.startsWith('4 ')), ['4 cali-from-wl-dispatch', '4 cali-to-wl-dispatch']);
+  t.deepEqual(plan.iptables[4].split('\n').filter((l) => /^-[FX] /.test(l)), [
+    '-F cali-fw-b',
+    '-F cali-tw-b',
+    '-F cali-pri-b',
+    '-F cali-pro-b',
+    '-X cali-fw-b',
+    '-X cali-tw-b',
+    '-X cali-pri-b',
+    '-X cali-pro-b',
+  ]);
+  t.regex(plan.iptables[4], /\n-A cali-from-wl-dispatch -s 10\.65\.0\.2\/32 -i cali0202020202a -g cali-fw-a\n/);
 });
 
 test('removing everything: jumps deleted, chains flushed then deleted, sets destroyed after', (t) => {
@@ -265,6 +319,46 @@ test('kernel: tampered chains are rewritten, tampered sets repaired member by me
   const plan = diffPolicy(undefined, s, snapshot(v4, saveText(s, 6), sets));
   t.deepEqual(written(plan), ['4 cali-pri-a']);
   t.is(plan.ipsetBefore, `add ${setA} 10.65.0.1\ndel ${setA} 10.99.0.1\n`);
+});
+
+test('kernel: per-interface endpoint chains of the earlier layout are replaced by shared ones', (t) => {
+  const s = renderPolicy(base());
+  // What the layout before shared chains left: dispatch to <p>-fw-<if> / <p>-tw-<if>.
+  const old = (text: string): string =>
+    text
+      .replace(/-g cali-fw-a\n/, '-g cali-fw-cali0101010101a\n')
+      .replace(/-g cali-tw-a\n/, '-g cali-tw-cali0101010101a\n')
+      .replace('COMMIT', [
+        ':cali-fw-cali0101010101a - [0:0]',
+        ':cali-tw-cali0101010101a - [0:0]',
+        '-A cali-fw-cali0101010101a -j MARK --set-xmark 0x0/0x100000',
+        '-A cali-fw-cali0101010101a -j cali-pro-a',
+        '-A cali-fw-cali0101010101a -m mark --mark 0x100000/0x100000 -j RETURN',
+        '-A cali-fw-cali0101010101a -m comment --comment "no profile allowed this egress" -j DROP',
+        '-A cali-tw-cali0101010101a -j MARK --set-xmark 0x0/0x100000',
+        '-A cali-tw-cali0101010101a -j cali-pri-a',
+        '-A cali-tw-cali0101010101a -m mark --mark 0x100000/0x100000 -j RETURN',
+        '-A cali-tw-cali0101010101a -m comment --comment "no profile allowed this ingress" -j DROP',
+        'COMMIT',
+      ].join('\n'))
+      .replace(/^:cali-fw-a - \[0:0\]\n/m, '')
+      .replace(/^:cali-tw-a - \[0:0\]\n/m, '')
+      .replace(/^-A cali-[ft]w-a .*\n/gm, '');
+  const v4 = old(saveText(s, 4));
+  t.true(v4.includes('-g cali-fw-cali0101010101a\n') && !v4.includes('cali-fw-a'), v4);
+  const plan = diffPolicy(undefined, s, snapshot(v4, saveText(s, 6), ipsetSave(s)), { insertInPlace: true });
+  t.deepEqual(written(plan), ['4 cali-from-wl-dispatch', '4 cali-fw-a', '4 cali-to-wl-dispatch', '4 cali-tw-a']);
+  const lines = plan.iptables[4].trim().split('\n');
+  t.deepEqual(lines.filter((l) => /^-[FXD] /.test(l)), [
+    '-F cali-fw-cali0101010101a',
+    '-F cali-tw-cali0101010101a',
+    '-X cali-fw-cali0101010101a',
+    '-X cali-tw-cali0101010101a',
+  ]);
+  // One transaction: the new chains are filled and the dispatch chains refilled before the old
+  // chains go.
+  t.true(lines.indexOf('-A cali-fw-a -m comment --comment "no profile allowed this egress" -j DROP') < lines.indexOf('-F cali-fw-cali0101010101a'));
+  t.is(lines.filter((l) => l === 'COMMIT').length, 1);
 });
 
 test('kernel: a set of ours with the wrong type is refused with a clear error', (t) => {

@@ -7,11 +7,13 @@ import path from 'node:path';
 import { InvalidRequestError } from '../../lib/errors';
 import {
   DISPATCH_FLAT_MAX,
+  endpointChainName,
   formatDesiredState,
   MAX_CHAIN_NAME_LENGTH,
   MAX_SET_NAME_LENGTH,
   portChunks,
   profileChainName,
+  RenderCache,
   renderPolicy,
   selectorSetName,
   type DesiredState,
@@ -286,15 +288,122 @@ test('more than DISPATCH_FLAT_MAX endpoints: dispatch branches on the first char
   t.is(root[0], '-i cali0+ -g cali-from-wl-dispatch-0');
   t.is(root[16], '-m comment --comment "unknown or not ready workload" -j DROP');
   t.deepEqual(state.filter[4].get('cali-from-wl-dispatch-0'), [
-    '-s 10.65.0.1/32 -i cali00000000000 -g cali-fw-cali00000000000',
-    '-s 10.65.0.17/32 -i cali00000000016 -g cali-fw-cali00000000016',
+    '-s 10.65.0.1/32 -i cali00000000000 -g cali-fw-p',
+    '-s 10.65.0.17/32 -i cali00000000016 -g cali-fw-p',
     '-m comment --comment "unknown or not ready workload" -j DROP',
   ]);
   t.deepEqual(state.filter[4].get('cali-to-wl-dispatch-f'), [
-    '-o calif0000000015 -g cali-tw-calif0000000015',
+    '-o calif0000000015 -g cali-tw-p',
     '-m comment --comment "unknown or not ready workload" -j DROP',
   ]);
   t.is(state.filter[4].get('cali-to-wl-dispatch')?.[15], '-o calif+ -g cali-to-wl-dispatch-f');
+});
+
+test('endpoints with the same profile list share its policy chains; dispatch stays per interface', (t) => {
+  const ps = profiles(defaultProfile('a'), defaultProfile('b'));
+  const state = renderPolicy(
+    input({
+      localEndpoints: [
+        ep(1, ['a']),
+        ep(2, ['a']),
+        ep(3, ['a', 'b']),
+        ep(4, ['b', 'a']), // another order is another list
+        ep(5, ['a', 'missing', 'b', 'a']), // what exists, once, in order: the same list as ep 3
+        ep(6, []),
+        ep(7, ['missing']), // no existing profile: like none
+      ],
+      profiles: ps,
+    }),
+  );
+  const ab = endpointChainName('cali', 'fw', ['a', 'b']);
+  const ba = endpointChainName('cali', 'fw', ['b', 'a']);
+  const endpointChains = [...state.filter[4].keys()].filter((c) => /^cali-[ft]w-/.test(c));
+  t.deepEqual(endpointChains, [
+    'cali-fw-_none',
+    ab,
+    ba,
+    'cali-fw-a',
+    'cali-tw-_none',
+    ab.replace('-fw-', '-tw-'),
+    ba.replace('-fw-', '-tw-'),
+    'cali-tw-a',
+  ].sort());
+  t.deepEqual(state.filter[4].get('cali-from-wl-dispatch'), [
+    '-s 10.65.0.1/32 -i cali0101010101a -g cali-fw-a',
+    '-s 10.65.0.2/32 -i cali0202020202a -g cali-fw-a',
+    `-s 10.65.0.3/32 -i cali0303030303a -g ${ab}`,
+    `-s 10.65.0.4/32 -i cali0404040404a -g ${ba}`,
+    `-s 10.65.0.5/32 -i cali0505050505a -g ${ab}`,
+    '-s 10.65.0.6/32 -i cali0606060606a -g cali-fw-_none',
+    '-s 10.65.0.7/32 -i cali0707070707a -g cali-fw-_none',
+    '-m comment --comment "unknown or not ready workload" -j DROP',
+  ]);
+  t.is(state.filter[4].get('cali-to-wl-dispatch')?.[4], `-o cali0505050505a -g ${ab.replace('-fw-', '-tw-')}`);
+  t.deepEqual(state.filter[4].get(ab), [
+    '-j MARK --set-xmark 0x0/0x100000',
+    '-j cali-pro-a',
+    '-m mark --mark 0x100000/0x100000 -j RETURN',
+    '-j cali-pro-b',
+    '-m mark --mark 0x100000/0x100000 -j RETURN',
+    '-m comment --comment "no profile allowed this egress" -j DROP',
+  ]);
+  // No profile: everything is dropped, both ways.
+  t.deepEqual(state.filter[4].get('cali-fw-_none'), [
+    '-j MARK --set-xmark 0x0/0x100000',
+    '-m comment --comment "no profile allowed this egress" -j DROP',
+  ]);
+  t.deepEqual(state.filter[4].get('cali-tw-_none'), [
+    '-j MARK --set-xmark 0x0/0x100000',
+    '-m comment --comment "no profile allowed this ingress" -j DROP',
+  ]);
+  // The same chains in IPv6, with the same rules.
+  for (const c of endpointChains) t.deepEqual(state.filter[6].get(c), state.filter[4].get(c), c);
+});
+
+const endpointChainNames: Array<[string, string, readonly string[], string | RegExp]> = [
+  ['one short profile: its name', 'cali', ['net-a'], 'cali-fw-net-a'],
+  ['no profile', 'cali', [], 'cali-fw-_none'],
+  ['a profile named like the empty tag is still literal', 'cali', ['none'], 'cali-fw-none'],
+  ['longest literal at the longest prefix (28 characters)', 'abcdefgh', ['p'.repeat(16)], `abcdefgh-fw-${'p'.repeat(16)}`],
+  ['one character too long: hashed', 'abcdefgh', ['p'.repeat(17)], /^abcdefgh-fw-_[0-9a-f]{14}$/],
+  ['unsafe characters: hashed', 'cali', ['x -j ACCEPT'], /^cali-fw-_[0-9a-f]{14}$/],
+  ['a name that starts with _: hashed', 'cali', ['_none'], /^cali-fw-_[0-9a-f]{14}$/],
+  ['two profiles: hashed', 'cali', ['a', 'b'], /^cali-fw-_[0-9a-f]{14}$/],
+];
+
+for (const [name, prefix, list, want] of endpointChainNames) {
+  test(`endpointChainName: ${name}`, (t) => {
+    const got = endpointChainName(prefix, 'fw', list);
+    if (typeof want === 'string') t.is(got, want);
+    else t.regex(got, want);
+    t.true(got.length <= MAX_CHAIN_NAME_LENGTH);
+    t.is(endpointChainName(prefix, 'tw', list), got.replace('-fw-', '-tw-'));
+  });
+}
+
+test('endpointChainName: the list is encoded unambiguously', (t) => {
+  const names = [['a', 'b'], ['b', 'a'], ['a,b'], ['a","b'], ['a', 'b', 'c'], ['ab']].map((l) => endpointChainName('cali', 'fw', l));
+  t.is(new Set(names).size, names.length);
+  t.is(endpointChainName('cali', 'fw', ['a', 'b']), endpointChainName('cali', 'fw', ['a', 'b']));
+});
+
+test('a render cache never changes the output (prefixes, marks, profile lists, edits)', (t) => {
+  const cache = new RenderCache();
+  const a = defaultProfile('a');
+  const steps: PolicyInput[] = [
+    input({ localEndpoints: [ep(1, ['a']), ep(2, [])], profiles: profiles(a) }),
+    // Another prefix with the same lists: the empty list's chain must carry the new prefix.
+    input({ prefix: 'other', localEndpoints: [ep(1, ['a']), ep(2, [])], profiles: profiles(a) }),
+    input({ markBit: 0x200000, localEndpoints: [ep(1, ['a']), ep(2, [])], profiles: profiles(a) }),
+    input({ localEndpoints: [ep(1, ['a', 'b']), ep(2, ['b'])], profiles: profiles(a) }),
+    input({ localEndpoints: [ep(1, ['a', 'b']), ep(2, ['b'])], profiles: profiles(a, defaultProfile('b')) }),
+    input({ localEndpoints: [ep(1, ['a']), ep(2, [])], profiles: profiles(a) }),
+  ];
+  for (const [i, step] of steps.entries()) {
+    const cached = renderPolicy(step, cache);
+    const fresh = renderPolicy(step, new RenderCache());
+    for (const f of [4, 6] as const) t.is(formatDesiredState(cached, f), formatDesiredState(fresh, f), `step ${i} IPv${f}`);
+  }
 });
 
 test('rendering is deterministic and independent of input order', (t) => {
