@@ -181,8 +181,9 @@ ${extra}  - action: Allow
     for (let i = 0; i < 5; i++) t.false(await connects(peer, target, 8080), `attempt ${i + 1}`);
     const eps = JSON.parse((await calicoctl(blind, ['endpoint', 'list', '-o', 'json'])).stdout) as { id: string; ready: boolean }[];
     t.deepEqual(eps.map((e) => e.ready), [false, false]);
-    const { stdout } = await run('iptables', ['-S', `${blind.chainPrefix}-from-wl-dispatch`], 'dispatch');
-    t.false(stdout.includes(blind.hostIf(target.address.endpointId)), 'no dispatch rule: the final drop applies');
+    const { stdout } = await run('iptables', ['-S'], 'read the filter table');
+    t.true(stdout.includes(`-N ${blind.chainPrefix}-from-wl-dispatch`), 'the plugin programs policy');
+    t.false(stdout.includes(blind.hostIf(target.address.endpointId)), 'no rule names the interface: the final drop applies');
   });
 
   test.serial(`${backend}: a plugin restart reprograms identical rules with no gap`, async (t) => {
