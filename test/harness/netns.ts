@@ -6,7 +6,7 @@ import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { run, type ExecOptions, type ExecResult } from '../../dataplane/exec.js';
 import { assertNetnsName } from '../../dataplane/names.js';
-import { ensureHostForwarding } from '../../dataplane/veth.js';
+import { CONTAINER_GATEWAY_V4, ensureHostForwarding } from '../../dataplane/veth.js';
 
 const live = new Set<string>();
 let exitHookInstalled = false;
@@ -124,4 +124,29 @@ export async function makeRoutedHost(reg: NetnsRegistry, prefix: string): Promis
   await ipIn(h, ['-6', 'route', 'add', 'default', 'dev', 'upl0']);
   await ensureHostForwarding({ ipv6: true }, { netns: h });
   return h;
+}
+
+/** Does what Docker does after Join: moves the container end of the veth from the host namespace
+ * into a new "container" namespace as eth0 and applies the address and routes Join answered
+ * (gateway 169.254.1.1 on-link; IPv6 via the host end's link-local address). */
+export async function plumbContainer(
+  reg: NetnsRegistry,
+  hostNs: string,
+  peerIf: string,
+  addrs: { v4?: string; v6?: string; gatewayIPv6?: string },
+  prefix: string,
+): Promise<string> {
+  const c = await reg.create(prefix);
+  await ipIn(hostNs, ['link', 'set', 'dev', peerIf, 'netns', c, 'name', 'eth0']);
+  await ipIn(c, ['link', 'set', 'dev', 'eth0', 'up']);
+  if (addrs.v4 !== undefined) {
+    await ipIn(c, ['addr', 'add', `${addrs.v4}/32`, 'dev', 'eth0']);
+    await ipIn(c, ['route', 'add', CONTAINER_GATEWAY_V4, 'dev', 'eth0', 'scope', 'link']);
+    await ipIn(c, ['route', 'add', 'default', 'via', CONTAINER_GATEWAY_V4, 'dev', 'eth0']);
+  }
+  if (addrs.v6 !== undefined && addrs.gatewayIPv6 !== undefined) {
+    await ipIn(c, ['-6', 'addr', 'add', `${addrs.v6}/128`, 'dev', 'eth0', 'nodad']);
+    await ipIn(c, ['-6', 'route', 'add', 'default', 'via', addrs.gatewayIPv6, 'dev', 'eth0']);
+  }
+  return c;
 }

@@ -16,7 +16,6 @@ import {
   tempPeerName,
 } from '../../dataplane/names.js';
 import {
-  CONTAINER_GATEWAY_V4,
   createEndpointVeth,
   ensureHostForwarding,
   HOST_LINK_LOCAL_V6,
@@ -27,7 +26,7 @@ import {
   removeEndpointVeth,
   routesFor,
 } from '../../dataplane/veth.js';
-import { execInNetns, ipIn, netnsRegistry, type NetnsRegistry, HOST_V4, HOST_V6, makeRoutedHost } from '../harness/netns.js';
+import { execInNetns, ipIn, netnsRegistry, type NetnsRegistry, HOST_V4, HOST_V6, makeRoutedHost, plumbContainer } from '../harness/netns.js';
 
 const BUSYBOX = '/bin/busybox';
 const MTU = 1400;
@@ -63,18 +62,7 @@ async function attach(reg: NetnsRegistry, h: string, addrs: { v4?: string; v6?: 
     },
     { netns: h },
   );
-  const c = await reg.create('ctc');
-  await ipIn(h, ['link', 'set', 'dev', peerIf, 'netns', c, 'name', 'eth0']);
-  await ipIn(c, ['link', 'set', 'dev', 'eth0', 'up']);
-  if (addrs.v4) {
-    await ipIn(c, ['addr', 'add', `${addrs.v4}/32`, 'dev', 'eth0']);
-    await ipIn(c, ['route', 'add', CONTAINER_GATEWAY_V4, 'dev', 'eth0', 'scope', 'link']);
-    await ipIn(c, ['route', 'add', 'default', 'via', CONTAINER_GATEWAY_V4, 'dev', 'eth0']);
-  }
-  if (addrs.v6 && res.gatewayIPv6) {
-    await ipIn(c, ['-6', 'addr', 'add', `${addrs.v6}/128`, 'dev', 'eth0', 'nodad']);
-    await ipIn(c, ['-6', 'route', 'add', 'default', 'via', res.gatewayIPv6, 'dev', 'eth0']);
-  }
+  const c = await plumbContainer(reg, h, peerIf, { ...addrs, ...(res.gatewayIPv6 !== undefined && { gatewayIPv6: res.gatewayIPv6 }) }, 'ctc');
   return { ns: c, id, hostIf, ...addrs, ...(res.gatewayIPv6 ? { gatewayIPv6: res.gatewayIPv6 } : {}) };
 }
 

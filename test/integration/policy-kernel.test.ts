@@ -14,11 +14,11 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { DataplaneError } from '../../lib/errors.js';
 import { hostVethName, tempPeerName } from '../../dataplane/names.js';
 import { PolicyDataplane } from '../../dataplane/policy-dataplane.js';
-import { CONTAINER_GATEWAY_V4, createEndpointVeth } from '../../dataplane/veth.js';
+import { createEndpointVeth } from '../../dataplane/veth.js';
 import { effectiveLabels, explainPacket } from '../../policy/evaluate.js';
 import { DISPATCH_FLAT_MAX, renderPolicy, type PolicyModel } from '../../policy/render.js';
 import type { Labels, Profile, Rule } from '../../policy/types.js';
-import { execInNetns, ipIn, netnsRegistry, type NetnsRegistry, HOST_V4, HOST_V6, makeRoutedHost } from '../harness/netns.js';
+import { execInNetns, ipIn, netnsRegistry, type NetnsRegistry, HOST_V4, HOST_V6, makeRoutedHost, plumbContainer } from '../harness/netns.js';
 
 const BUSYBOX = '/bin/busybox';
 const MTU = 1400;
@@ -77,16 +77,7 @@ async function attach(
     { hostIf, peerIf, mtu: MTU, ipv4: [`${spec.v4}/32`], ...(spec.v6 ? { ipv6: [spec.v6] } : {}) },
     { netns: w.h },
   );
-  const ns = await w.reg.create('cpc');
-  await ipIn(w.h, ['link', 'set', 'dev', peerIf, 'netns', ns, 'name', 'eth0']);
-  await ipIn(ns, ['link', 'set', 'dev', 'eth0', 'up']);
-  await ipIn(ns, ['addr', 'add', `${spec.v4}/32`, 'dev', 'eth0']);
-  await ipIn(ns, ['route', 'add', CONTAINER_GATEWAY_V4, 'dev', 'eth0', 'scope', 'link']);
-  await ipIn(ns, ['route', 'add', 'default', 'via', CONTAINER_GATEWAY_V4, 'dev', 'eth0']);
-  if (spec.v6 && res.gatewayIPv6) {
-    await ipIn(ns, ['-6', 'addr', 'add', `${spec.v6}/128`, 'dev', 'eth0', 'nodad']);
-    await ipIn(ns, ['-6', 'route', 'add', 'default', 'via', res.gatewayIPv6, 'dev', 'eth0']);
-  }
+  const ns = await plumbContainer(w.reg, w.h, peerIf, { v4: spec.v4, ...(spec.v6 !== undefined && { v6: spec.v6 }), ...(res.gatewayIPv6 !== undefined && { gatewayIPv6: res.gatewayIPv6 }) }, 'cpc');
   const c: Container = {
     ns,
     id,
