@@ -186,6 +186,24 @@ ${extra}  - action: Allow
     t.false(stdout.includes(blind.hostIf(target.address.endpointId)), 'no rule names the interface: the final drop applies');
   });
 
+  test.serial(`${backend}: with label copying off, Join waits for the policy and the first packet passes`, async (t) => {
+    const plain = await startPlugin({
+      dockerSocket: join(c().tmp, 'no-docker.sock'),
+      ipv4Pool: `198.19.${randomInt(0, 255)}.0/24`,
+      env: { CALICO_LIBNETWORK_LABEL_ENDPOINTS: 'false' },
+    });
+    t.teardown(() => plain.cleanup());
+    const name = `nolabels-${randomBytes(3).toString('hex')}`;
+    networks.push(await createNetwork(c().docker, { name, driver: plain.networkDriver, ipamDriver: plain.ipamDriver }));
+    // No waiting for the kernel here: the endpoints were programmed before Join answered.
+    const a = await member(c().docker, plain, { image: c().image, network: name }, false);
+    const b = await member(c().docker, plain, { image: c().image, network: name }, false);
+    const ping = await exec(a.container, ['ping', '-c', '1', '-W', '2', b.address.ipv4]);
+    t.is(ping.code, 0, ping.output);
+    const eps = JSON.parse((await calicoctl(plain, ['endpoint', 'list', '-o', 'json'])).stdout) as { ready: boolean; labels: Record<string, string> }[];
+    t.deepEqual(eps.map((e) => [e.ready, e.labels]), [[true, {}], [true, {}]]);
+  });
+
   test.serial(`${backend}: a plugin restart reprograms identical rules with no gap`, async (t) => {
     const before = await ourRules(c().plugin.chainPrefix);
     // A blocked client keeps trying during the restart: not one attempt may get through.
