@@ -5,7 +5,7 @@ import { isIP } from 'node:net';
 import { addressPart } from '../ipam/cidr';
 import { InvalidRequestError, NotFoundError } from '../lib/errors';
 import { decodeProfile, encodeProfile } from '../model/profile';
-import { effectiveLabels, explainPacket, type Decision, type EndpointDescription, type Packet } from '../policy/evaluate';
+import { effectiveLabels, explainPacket, type Decision, type EndpointDescription, type Explanation, type Packet } from '../policy/evaluate';
 import { parseProfileDocuments, profileToResource } from '../policy/profile-resource';
 import type { Profile, Protocol } from '../policy/types';
 import { exactArgs, intFlag, type Context, type Handler } from './context';
@@ -63,6 +63,8 @@ interface Party {
   readonly label: string;
   readonly ip: string;
   readonly endpoint?: EndpointDescription;
+  /** False for a workload whose labels are not known yet: the dataplane drops all its traffic. */
+  readonly ready: boolean;
 }
 
 /** An endpoint by ID (or unique ID prefix) or by address; any other address is a non-workload
@@ -74,7 +76,7 @@ async function resolveParty(ctx: Context, arg: string, profiles: Map<string, Pro
   if (matches.length > 1) throw new InvalidRequestError(`'${arg}' matches ${matches.length} endpoints; give more of the endpoint ID`);
   const ep = matches[0];
   if (ep === undefined) {
-    if (byIp) return { label: `${arg} (not a workload)`, ip: arg };
+    if (byIp) return { label: `${arg} (not a workload)`, ip: arg, ready: true };
     throw new NotFoundError(`no endpoint with ID or address '${arg}' (see calicoctl endpoint list)`);
   }
   const addresses = [...ep.ipv4, ...ep.ipv6].map(addressPart);
@@ -83,6 +85,7 @@ async function resolveParty(ctx: Context, arg: string, profiles: Map<string, Pro
   return {
     label: `${ep.id.slice(0, 12)} (${ip})`,
     ip,
+    ready: ep.ready,
     endpoint: { ips: addresses, profiles: ep.profiles, labels: effectiveLabels(ep.profiles.map((n) => profiles.get(n)?.labelsToApply ?? {}), ep.labels) },
   };
 }
@@ -90,6 +93,20 @@ async function resolveParty(ctx: Context, arg: string, profiles: Map<string, Pro
 function describe(direction: string, who: string, d: Decision): string {
   const logged = d.logged.length > 0 ? ` (logged by ${d.logged.map((r) => `${r.profile} ${r.direction}[${r.index}]`).join(', ')})` : '';
   return `${direction} of ${who}: ${d.verdict}: ${d.reason}${logged}`;
+}
+
+/** A workload that is not ready is isolated whatever its profiles say (fail closed), and so is
+ * what the kernel does: say so rather than report the profiles' verdict. */
+function withReadiness(result: Explanation, src: Party, dst: Party): Explanation {
+  const notReady = (who: Party, direction: 'egress' | 'ingress'): Decision => ({
+    verdict: 'denied',
+    allowed: false,
+    logged: [],
+    reason: `${who.label} is not ready (its container labels are not known yet): all its ${direction} traffic is dropped`,
+  });
+  if (!src.ready) return { allowed: false, egress: notReady(src, 'egress'), ingress: { verdict: 'not-reached', allowed: false, logged: [], reason: 'dropped at egress' } };
+  if (!dst.ready && result.egress.allowed) return { allowed: false, egress: result.egress, ingress: notReady(dst, 'ingress') };
+  return result;
 }
 
 export const policyCommands: Record<string, Handler> = {
@@ -151,7 +168,7 @@ export const policyCommands: Record<string, Handler> = {
       ...(icmpType !== undefined && { icmpType }),
       ...(icmpCode !== undefined && { icmpCode }),
     };
-    const result = explainPacket(packet, src.endpoint, dst.endpoint, (n) => profiles.get(n));
+    const result = withReadiness(explainPacket(packet, src.endpoint, dst.endpoint, (n) => profiles.get(n)), src, dst);
     // Mirrors the dataplane: a host's own traffic to its local workloads is not filtered.
     const note = src.endpoint === undefined && dst.endpoint !== undefined
       ? `${src.ip} is not a workload: this verdict holds for traffic from other hosts or outside; traffic that originates on the destination's own host is always allowed to its local workloads`

@@ -181,6 +181,10 @@ ${extra}  - action: Allow
     for (let i = 0; i < 5; i++) t.false(await connects(peer, target, 8080), `attempt ${i + 1}`);
     const eps = JSON.parse((await calicoctl(blind, ['endpoint', 'list', '-o', 'json'])).stdout) as { id: string; ready: boolean }[];
     t.deepEqual(eps.map((e) => e.ready), [false, false]);
+    const explained = await calicoctl(blind, ['policy', 'explain', peer.address.endpointId, target.address.ipv4, '--port', '8080', '-o', 'json']);
+    const verdict = JSON.parse(explained.stdout) as { allowed: boolean; egress: { reason: string } };
+    t.false(verdict.allowed, 'policy explain agrees: isolated');
+    t.regex(verdict.egress.reason, /is not ready/);
     const { stdout } = await run('iptables', ['-S'], 'read the filter table');
     t.true(stdout.includes(`-N ${blind.chainPrefix}-from-wl-dispatch`), 'the plugin programs policy');
     t.false(stdout.includes(blind.hostIf(target.address.endpointId)), 'no rule names the interface: the final drop applies');
