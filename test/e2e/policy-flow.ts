@@ -175,9 +175,14 @@ ${extra}  - action: Allow
     const blind = await startPlugin({ dockerSocket: join(c().tmp, 'no-docker.sock'), ipv4Pool: `198.19.${randomInt(0, 255)}.0/24` });
     t.teardown(() => blind.cleanup());
     const name = `blind-${randomBytes(3).toString('hex')}`;
-    networks.push(await createNetwork(c().docker, { name, driver: blind.networkDriver, ipamDriver: blind.ipamDriver }));
+    const net = await createNetwork(c().docker, { name, driver: blind.networkDriver, ipamDriver: blind.ipamDriver });
+    const own: Docker.Container[] = [];
+    // Teardowns run last-in first-out: the containers and network go while their plugin still
+    // answers Docker's Leave and DeleteEndpoint.
+    t.teardown(() => removeQuietly(own, [net]));
     const target = await member(c().docker, blind, { image: c().image, network: name, cmd: SERVER, labels: { 'org.projectcalico.label.role': 'db' } }, false);
     const peer = await member(c().docker, blind, { image: c().image, network: name }, false);
+    own.push(target.container, peer.container);
     for (let i = 0; i < 5; i++) t.false(await connects(peer, target, 8080), `attempt ${i + 1}`);
     const eps = JSON.parse((await calicoctl(blind, ['endpoint', 'list', '-o', 'json'])).stdout) as { id: string; ready: boolean }[];
     t.deepEqual(eps.map((e) => e.ready), [false, false]);
@@ -198,10 +203,15 @@ ${extra}  - action: Allow
     });
     t.teardown(() => plain.cleanup());
     const name = `nolabels-${randomBytes(3).toString('hex')}`;
-    networks.push(await createNetwork(c().docker, { name, driver: plain.networkDriver, ipamDriver: plain.ipamDriver }));
+    const net = await createNetwork(c().docker, { name, driver: plain.networkDriver, ipamDriver: plain.ipamDriver });
+    const own: Docker.Container[] = [];
+    // Teardowns run last-in first-out: the containers and network go while their plugin still
+    // answers Docker's Leave and DeleteEndpoint.
+    t.teardown(() => removeQuietly(own, [net]));
     // No waiting for the kernel here: the endpoints were programmed before Join answered.
     const a = await member(c().docker, plain, { image: c().image, network: name }, false);
     const b = await member(c().docker, plain, { image: c().image, network: name }, false);
+    own.push(a.container, b.container);
     const ping = await exec(a.container, ['ping', '-c', '1', '-W', '2', b.address.ipv4]);
     t.is(ping.code, 0, ping.output);
     const eps = JSON.parse((await calicoctl(plain, ['endpoint', 'list', '-o', 'json'])).stdout) as { ready: boolean; labels: Record<string, string> }[];

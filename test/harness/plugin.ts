@@ -10,6 +10,7 @@ import { join, resolve } from 'node:path';
 import { run } from '../../dataplane/exec';
 import { hostVethName } from '../../dataplane/names';
 import { PolicyDataplane } from '../../dataplane/policy-dataplane';
+import { removeEndpointVeth } from '../../dataplane/veth';
 
 const DAEMON = resolve(__dirname, '../../bin/calico-libnetwork.js');
 const CTL = resolve(__dirname, '../../bin/calicoctl.js');
@@ -125,6 +126,9 @@ export async function startPlugin(opts: PluginOptions): Promise<Plugin> {
       await plugin.stop();
       clearTimeout(timer);
       await new PolicyDataplane({ prefix: chainPrefix, markBit: 0x100000, ifPrefix }).removeAll();
+      // Safety net: a test that removed its containers after stopping the plugin would leave
+      // their veths behind (Docker moves them back to the host); the prefix is this instance's.
+      for (const link of await linksWithPrefix(ifPrefix)) await removeEndpointVeth(link);
       await rm(dataDir, { recursive: true, force: true });
     },
   };
@@ -166,4 +170,9 @@ export async function waitProgrammed(plugin: Plugin, endpointId: string, timeout
     if (Date.now() > deadline) throw new Error(`endpoint ${endpointId.slice(0, 12)} was not programmed within ${timeoutMs}ms:\n${plugin.output()}`);
     await new Promise((r) => setTimeout(r, 50));
   }
+}
+
+async function linksWithPrefix(prefix: string): Promise<string[]> {
+  const { stdout } = await run('ip', ['-j', 'link', 'show'], 'list links');
+  return (JSON.parse(stdout) as { ifname: string }[]).map((l) => l.ifname).filter((n) => n.startsWith(prefix));
 }

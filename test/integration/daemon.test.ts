@@ -52,9 +52,12 @@ test('SIGTERM finishes in-flight requests, removes the sockets and exits 0; one 
   t.true(sockets.every((s) => existsSync(s)));
 
   // A second daemon under the same names must not steal the sockets.
-  const second = await runDaemon({ ...plugin.env, CALICO_DATA_DIR: `${plugin.env['CALICO_DATA_DIR']}-second` });
+  const secondDir = `${plugin.env['CALICO_DATA_DIR']}-second`;
+  t.teardown(() => rm(secondDir, { recursive: true, force: true }));
+  const second = await runDaemon({ ...plugin.env, CALICO_DATA_DIR: secondDir });
   t.is(second.code, 1);
   t.regex(second.stderr, /another process is already serving \/run\/docker\/plugins\/calico-/);
+  t.false(existsSync(secondDir), 'the second daemon gave up before writing anything');
 
   const inFlight = post(sockets[1] as string, '/IpamDriver.RequestAddress', JSON.stringify({ PoolID: 'CalicoPoolIPv4', Address: '', Options: null }));
   const stopped = plugin.stop();
