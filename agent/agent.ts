@@ -20,6 +20,8 @@ const KERNEL_RESYNC_MS = 60_000;
 
 /** The kernel side (dataplane/policy-dataplane.ts), reduced to what the agent drives. */
 export interface PolicyApplier {
+  /** Rejects on failure, and then has already forgotten whatever it may have written in part (the
+   * next apply reads the kernel and repairs it), so the caller need not call resync(). */
   apply(input: PolicyModel): Promise<unknown>;
   /** Forget what was applied: the next apply rewrites everything and removes strays. */
   resync(): void;
@@ -116,9 +118,6 @@ export class PolicyAgent {
           this.programmed = new Set(input.localEndpoints.filter((e) => e.ready).map((e) => e.id));
           this.wakeWaiters();
         }
-      } catch (err) {
-        this.applier.resync();
-        throw err;
       } finally {
         this.loop = undefined;
       }

@@ -3,7 +3,6 @@
 // function of the datastore alone and can be tested without a kernel.
 import type { KeyValue } from '../datastore/datastore';
 import type { Keys } from '../datastore/keys';
-import { addressPart } from '../ipam/cidr';
 import { decodePool, type Pool } from '../ipam/pool';
 import { errorMessage } from '../lib/errors';
 import type { Logger } from '../lib/log';
@@ -62,10 +61,6 @@ export class PolicyState {
     return undefined;
   }
 
-  isLocalReady(endpointId: string): boolean {
-    return this.endpoints.get(this.keys.endpoint(this.node, endpointId))?.ready === true;
-  }
-
   input(): PolicyModel {
     const profiles = new Map([...this.profiles.values()].map((p) => [p.name, p]));
     const all = [...this.endpoints.values()];
@@ -73,8 +68,9 @@ export class PolicyState {
     return {
       localEndpoints: all
         .filter((e) => e.node === this.node)
-        .map((e) => ({ id: e.id, hostIf: e.hostInterface, ipv4: e.ipv4.map(addressPart), ipv6: e.ipv6.map(addressPart), profiles: e.profiles, ready: e.ready })),
-      remoteAndLocalEndpoints: all.map((e) => ({ ipv4: e.ipv4.map(addressPart), ipv6: e.ipv6.map(addressPart), labels: labelsOf(e, profiles) })),
+        .map((e) => ({ id: e.id, hostIf: e.hostInterface, ipv4: e.ipv4, ipv6: e.ipv6, profiles: e.profiles, ready: e.ready })),
+      // Addresses as stored (/32, /128): render's address parsing accepts the suffix.
+      remoteAndLocalEndpoints: all.map((e) => ({ ipv4: e.ipv4, ipv6: e.ipv6, labels: labelsOf(e, profiles) })),
       profiles,
       natOutgoingPools: pools.filter((p) => p.natOutgoing).map((p) => p.cidr),
       allPools: pools.map((p) => p.cidr),

@@ -7,12 +7,10 @@ import { Network } from '../model/network';
 import { exactArgs, intFlag, type Context, type Handler } from './context';
 import { render } from './output';
 
-async function endpoints(ctx: Context): Promise<Endpoint[]> {
+export async function listEndpoints(ctx: Context): Promise<Endpoint[]> {
   const { items } = await ctx.store.list(ctx.keys.nodesPrefix());
   return items.filter((kv) => kv.key.includes('/endpoints/')).map((kv) => parseStored(Endpoint, kv));
 }
-
-export { endpoints as listEndpoints };
 
 export const ipamCommands: Record<string, Handler> = {
   async 'pool add'(ctx, args) {
@@ -69,7 +67,7 @@ export const ipamCommands: Record<string, Handler> = {
         { header: 'PROFILES', value: (e) => e.profiles.join(',') },
         { header: 'LABELS', value: (e) => Object.entries(e.labels).map(([k, v]) => `${k}=${v}`).join(',') },
         { header: 'READY', value: (e) => String(e.ready) },
-      ], await endpoints(ctx)),
+      ], await listEndpoints(ctx)),
     );
   },
 

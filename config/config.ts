@@ -3,7 +3,8 @@
 // fail at start with a ConfigError naming the variable.
 import { hostname } from 'node:os';
 import { isAbsolute } from 'node:path';
-import { ConfigError } from '../lib/errors';
+import { ConfigError, errorMessage } from '../lib/errors';
+import { assertPolicyPrefix } from '../policy/names';
 
 export interface EtcdConfig {
   readonly endpoints: string[];
@@ -61,8 +62,6 @@ const HOST_IF_PREFIX = /^[a-z][a-z0-9]{0,3}$/;
 const IF_PREFIX = /^[a-z][a-z0-9]{0,9}$/;
 // Node names end up in datastore keys and in owner records; keep them DNS-like.
 const NODE_NAME = /^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$/;
-// Chain names are at most 28 characters; leave room for suffixes like -FORWARD and -from-<if>.
-const CHAIN_PREFIX = /^[a-z][a-z0-9]{0,7}$/;
 const PREFIX = /^(\/[A-Za-z0-9._-]+)+$/;
 
 function value(env: Env, name: string): string | undefined {
@@ -151,6 +150,15 @@ function mtu(env: Env): number {
   return n;
 }
 
+/** The policy engine owns the rule for chain prefixes (chain names are at most 28 characters). */
+function chainPrefix(env: Env): string {
+  try {
+    return assertPolicyPrefix(value(env, 'CALICO_IPTABLES_CHAIN_PREFIX') ?? 'cali');
+  } catch (err) {
+    throw new ConfigError(`CALICO_IPTABLES_CHAIN_PREFIX: ${errorMessage(err)}`);
+  }
+}
+
 function dockerSocket(env: Env): string {
   const host = value(env, 'DOCKER_HOST');
   if (host === undefined) return DEFAULTS.dockerSocket;
@@ -184,7 +192,7 @@ export function parseConfig(env: Env, defaultNodeName: string = hostname()): Con
     labelEndpoints: bool(env, 'CALICO_LIBNETWORK_LABEL_ENDPOINTS', true),
     ...(defaultIpv4Pool !== undefined && { defaultIpv4Pool }),
     ...(defaultIpv6Pool !== undefined && { defaultIpv6Pool }),
-    iptablesChainPrefix: matching(env, 'CALICO_IPTABLES_CHAIN_PREFIX', CHAIN_PREFIX, 'cali', 'a short chain prefix such as cali'),
+    iptablesChainPrefix: chainPrefix(env),
     dockerSocket: dockerSocket(env),
   };
 }

@@ -15,7 +15,6 @@ export async function registerNode(store: Datastore, keys: Keys, config: Config)
     version: VERSION,
     datastore: config.etcd === undefined ? 'embedded' : 'etcd',
     startedAt: new Date().toISOString(),
-    ipv4Address: '',
   };
   const value = serialize(node);
   for (;;) {

@@ -10,6 +10,9 @@ const log = logger('dataplane');
 export class LinuxEndpointDataplane implements EndpointDataplane {
   /** Removals started by Leave, by interface. */
   private readonly removing = new Map<string, Promise<void>>();
+  /** IPv6 forwarding was found or turned on once: skip the check on later attaches. Nothing of
+   * ours turns it off again. */
+  private ipv6Forwarding = false;
 
   constructor(private readonly ns: NetnsOption = {}) {}
 
@@ -17,7 +20,10 @@ export class LinuxEndpointDataplane implements EndpointDataplane {
     await this.removing.get(spec.hostIf);
     // IPv6 forwarding is turned on only when an IPv6 endpoint needs it: on a host that configures
     // itself by router advertisements, forwarding=1 makes the kernel ignore them.
-    if (spec.ipv6.length > 0) await ensureHostForwarding({ ipv6: true }, this.ns);
+    if (spec.ipv6.length > 0 && !this.ipv6Forwarding) {
+      await ensureHostForwarding({ ipv6: true }, this.ns);
+      this.ipv6Forwarding = true;
+    }
     const veth = await createEndpointVeth(spec, this.ns);
     return veth.gatewayIPv6 === undefined ? {} : { ipv6Gateway: veth.gatewayIPv6 };
   }

@@ -18,7 +18,6 @@
 
 import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { DataplaneError, errorMessage, InvalidRequestError } from '../lib/errors.js';
 import { CommandError, run, runWithInput } from './exec.js';
 import {
@@ -46,8 +45,6 @@ const SYSCTL = 'sysctl';
 const PROC_SYS = '/proc/sys';
 const MIN_MTU = 68;
 const MAX_MTU = 65535;
-const LINK_LOCAL_POLL_MS = 20;
-const DEFAULT_LINK_LOCAL_WAIT_MS = 2000;
 
 export interface EndpointVethSpec {
   hostIf: string;
@@ -255,7 +252,8 @@ async function showLink(name: string, netns: string | undefined, details = false
   }
 }
 
-/** Link state as `ip -j link show` reports it, or undefined if there is no such link. */
+/** Link state as `ip -j -d link show` reports it (with details such as linkinfo), or undefined if
+ * there is no such link. */
 export async function linkInfo(name: string, opts: NetnsOption = {}): Promise<LinkInfo | undefined> {
   assertIfName(name);
   const links = await showLink(name, checkedNetns(opts), true);
@@ -320,39 +318,6 @@ export async function routesFor(hostIf: string, opts: NetnsOption = {}): Promise
 }
 
 /**
- * The host end's IPv6 link-local address (the container's IPv6 gateway). createEndpointVeth
- * assigns HOST_LINK_LOCAL_V6 without DAD, so this normally answers at once; it polls briefly for
- * links configured by other means, skipping tentative addresses.
- */
-export async function hostLinkLocal(
-  hostIf: string,
-  opts: NetnsOption & { timeoutMs?: number } = {},
-): Promise<string> {
-  assertIfName(hostIf, 'interface name');
-  const netns = checkedNetns(opts);
-  const deadline = Date.now() + (opts.timeoutMs ?? DEFAULT_LINK_LOCAL_WAIT_MS);
-  for (;;) {
-    const { stdout } = await run(
-      IP,
-      [...nsArgs(netns), '-j', '-6', 'addr', 'show', 'dev', hostIf, 'scope', 'link'],
-      `show IPv6 link-local address of ${hostIf}`,
-    );
-    const ifs = parseJson<Array<{ addr_info?: Array<{ family?: string; local?: string; tentative?: boolean; dadfailed?: boolean }> }>>(
-      stdout,
-      'show addresses',
-    );
-    const ready = ifs
-      .flatMap((i) => i.addr_info ?? [])
-      .find((a) => a.family === 'inet6' && a.local?.toLowerCase().startsWith('fe80:') && !a.tentative && !a.dadfailed);
-    if (ready?.local) return ready.local;
-    if (Date.now() >= deadline) {
-      throw new DataplaneError(`${hostIf} has no usable IPv6 link-local address (is IPv6 disabled on it?)`);
-    }
-    await sleep(LINK_LOCAL_POLL_MS);
-  }
-}
-
-/**
  * Turn on IPv4 (and optionally IPv6) forwarding. Idempotent: reads first and writes only what is
  * off. Returns the keys it changed.
  */
@@ -411,11 +376,14 @@ async function writeSysctls(entries: Array<[string, string]>, netns: string | un
     await run(IP, ['netns', 'exec', netns, SYSCTL, '-q', '-w', ...entries.map(([k, v]) => `${k}=${v}`)], op);
     return;
   }
-  for (const [key, value] of entries) {
-    try {
-      await writeFile(`${PROC_SYS}/${key}`, value);
-    } catch (err) {
-      throw new DataplaneError(`${op}: set ${key.replaceAll('/', '.')}=${value}: ${errorMessage(err)}`, { cause: err });
-    }
-  }
+  // Independent files: write them all at once.
+  await Promise.all(
+    entries.map(async ([key, value]) => {
+      try {
+        await writeFile(`${PROC_SYS}/${key}`, value);
+      } catch (err) {
+        throw new DataplaneError(`${op}: set ${key.replaceAll('/', '.')}=${value}: ${errorMessage(err)}`, { cause: err });
+      }
+    }),
+  );
 }

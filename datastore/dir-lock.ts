@@ -52,7 +52,8 @@ async function replaceIfStale(path: string, me: Owner): Promise<boolean> {
 
 async function withTakeoverGuard(path: string, fn: () => Promise<boolean>): Promise<boolean> {
   const guard = path + TAKEOVER_SUFFIX;
-  const me: Owner = { pid: process.pid };
+  // With the start time, a guard left by a dead process whose pid was reused is still seen as stale.
+  const me: Owner = { pid: process.pid, ...optionalStart(process.pid) };
   if (!(await tryCreate(guard, me))) {
     const holder = await readOwner(guard);
     // A guard is held for microseconds; one left behind belongs to a process that died holding it.
@@ -91,8 +92,17 @@ async function tryCreate(path: string, owner: Owner): Promise<boolean> {
   }
   try {
     await fh.writeFile(JSON.stringify(owner) + '\n');
-  } finally {
+  } catch (err) {
+    // A lock file without its owner's identity would look held for the grace period, then stale.
+    await fh.close().catch(() => undefined);
+    await unlinkIfPresent(path);
+    throw err;
+  }
+  try {
     await fh.close();
+  } catch (err) {
+    await unlinkIfPresent(path);
+    throw err;
   }
   return true;
 }

@@ -107,7 +107,7 @@ export class EtcdStore implements Datastore {
 
   async create(key: string, value: string): Promise<KeyValue | undefined> {
     requireKey(key);
-    const res = await this.write(`create ${key}`, () =>
+    const res = await this.once(`create ${key}`, () =>
       this.client.if(key, 'Create', '==', 0).then(this.client.put(key).value(value)).commit(),
     );
     return res.succeeded ? { key, value, revision: res.header.revision } : undefined;
@@ -117,7 +117,7 @@ export class EtcdStore implements Datastore {
     requireKey(key);
     parseRevision(revision);
     // Version > 0: an absent key has mod revision 0, and revision '0' must not create it.
-    const res = await this.write(`update ${key}`, () =>
+    const res = await this.once(`update ${key}`, () =>
       this.client
         .if(key, 'Mod', '==', revision)
         .and(key, 'Version', '>', 0)
@@ -130,11 +130,11 @@ export class EtcdStore implements Datastore {
   async delete(key: string, revision?: string): Promise<boolean> {
     requireKey(key);
     if (revision === undefined) {
-      const res = await this.write(`delete ${key}`, () => this.client.delete().key(key).exec());
+      const res = await this.once(`delete ${key}`, () => this.client.delete().key(key).exec());
       return res.deleted !== '0';
     }
     parseRevision(revision);
-    const res = await this.write(`delete ${key}`, () =>
+    const res = await this.once(`delete ${key}`, () =>
       this.client.if(key, 'Mod', '==', revision).and(key, 'Version', '>', 0).then(this.client.delete().key(key)).commit(),
     );
     return res.succeeded && res.responses[0]?.response_delete_range.deleted !== '0';
@@ -147,9 +147,16 @@ export class EtcdStore implements Datastore {
     const builder = this.client.watch().inRange(Range.prefix(prefix));
     const start = after === undefined ? undefined : (after + 1n).toString();
     if (start !== undefined) builder.startRevision(start);
-    const watch = new EtcdWatch(builder.watcher(), handlers, (err, cause) => this.classifyWatchError(err, cause, prefix, start));
+    const watch: EtcdWatch = new EtcdWatch(
+      builder.watcher(),
+      handlers,
+      (err, cause) => this.classifyWatchError(err, cause, prefix, start),
+      // A watch that fails ends on its own; keep only live ones for close().
+      () => this.watches.delete(watch),
+    );
     await watch.start(this.dialTimeoutMs);
-    this.watches.add(watch);
+    // It may already have ended: a handler that threw on an early event fails it during start().
+    if (!watch.ended) this.watches.add(watch);
     return {
       close: async () => {
         this.watches.delete(watch);
@@ -189,11 +196,13 @@ export class EtcdStore implements Datastore {
       return await this.call(fn);
     } catch (err) {
       if (!(err instanceof Error) || !isRecoverableError(err)) throw this.unavailable(what, err);
-      return this.write(what, fn);
+      return this.once(what, fn);
     }
   }
 
-  private async write<T>(what: string, fn: () => Promise<T>): Promise<T> {
+  /** One attempt, failures reported as DatastoreUnavailableError: all that writes get (see the
+   * header), and a read's second try. */
+  private async once<T>(what: string, fn: () => Promise<T>): Promise<T> {
     try {
       return await this.call(fn);
     } catch (err) {

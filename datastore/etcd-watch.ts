@@ -21,11 +21,18 @@ export class EtcdWatch implements Watch {
     private readonly handlers: WatchHandlers,
     /** Turns an etcd3 watch error into the typed error handed to the caller. */
     private readonly classify: (err: unknown, cause: Failure) => Promise<Error>,
+    /** Called once when the watch ends on its own (not by close()), so the store forgets it. */
+    private readonly onDone: () => void = () => undefined,
   ) {
     watcher.on('data', (res: IWatchResponse) => this.onData(res));
     watcher.on('connected', () => this.settle?.resolve());
     watcher.on('disconnected', (err: unknown) => void this.fail(err, 'disconnected'));
     watcher.on('error', (err: unknown) => void this.fail(err, 'error'));
+  }
+
+  /** True once the watch has failed or been closed. */
+  get ended(): boolean {
+    return this.state === 'done';
   }
 
   /** Resolves once etcd confirms the watch, then delivers what arrived meanwhile. */
@@ -77,6 +84,7 @@ export class EtcdWatch implements Watch {
     if (this.state === 'done') return;
     const wasOpen = this.state === 'open';
     this.state = 'done';
+    this.onDone();
     void cancelWatcher(this.watcher);
     const error = known ?? (await this.classify(err, cause));
     if (wasOpen) this.handlers.onError(error);

@@ -1,7 +1,7 @@
 // The key layout, in one place. Everything lives under one root so a shared etcd can hold other
 // data, and so tests can run under a unique root (CALICO_DATASTORE_PREFIX) without colliding.
 //
-//   <root>/ipam/pools/<cidr>            IP pool            (model/pool.ts)
+//   <root>/ipam/pools/<cidr>            IP pool            (ipam/pool.ts)
 //   <root>/ipam/blocks/<cidr>           allocation block   (ipam/block.ts)
 //   <root>/networks/<networkId>         Docker network     (model/network.ts)
 //   <root>/profiles/<name>              policy profile     (model/profile.ts)

@@ -44,7 +44,14 @@ export async function serveStore(store: Datastore, socketPath: string): Promise<
   const streams = new Set<() => void>();
   const server = createServer((req, res) => void handle(store, req, res, streams));
   await listen(server, socketPath);
-  await chmod(socketPath, 0o600);
+  try {
+    await chmod(socketPath, 0o600);
+  } catch (err) {
+    // Never leave a socket with the default (umask) mode being served, nor a stray socket file.
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+    await unlinkIfPresent(socketPath);
+    throw err;
+  }
   let closing: Promise<void> | undefined;
   return {
     close: () => {

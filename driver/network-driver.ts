@@ -4,9 +4,10 @@
 // request leaves nothing behind.
 import type { Datastore } from '../datastore/datastore';
 import type { Keys } from '../datastore/keys';
-import { hostVethName, tempPeerName } from '../dataplane/names';
+import { hostVethName, parseHostAddress, tempPeerName } from '../dataplane/names';
+import { CONTAINER_GATEWAY_V4 } from '../dataplane/veth';
 import type { Allocator } from '../ipam/allocator';
-import { addressPart, familyBits, formatIp, parseCidr, parseIp, type IpFamily } from '../ipam/cidr';
+import { addressPart, normalizeCidr, parseCidr, type IpFamily } from '../ipam/cidr';
 import { ConflictError, InvalidRequestError, NotFoundError, errorMessage } from '../lib/errors';
 import { logger } from '../lib/log';
 import { parseStored, serialize } from '../model/codec';
@@ -47,8 +48,6 @@ export interface EndpointPolicy {
 
 const log = logger('driver');
 
-/** The container's IPv4 next hop: link-local, answered by proxy ARP on the host end. */
-export const IPV4_GATEWAY = '169.254.1.1';
 const SUPPORTED_NETWORK_OPTIONS: readonly string[] = [];
 
 export interface NetworkDriverOptions {
@@ -75,9 +74,11 @@ const PROGRAMMED_WAIT_MS = 5_000;
 
 /** A container address as the endpoint records it: canonical, with its full-length prefix. */
 function hostAddress(text: string, family: IpFamily, field: string): string {
-  const ip = parseIp(addressPart(text), field);
-  if (ip.family !== family) throw new InvalidRequestError(`${field} must be an IPv${family} address, got '${text}'`);
-  return `${formatIp(ip)}/${familyBits(family)}`;
+  try {
+    return normalizeCidr(parseHostAddress(text, family).cidr, field);
+  } catch (err) {
+    throw new InvalidRequestError(`${field}: ${errorMessage(err)}`);
+  }
 }
 
 export class NetworkDriver {
@@ -156,9 +157,8 @@ export class NetworkDriver {
 
   /** The network's profile, created with the defaults on first use. Docker stores the network
    * (and so its name) only after CreateNetwork returns, which is why this runs at CreateEndpoint. */
-  private async ensureProfile(networkId: string): Promise<string[]> {
+  private async ensureProfile(networkId: string, network: Network, revision: string): Promise<string[]> {
     if (!this.o.createProfiles) return [];
-    const { network, revision } = await this.getNetwork(networkId);
     if (network.profile !== '') return [network.profile];
     const dockerName = await this.o.names.networkName(networkId);
     const name = dockerName !== undefined && PROFILE_NAME.test(dockerName) ? dockerName : networkId;
@@ -176,7 +176,9 @@ export class NetworkDriver {
     }
     const ipv4 = iface.Address === '' ? [] : [hostAddress(iface.Address, 4, 'Interface.Address')];
     const ipv6 = iface.AddressIPv6 === '' ? [] : [hostAddress(iface.AddressIPv6, 6, 'Interface.AddressIPv6')];
-    const profiles = await this.ensureProfile(req.NetworkID);
+    // Known network first, also without profiles: an endpoint of a foreign network is refused.
+    const { network, revision } = await this.getNetwork(req.NetworkID);
+    const profiles = await this.ensureProfile(req.NetworkID, network, revision);
     const endpoint: Endpoint = {
       id: req.EndpointID,
       networkId: req.NetworkID,
@@ -224,14 +226,21 @@ export class NetworkDriver {
 
   async deleteEndpoint(req: EndpointRequest): Promise<object> {
     // Leave normally removed the veth already; a crash between the two must not leak it.
-    await this.o.dataplane.detach(hostVethName(this.o.hostIfPrefix, req.EndpointID));
+    await this.o.dataplane.detach(await this.hostInterfaceOf(req.EndpointID));
     await this.o.store.delete(this.o.keys.endpoint(this.o.node, req.EndpointID));
     return {};
   }
 
+  /** The recorded interface name; derived from the ID when the record is already gone. */
+  private async hostInterfaceOf(endpointId: string): Promise<string> {
+    const kv = await this.o.store.get(this.o.keys.endpoint(this.o.node, endpointId));
+    return kv === undefined ? hostVethName(this.o.hostIfPrefix, endpointId) : parseStored(Endpoint, kv).hostInterface;
+  }
+
   async join(req: JoinRequest): Promise<JoinResponse> {
     const ep = await this.getEndpoint(req.EndpointID);
-    const hostIf = hostVethName(this.o.hostIfPrefix, req.EndpointID);
+    // The recorded name is the one policy programs, even if the prefix changed since.
+    const hostIf = ep.hostInterface;
     const attached = await this.o.dataplane.attach({
       hostIf,
       peerIf: tempPeerName(req.EndpointID),
@@ -253,8 +262,8 @@ export class NetworkDriver {
       DisableGatewayService: true,
     };
     if (ep.ipv4.length > 0) {
-      response.Gateway = IPV4_GATEWAY;
-      routes.push({ Destination: `${IPV4_GATEWAY}/32`, RouteType: 1, NextHop: '' });
+      response.Gateway = CONTAINER_GATEWAY_V4;
+      routes.push({ Destination: `${CONTAINER_GATEWAY_V4}/32`, RouteType: 1, NextHop: '' });
     }
     if (ep.ipv6.length > 0 && attached.ipv6Gateway !== undefined) {
       response.GatewayIPv6 = attached.ipv6Gateway;
@@ -265,8 +274,8 @@ export class NetworkDriver {
 
   /** Answers at once: the veth is removed in the background and DeleteEndpoint, which Docker
    * sends next, waits for the removal to be complete. */
-  leave(req: EndpointRequest): object {
-    this.o.dataplane.startDetach(hostVethName(this.o.hostIfPrefix, req.EndpointID));
+  async leave(req: EndpointRequest): Promise<object> {
+    this.o.dataplane.startDetach(await this.hostInterfaceOf(req.EndpointID));
     return {};
   }
 

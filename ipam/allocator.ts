@@ -38,6 +38,7 @@ import {
   setEndpoint as setEndpointInBlock,
   usedCount,
   validateOwner,
+  validateRequester,
 } from './block';
 import {
   type Cidr,
@@ -111,7 +112,10 @@ export interface AssignIpResult extends AssignedAddress {
 }
 
 export type ReleaseOutcome =
-  /** `blockReleased`: the block became empty and, being affine to this node, was deleted. */
+  /** `blockReleased`: the block became empty and was deleted. Only a block affine to this node
+   * is deleted, and only when the node holds another block of the same pool with room (the last
+   * one is kept, so a freed address is not handed out again at once), or when no pool contains
+   * the block any more. An empty block that is kept reports false. */
   | { readonly status: 'released'; readonly owner: Owner; readonly blockReleased: boolean }
   | { readonly status: 'not-allocated' }
   | { readonly status: 'owned-by-other'; readonly owner: Owner };
@@ -211,10 +215,24 @@ export class Allocator {
         (p) => p.key !== key && overlaps(p.cidr, cidr) && compareRevisions(p.revision, written.revision) < 0,
       );
       if (rival !== undefined) {
-        await this.store.delete(key, written.revision);
+        await this.withdrawPool(key, written.revision);
         throw overlapError(pool.cidr, rival.pool.cidr);
       }
       return { pool, created: true };
+    });
+  }
+
+  /** Deletes the pool we just wrote at `key`. Someone may have changed it since (e.g. disabled
+   * it); then the delete loses and is tried again at the new revision, so an overlapping pool is
+   * never left behind. */
+  private async withdrawPool(key: string, revision: string): Promise<void> {
+    let current = revision;
+    await this.retrying(`withdraw overlapping IP pool at ${key}`, async (): Promise<Attempt<void>> => {
+      if (await this.store.delete(key, current)) return undefined;
+      const kv = await this.store.get(key);
+      if (kv === undefined) return undefined; // removed by someone else: nothing left to withdraw
+      current = kv.revision;
+      return RETRY;
     });
   }
 
@@ -294,8 +312,10 @@ export class Allocator {
         // Two independent reads: in parallel, since this is on Docker's container start path.
         const [allPools, blocks] = await Promise.all([this.readPools(), this.readBlocks()]);
         const pools = choosePools(allPools, family, requested);
-        const inPool = (pool: StoredPool): ReadBlock[] =>
-          blocks.filter((b) => containsCidr(pool.cidr, b.cidr));
+        const poolBlocks = new Map<StoredPool, ReadBlock[]>(
+          pools.map((pool) => [pool, blocks.filter((b) => containsCidr(pool.cidr, b.cidr))]),
+        );
+        const inPool = (pool: StoredPool): ReadBlock[] => poolBlocks.get(pool) ?? [];
 
         // 1. Blocks this node already holds.
         for (const pool of pools) {
@@ -313,7 +333,7 @@ export class Allocator {
             const cidr = firstUnclaimedBlock(pool.pool, taken);
             if (cidr === undefined) break;
             const fresh = assignNext(newBlock(formatCidr(cidr), this.node), owner);
-            if (fresh === undefined) break;
+            if (fresh === undefined) throw new Error(`unreachable: new block ${formatCidr(cidr)} has no free address`);
             const created = await this.store.create(this.keys.block(fresh.block.cidr), serializeBlock(fresh.block));
             if (created !== undefined) return { ip: fresh.ip, pool: pool.pool.cidr, block: fresh.block.cidr };
             taken.push(cidr);
@@ -345,7 +365,8 @@ export class Allocator {
     const text = formatIp(ip);
     return this.exclusive(() =>
       this.retrying(`assign address ${text}`, async (): Promise<Attempt<AssignIpResult>> => {
-        const pools = await this.readPools();
+        // Two independent reads: in parallel, since this is on Docker's container start path.
+        const [pools, blocks] = await Promise.all([this.readPools(), this.readBlocks()]);
         const pool = pools.find((p) => containsIp(p.cidr, ip));
         if (pool === undefined) {
           throw new InvalidRequestError(
@@ -354,10 +375,20 @@ export class Allocator {
         }
         const disabled = (): ConflictError =>
           new ConflictError(`address ${text} is in IP pool ${pool.pool.cidr}, which is disabled: no new addresses are assigned from it`);
-        const found = await this.findBlock(ip);
+        const found = blocks.find((b) => containsIp(b.cidr, ip));
         if (found === undefined) {
           if (pool.pool.disabled) throw disabled();
-          const block = newBlock(formatCidr(blockContaining(ip, pool.pool.blockSize)), this.node);
+          const blockCidr = blockContaining(ip, pool.pool.blockSize);
+          // A stored block of another size (the pool's block size changed, or a hand-written
+          // block) may overlap the one we would create without holding ip; creating ours anyway
+          // would let both hand out the addresses they share.
+          const clash = blocks.find((b) => overlaps(b.cidr, blockCidr));
+          if (clash !== undefined) {
+            throw new ConflictError(
+              `cannot claim block ${formatCidr(blockCidr)} for address ${text}: it overlaps the existing block ${formatCidr(clash.cidr)} (stored at ${clash.key}), whose size differs from IP pool ${pool.pool.cidr}'s block size /${pool.pool.blockSize}`,
+            );
+          }
+          const block = newBlock(formatCidr(blockCidr), this.node);
           const r = assignSpecific(block, text, owner);
           if (r.status !== 'assigned') throw new Error(`unreachable: fresh block refused ${text}`);
           const created = await this.store.create(this.keys.block(block.cidr), serializeBlock(r.block));
@@ -385,23 +416,23 @@ export class Allocator {
   async release(request: { readonly ip: string; readonly requester: RequesterInput }): Promise<ReleaseOutcome> {
     const ip = parseIp(request.ip, 'address to release');
     const text = formatIp(ip);
-    const requester = {
+    const requester = validateRequester({
       node: request.requester.node ?? this.node,
       handle: request.requester.handle,
-    };
-    if (requester.node === '' || typeof requester.handle !== 'string' || requester.handle === '') {
-      throw new InvalidRequestError('release requester needs a non-empty node and handle');
-    }
+    });
     return this.exclusive(() =>
       this.retrying(`release address ${text}`, async (): Promise<Attempt<ReleaseOutcome>> => {
-        const found = await this.findBlock(ip);
+        const blocks = await this.readBlocks();
+        const found = blocks.find((b) => containsIp(b.cidr, ip));
         if (found === undefined) return { status: 'not-allocated' };
         const r = releaseInBlock(requireReadable(found), text, requester);
         if (r.status !== 'released') return r;
         const written = await this.store.update(found.key, serializeBlock(r.block), found.revision);
         if (written === undefined) return RETRY;
         const blockReleased =
-          isEmpty(r.block) && r.block.affinity === this.node && (await this.releaseSpareBlock(found, written.revision));
+          isEmpty(r.block) &&
+          r.block.affinity === this.node &&
+          (await this.releaseSpareBlock(found, written.revision, blocks));
         return { status: 'released', owner: r.owner, blockReleased };
       }),
     );
@@ -524,11 +555,14 @@ export class Allocator {
   /** An empty block of ours goes back to the pool only while we hold another block of the same
    * pool with room: the last one is kept so that a freed address goes to the back of its free
    * list instead of being handed out again at once from a freshly claimed block. If anything
-   * touched the block meanwhile the delete just fails, which is fine: it is in use again. */
-  private async releaseSpareBlock(empty: ReadBlock, revision: string): Promise<boolean> {
+   * touched the block meanwhile the delete just fails, which is fine: it is in use again.
+   * `blocks` is the listing the release itself was decided on: it may be slightly stale about
+   * the other blocks, but the delete is protected by the empty block's revision, and a spare
+   * that filled up meanwhile only means the next allocation claims a new block. */
+  private async releaseSpareBlock(empty: ReadBlock, revision: string, blocks: readonly ReadBlock[]): Promise<boolean> {
     const pool = (await this.readPools()).find((p) => containsCidr(p.cidr, empty.cidr));
     if (pool === undefined) return this.store.delete(empty.key, revision);
-    const spare = (await this.readBlocks()).some(
+    const spare = blocks.some(
       (b) => b.key !== empty.key && b.block?.affinity === this.node && containsCidr(pool.cidr, b.cidr) && freeCount(b.block) > 0,
     );
     return spare && this.store.delete(empty.key, revision);

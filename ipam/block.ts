@@ -97,17 +97,31 @@ export function validateOwner(owner: Owner): Owner {
   return copyOwner(owner);
 }
 
+/** Checks a release requester given by a caller; returns a copy without extra fields. */
+export function validateRequester(requester: Requester): Requester {
+  const problem = requesterProblem(requester);
+  if (problem !== undefined) throw new InvalidRequestError(`invalid release requester: ${problem}`);
+  return { node: requester.node, handle: requester.handle };
+}
+
+function requesterProblem(value: unknown): string | undefined {
+  if (!isRecord(value)) return 'not an object';
+  for (const field of ['node', 'handle'] as const) {
+    const v = value[field];
+    if (typeof v !== 'string' || v === '') return `${field} must be a non-empty string`;
+  }
+  return undefined;
+}
+
 function copyOwner(owner: Owner): Owner {
   const { node, handle, kind, endpointId } = owner;
   return endpointId === undefined ? { node, handle, kind } : { node, handle, kind, endpointId };
 }
 
 function ownerProblem(value: unknown): string | undefined {
+  const problem = requesterProblem(value);
+  if (problem !== undefined) return problem;
   if (!isRecord(value)) return 'not an object';
-  for (const field of ['node', 'handle'] as const) {
-    const v = value[field];
-    if (typeof v !== 'string' || v === '') return `${field} must be a non-empty string`;
-  }
   if (!OWNER_KINDS.includes(value['kind'] as OwnerKind)) {
     return `kind must be one of ${OWNER_KINDS.join(', ')}`;
   }
@@ -162,7 +176,12 @@ export function ipAt(block: Block, ordinal: number): string {
 }
 
 export function ownerAt(block: Block, ip: string): Owner | undefined {
-  const attr = block.allocations[ordinalOf(block, ip)];
+  return holderAt(block, ordinalOf(block, ip));
+}
+
+/** Who holds the address at ordinal; undefined when it is free (or out of range). */
+function holderAt(block: Block, ordinal: number): Owner | undefined {
+  const attr = block.allocations[ordinal];
   return attr === null || attr === undefined ? undefined : block.attributes[attr];
 }
 
@@ -181,8 +200,8 @@ export function isEmpty(block: Block): boolean {
 export function listAllocations(block: Block): Allocation[] {
   const cidr = cidrOf(block);
   const out: Allocation[] = [];
-  block.allocations.forEach((attr, ordinal) => {
-    const owner = attr === null ? undefined : block.attributes[attr];
+  block.allocations.forEach((_, ordinal) => {
+    const owner = holderAt(block, ordinal);
     if (owner !== undefined) out.push({ ip: formatIp(nthAddress(cidr, ordinal)), ordinal, owner });
   });
   return out;
@@ -242,8 +261,7 @@ export function assignNext(
 export function assignSpecific(block: Block, ip: string, owner: Owner): AssignSpecificResult {
   const ordinal = ordinalOf(block, ip);
   const canonical = ipAt(block, ordinal);
-  const attr = block.allocations[ordinal];
-  const holder = attr === null || attr === undefined ? undefined : block.attributes[attr];
+  const holder = holderAt(block, ordinal);
   if (holder !== undefined) {
     return sameOwner(holder, owner)
       ? { status: 'already-owned', block, ordinal, ip: canonical }
@@ -256,8 +274,7 @@ export function assignSpecific(block: Block, ip: string, owner: Owner): AssignSp
  * free an address another party still uses. Releasing a free address is harmless. */
 export function release(block: Block, ip: string, requester: Requester): ReleaseResult {
   const ordinal = ordinalOf(block, ip);
-  const attr = block.allocations[ordinal];
-  const holder = attr === null || attr === undefined ? undefined : block.attributes[attr];
+  const holder = holderAt(block, ordinal);
   if (holder === undefined) return { status: 'not-allocated' };
   if (holder.node !== requester.node || holder.handle !== requester.handle) {
     return { status: 'owned-by-other', owner: holder };
@@ -272,8 +289,7 @@ export function release(block: Block, ip: string, requester: Requester): Release
 export function setEndpoint(block: Block, ip: string, endpointId: string): Block | undefined {
   if (endpointId === '') throw new InvalidRequestError('endpoint id must be a non-empty string');
   const ordinal = ordinalOf(block, ip);
-  const attr = block.allocations[ordinal];
-  const holder = attr === null || attr === undefined ? undefined : block.attributes[attr];
+  const holder = holderAt(block, ordinal);
   if (holder === undefined) return undefined;
   if (holder.endpointId === endpointId) return block;
   const { attributes, index } = internOwner(block.attributes, { ...holder, endpointId });

@@ -270,12 +270,6 @@ export function blockIndex(pool: Cidr, blockPrefix: number, at: IpAddress | Cidr
   return (value - pool.network) >> BigInt(familyBits(pool.family) - blockPrefix);
 }
 
-/** Blocks of pool from index `start` on, produced one at a time. */
-export function* iterateBlocks(pool: Cidr, blockPrefix: number, start: bigint = 0n): Generator<Cidr> {
-  const count = blockCount(pool, blockPrefix);
-  for (let i = start < 0n ? 0n : start; i < count; i++) yield nthBlock(pool, blockPrefix, i);
-}
-
 /** The aligned block of the given prefix length that holds ip. */
 export function blockContaining(ip: IpAddress, blockPrefix: number): Cidr {
   const bits = familyBits(ip.family);

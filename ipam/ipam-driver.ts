@@ -16,7 +16,7 @@ import { route, type Route } from '../protocol/plugin-server';
 import type { Allocator } from './allocator';
 import type { Owner, Requester } from './block';
 import { addressPart, containsIp, familyBits, formatIp, normalizeCidr, parseCidr, parseIp, type IpFamily } from './cidr';
-import type { Pool } from './pool';
+import { type Pool, poolFamily } from './pool';
 
 export const LOCAL_ADDRESS_SPACE = 'CalicoLocalAddressSpace';
 export const GLOBAL_ADDRESS_SPACE = 'CalicoGlobalAddressSpace';
@@ -81,7 +81,7 @@ export class IpamDriver {
     const family: IpFamily = req.V6 ? 6 : 4;
     const data = { [GATEWAY_DATA_KEY]: ANY_CIDR[family] };
     if (req.Pool === '') {
-      const enabled = (await this.allocator.listPools()).filter((p) => !p.disabled && parseCidr(p.cidr).family === family);
+      const enabled = (await this.allocator.listPools()).filter((p) => !p.disabled && poolFamily(p) === family);
       if (enabled.length === 0) {
         throw new NotFoundError(`no enabled IPv${family} pool: add one with 'calicoctl pool add <cidr>'`);
       }
@@ -138,10 +138,9 @@ export class IpamDriver {
   }
 
   private async findPool(cidr: string): Promise<Pool> {
-    const pools = await this.allocator.listPools();
-    const pool = pools.find((p) => p.cidr === cidr);
+    const pool = await this.allocator.getPool(cidr);
     if (pool === undefined) {
-      const known = pools.map((p) => p.cidr).join(', ') || 'none';
+      const known = (await this.allocator.listPools()).map((p) => p.cidr).join(', ') || 'none';
       throw new NotFoundError(`no calico IP pool matches --subnet ${cidr} (pools: ${known}); add it with 'calicoctl pool add ${cidr}' or leave out --subnet`);
     }
     if (pool.disabled) throw new ConflictError(`IP pool ${cidr} is disabled; enable it or choose another --subnet`);

@@ -163,7 +163,9 @@ export function firstUnclaimedBlock(pool: Pool, existing: readonly Cidr[]): Cidr
   for (const b of existing) {
     if (!overlaps(cidr, b)) continue;
     if (containsCidr(b, cidr)) return undefined;
-    const start = blockIndex(cidr, pool.blockSize, b) ?? 0n;
+    // Overlapping without containing the pool, b lies inside it, so its index is defined.
+    const start = blockIndex(cidr, pool.blockSize, b);
+    if (start === undefined) throw new Error(`unreachable: block ${formatCidr(b)} overlaps but is outside ${pool.cidr}`);
     const span = b.prefix >= pool.blockSize ? 1n : 1n << BigInt(pool.blockSize - b.prefix);
     ranges.push([start, start + span]);
   }

@@ -1,12 +1,11 @@
 // A host running the plugin. Registered at start so operators (and, later, peers distributing
 // routes) can see which hosts exist and which blocks they own.
-import { object, str, withDefault } from '../protocol/validate';
+import { object, str } from '../protocol/validate';
 
 export const Node = object({
   name: str,
   version: str,
   datastore: str,
   startedAt: str,
-  ipv4Address: withDefault(str, ''),
 });
 export type Node = ReturnType<typeof Node>;

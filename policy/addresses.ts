@@ -29,11 +29,16 @@ export function setMembers(cidrs: readonly Cidr[]): string[] {
       out.add(formatCidr({ family: c.family, network: 0n, prefix: 1 }));
       out.add(formatCidr({ family: c.family, network: 1n << BigInt(bits - 1), prefix: 1 }));
     } else {
-      const s = formatCidr(c);
-      out.add(c.prefix === bits ? s.slice(0, s.indexOf('/')) : s);
+      out.add(memberText(c));
     }
   }
   return [...out].sort(cmp);
+}
+
+/** A set member as ipset prints it: canonical, a full-length prefix written bare. */
+export function memberText(c: Cidr): string {
+  const s = formatCidr(c);
+  return c.prefix === familyBits(c.family) ? s.slice(0, s.indexOf('/')) : s;
 }
 
 export function canonicalHostAddresses(values: readonly string[], family: Family, what: string): string[] {
@@ -73,10 +78,7 @@ function hostAddress(value: string, family: Family): string | undefined {
   let out: string | undefined;
   if (slash < 0 || value.slice(slash + 1) === String(familyBits(family))) {
     const ip = tryParseIp(bare);
-    if (ip !== undefined && ip.family === family) {
-      const s = formatCidr({ family, network: ip.value, prefix: familyBits(family) });
-      out = s.slice(0, s.indexOf('/'));
-    }
+    if (ip !== undefined && ip.family === family) out = memberText({ family, network: ip.value, prefix: familyBits(family) });
   }
   if (cache.size >= ADDRESS_CACHE_MAX) cache.clear();
   cache.set(value, out ?? null);

@@ -20,7 +20,9 @@
 //   - or nothing at all: write everything, remove nothing (tests, a fresh namespace).
 
 import { DataplaneError } from '../lib/errors.js';
-import { familyBits, formatCidr, tryParseIp } from '../ipam/cidr.js';
+import { familyBits, tryParseIp } from '../ipam/cidr.js';
+import { memberText } from './addresses.js';
+import { sameStrings } from './iptables-text.js';
 import {
   FAMILIES,
   ownsChain,
@@ -90,10 +92,6 @@ export function emptyDesiredState(prefix: string): DesiredState {
   assertPolicyPrefix(prefix);
   const none = { 4: EMPTY_CHAINS, 6: EMPTY_CHAINS };
   return { prefix, filter: none, nat: none, jumps: { 4: [], 6: [] }, sets: new Map(), warnings: [] };
-}
-
-export function isEmptyPlan(plan: PolicyPlan): boolean {
-  return plan.ipsetBefore === '' && plan.ipsetAfter === '' && FAMILIES.every((f) => plan.iptables[f] === '');
 }
 
 export function diffPolicy(
@@ -200,7 +198,7 @@ function tableDiff(out: Section, want: ChainMap, base: ChainMap, stats: PlanStat
   for (const [chain, rules] of want) {
     const old = base.get(chain);
     // Render reuses the arrays of unchanged cached chains: most chains compare by reference.
-    if (old !== undefined && sameList(old, rules)) continue;
+    if (old !== undefined && sameStrings(old, rules)) continue;
     stats.chainsWritten++;
     const added = inPlace && old !== undefined ? insertedPositions(old, rules) : undefined;
     if (old !== undefined && added !== undefined) {
@@ -309,7 +307,7 @@ function setDiff(name: string, spec: IpSetSpec, base: readonly string[] | undefi
     return out;
   }
   // Most sets are unchanged (often the very same array): no need to build two Sets for them.
-  if (sameList(base, spec.members)) return out;
+  if (sameStrings(base, spec.members)) return out;
   const had = new Set(base);
   const has = new Set(spec.members);
   // Adds before deletes: a set is never emptier than both its old and its new content.
@@ -320,13 +318,6 @@ function setDiff(name: string, spec: IpSetSpec, base: readonly string[] | undefi
 
 function familyName(family: Family | undefined): string {
   return family === 4 ? 'inet' : family === 6 ? 'inet6' : 'unknown';
-}
-
-function sameList(a: readonly string[], b: readonly string[]): boolean {
-  if (a === b) return true;
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -389,6 +380,5 @@ function canonicalMember(text: string, family: Family | undefined): string {
   const bits = familyBits(ip.family);
   const prefix = slash < 0 ? bits : Number(text.slice(slash + 1));
   if (!Number.isInteger(prefix) || prefix < 0 || prefix > bits) return text;
-  const s = formatCidr({ family: ip.family, network: ip.value, prefix });
-  return prefix === bits ? s.slice(0, s.indexOf('/')) : s;
+  return memberText({ family: ip.family, network: ip.value, prefix });
 }

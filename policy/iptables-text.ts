@@ -15,6 +15,14 @@ export function cmp(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
 }
 
+/** Element-wise equal string lists. */
+export function sameStrings(a: readonly string[], b: readonly string[]): boolean {
+  if (a === b) return true;
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
 /** iptables-save-like text of one family (filter then nat) and the sets: golden files, debugging. */
 export function formatDesiredState(state: DesiredState, family: Family): string {
   const lines: string[] = [];

@@ -13,7 +13,7 @@ export const MAX_CHAIN_NAME_LENGTH = 28;
 export const MAX_SET_NAME_LENGTH = 31;
 /** Hex characters of a hash in a chain or set name. */
 const CHAIN_HASH_CHARS = 14;
-export const SET_HASH_CHARS = 16;
+const SET_HASH_CHARS = 16;
 
 const PREFIX_RE = /^[a-z][a-z0-9]{0,7}$/;
 const IF_PREFIX_RE = /^[A-Za-z0-9_.-]{1,14}$/;
@@ -111,8 +111,20 @@ export function ownsSet(prefix: string, name: string): boolean {
   return name.startsWith(`${prefix}-4`) || name.startsWith(`${prefix}-6`);
 }
 
+const SELECTOR_HASH_CACHE_MAX = 4096;
+/** Canonical selector text -> its hash in set names: rendering names the same selectors on every
+ * apply. */
+const selectorHashes = new Map<string, string>();
+
+/** `<p>-<family>s-<16 hex of sha256(canonical selector text)>`; the one place this name is made. */
 export function selectorSetName(prefix: string, family: Family, canonicalSelector: string): string {
-  return `${prefix}-${family}s-${sha256(canonicalSelector).slice(0, SET_HASH_CHARS)}`;
+  let hash = selectorHashes.get(canonicalSelector);
+  if (hash === undefined) {
+    hash = sha256(canonicalSelector).slice(0, SET_HASH_CHARS);
+    if (selectorHashes.size >= SELECTOR_HASH_CACHE_MAX) selectorHashes.clear();
+    selectorHashes.set(canonicalSelector, hash);
+  }
+  return `${prefix}-${family}s-${hash}`;
 }
 
 export function netSetName(prefix: string, family: Family, members: readonly string[]): string {

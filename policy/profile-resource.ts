@@ -14,9 +14,10 @@
 // dropped (Calico reads them as "no constraint"), label maps sorted by key. Numeric protocols keep
 // their number so documents round-trip as written; policy/types.ts protocolNumber() relates them.
 import { parseAllDocuments } from 'yaml';
-import { normalizeCidr, tryParseIp } from '../ipam/cidr';
+import { formatCidr } from '../ipam/cidr';
 import { InvalidRequestError } from '../lib/errors';
-import { labelKeyProblem, labelValueProblem, parseSelector } from './selector';
+import { parseNet } from './addresses';
+import { KEY_NAME, labelKeyProblem, labelValueProblem, parseSelector } from './selector';
 import { protocolNumber, type Action, type EntityRule, type IcmpMatch, type PortRange, type Profile, type Protocol, type Rule } from './types';
 
 export const API_VERSION = 'projectcalico.org/v3';
@@ -24,8 +25,9 @@ export const API_VERSION = 'projectcalico.org/v3';
 /** Marks profiles the driver created, so DeleteNetwork removes only those. */
 export const CREATED_BY_ANNOTATION = 'calico-libnetwork/created-by';
 
-/** Docker network names allowed as profile names and label keys ([a-zA-Z0-9][a-zA-Z0-9_.-]*). */
-export const PROFILE_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$/;
+/** Docker network names allowed as profile names and label keys ([a-zA-Z0-9][a-zA-Z0-9_.-]*):
+ * the label key name syntax, because the default profile uses its name as a label key. */
+export const PROFILE_NAME = KEY_NAME;
 
 const MAX_ANNOTATION_LENGTH = 4096;
 
@@ -206,10 +208,8 @@ function portRange(v: unknown, path: string): PortRange {
 
 function net(v: unknown, path: string): string {
   const s = string(v, path);
-  const bare = tryParseIp(s);
-  if (bare !== undefined) return normalizeCidr(`${s}/${bare.family === 4 ? 32 : 128}`);
   try {
-    return normalizeCidr(s);
+    return formatCidr(parseNet(s, 'CIDR'));
   } catch (err) {
     // parseCidr explains why (missing prefix, host bits set, ...); keep that, lead with the path.
     const lead = `invalid CIDR ${JSON.stringify(s)}: `;

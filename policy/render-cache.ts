@@ -3,6 +3,7 @@
 // members by what was collected. A render with a cache returns exactly what one without would.
 
 import { lenientAddresses } from './addresses.js';
+import { sameStrings } from './iptables-text.js';
 import type { Family, IpSetSpec, LabelledEndpoint } from './render-types.js';
 import { renderRule, type Ctx, type SetRef } from './rule-render.js';
 import type { Selector } from './selector.js';
@@ -198,13 +199,6 @@ export function selectorMembers(
     sets.set(name, spec);
   }
   return labelsUsed;
-}
-
-function sameStrings(a: readonly string[], b: readonly string[]): boolean {
-  if (a === b) return true;
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
 }
 
 /** Sorted (code-unit order, like cmp) without repeats. */

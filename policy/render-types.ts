@@ -19,8 +19,9 @@ export interface PolicyEndpoint {
   readonly ipv6: readonly string[];
   /** Profile names, in the order they are evaluated. */
   readonly profiles: readonly string[];
-  /** False until the endpoint's labels are resolved: such an endpoint gets no chains, so its
-   * interface falls through to the dispatch DROP (fail closed). */
+  /** False until the endpoint's labels are resolved: such an endpoint gets no dispatch rules (the
+   * shared profile-list chains it would use may still exist for other endpoints), so its interface
+   * falls through to the dispatch DROP (fail closed). */
   readonly ready: boolean;
 }
 
@@ -39,7 +40,8 @@ export interface PolicyModel {
   readonly profiles: ReadonlyMap<string, Profile>;
   /** CIDRs of pools with natOutgoing. */
   readonly natOutgoingPools: readonly string[];
-  /** CIDRs of all pools (masquerade stops at these). */
+  /** CIDRs of all pools (masquerade stops at these). Should include natOutgoingPools; render
+   * adds them anyway, so a natOutgoing pool missing here is still never masqueraded to itself. */
   readonly allPools: readonly string[];
 }
 

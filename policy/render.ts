@@ -58,7 +58,7 @@ import {
 } from './render-cache.js';
 import { FAMILIES, type DesiredState, type Family, type IpSetSpec, type PolicyInput, type PolicyModel, type TopLevelJump } from './render-types.js';
 import type { Selector } from './selector.js';
-import type { Rule } from './types.js';
+import type { Profile, Rule } from './types.js';
 
 export { DISPATCH_FLAT_MAX } from './dispatch.js';
 export { formatDesiredState } from './iptables-text.js';
@@ -137,16 +137,27 @@ export function renderPolicy(input: PolicyInput, cache: RenderCache = defaultCac
   /** Selector sets wanted, by name: members are filled in after every chain is rendered. */
   const selectorSets = new Map<string, { readonly selector: Selector; readonly family: Family }>();
 
-  // Profiles used by ready local endpoints, in name order.
-  const used = new Set<string>();
-  for (const l of ready) for (const p of l.profiles) if (input.profiles.has(p)) used.add(p);
-  const usedProfiles = [...used].sort(cmp);
+  // Profiles used by ready local endpoints, in name order, with their chain names and their rules
+  // as JSON (the cache key), once for both families; undefined JSON: not serializable (not a valid
+  // profile anyway), rendered without the cache so render reports what is wrong.
+  const used = new Map<string, Profile>();
+  for (const l of ready) {
+    for (const p of l.profiles) {
+      const profile = input.profiles.get(p);
+      if (profile !== undefined) used.set(p, profile);
+    }
+  }
+  const usedProfiles = [...used.entries()]
+    .sort((a, b) => cmp(a[0], b[0]))
+    .map(([name, profile]) => ({
+      name,
+      profile,
+      chains: { ingress: profileChainName(prefix, 'ingress', name), egress: profileChainName(prefix, 'egress', name) },
+      json: { ingress: jsonOf(profile.ingress), egress: jsonOf(profile.egress) },
+    }));
 
   // Endpoint chains are the same in both families: render them once.
-  const profileChain = new Map<string, { ingress: string; egress: string }>();
-  for (const p of usedProfiles) {
-    profileChain.set(p, { ingress: profileChainName(prefix, 'ingress', p), egress: profileChainName(prefix, 'egress', p) });
-  }
+  const profileChain = new Map(usedProfiles.map((u) => [u.name, u.chains]));
   // An endpoint chain's rules depend only on the mark and its existing profiles' chains, so
   // endpoints with the same list share one chain (named after the list, rules in a cached, frozen
   // array that the diff compares by reference); the dispatch rules send each interface there.
@@ -207,13 +218,6 @@ export function renderPolicy(input: PolicyInput, cache: RenderCache = defaultCac
   const filter = {} as Record<Family, Map<string, readonly string[]>>;
   const nat = {} as Record<Family, Map<string, readonly string[]>>;
   const jumps = {} as Record<Family, TopLevelJump[]>;
-  // Profile rules as JSON (the cache key), once for both families; undefined: not serializable
-  // (not a valid profile anyway), rendered without the cache so render reports what is wrong.
-  const rulesJson = new Map<string, { ingress: string | undefined; egress: string | undefined }>();
-  for (const name of usedProfiles) {
-    const profile = input.profiles.get(name);
-    if (profile !== undefined) rulesJson.set(name, { ingress: jsonOf(profile.ingress), egress: jsonOf(profile.egress) });
-  }
   let chainsUsed = 0;
   for (const family of FAMILIES) {
     const f = new Map<string, readonly string[]>();
@@ -245,13 +249,10 @@ export function renderPolicy(input: PolicyInput, cache: RenderCache = defaultCac
 
     for (const [chain, rules] of sharedChains) f.set(chain, rules);
 
-    for (const name of usedProfiles) {
-      const profile = input.profiles.get(name);
-      if (profile === undefined) continue;
+    for (const { profile, chains, json } of usedProfiles) {
       for (const direction of ['ingress', 'egress'] as const) {
-        const chain = profileChain.get(name)?.[direction] ?? profileChainName(prefix, direction, name);
-        const json = rulesJson.get(name)?.[direction];
-        const rendered = profileRules(cache, epoch, { prefix, mark, refs: [] }, family, chain, profile[direction], json);
+        const chain = chains[direction];
+        const rendered = profileRules(cache, epoch, { prefix, mark, refs: [] }, family, chain, profile[direction], json[direction]);
         chainsUsed++;
         f.set(chain, rendered.rules);
         for (const ref of rendered.refs) {
@@ -298,6 +299,8 @@ const DROP_NO_INGRESS = `${comment('no profile allowed this ingress')} -j DROP`;
 function renderNat(family: Family, model: PolicyModel, prefix: string, sets: Map<string, IpSetSpec>): string[] {
   const masq = poolNets(model.natOutgoingPools, family, 'natOutgoing pool');
   if (masq.length === 0) return [];
+  // natOutgoingPools ⊆ allPools when the agent builds the model; the union keeps a natOutgoing
+  // pool from being masqueraded to itself when a caller (a test, a partial model) leaves it out.
   const pools = poolNets([...model.allPools, ...model.natOutgoingPools], family, 'pool');
   const names = natSetNames(prefix, family);
   sets.set(names.masq, { family, type: 'hash:net', members: masq });

@@ -4,7 +4,7 @@
 
 import { InvalidRequestError } from '../lib/errors.js';
 import { parseNet, setMembers } from './addresses.js';
-import { netSetName, SET_HASH_CHARS, sha256 } from './names.js';
+import { netSetName, selectorSetName } from './names.js';
 import type { Family, IpSetSpec } from './render-types.js';
 import { parseSelector, type Selector } from './selector.js';
 import { PROTOCOL_NUMBERS, protocolNumber, type EntityRule, type IcmpMatch, type PortRange, type Rule } from './types.js';
@@ -16,7 +16,6 @@ export const MULTIPORT_MAX_SLOTS = 15;
 
 const SELECTOR_CACHE_MAX = 4096;
 const selectorCache = new Map<string, Selector>();
-const selectorHash = new Map<string, string>();
 
 function selector(text: string): Selector {
   let s = selectorCache.get(text);
@@ -154,13 +153,7 @@ function netSet(members: string[], family: Family, ctx: Ctx): string {
 
 function selectorSet(text: string, family: Family, ctx: Ctx): string {
   const sel = selector(text);
-  let hash = selectorHash.get(sel.text);
-  if (hash === undefined) {
-    hash = sha256(sel.text).slice(0, SET_HASH_CHARS);
-    if (selectorHash.size >= SELECTOR_CACHE_MAX) selectorHash.clear();
-    selectorHash.set(sel.text, hash);
-  }
-  const name = `${ctx.prefix}-${family}s-${hash}`;
+  const name = selectorSetName(ctx.prefix, family, sel.text);
   ctx.refs.push({ kind: 'selector', name, selector: sel, family });
   return name;
 }

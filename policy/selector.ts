@@ -40,7 +40,8 @@ const DNS_LABEL = '[a-z0-9]([-a-z0-9]*[a-z0-9])?';
 const KEY_PREFIX = new RegExp(`^${DNS_LABEL}(\\.${DNS_LABEL})*$`);
 // Longer than Kubernetes' 63 because profile names (Docker network names, up to 253 characters,
 // possibly ending in '-' or '.') are used as label keys by the default profile.
-const KEY_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$/;
+/** A label key's name part; also the profile name syntax (policy/profile-resource.ts PROFILE_NAME). */
+export const KEY_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$/;
 const LABEL_VALUE = /^([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?$/;
 const MAX_KEY_PREFIX_LENGTH = 253;
 
@@ -416,6 +417,3 @@ export function parseSelector(text: string): Selector {
   const tree = new Parser(text, tokenize(text)).parse();
   return { text: render(tree), matches: (labels) => evaluate(tree, labels) };
 }
-
-/** The selector every endpoint matches; also what the empty selector means. */
-export const ALL_SELECTOR = 'all()';

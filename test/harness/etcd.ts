@@ -33,7 +33,14 @@ export async function startEtcd(): Promise<EtcdHandle> {
 
 async function startOnce(): Promise<EtcdHandle> {
   const dir = mkdtempSync(join(tmpdir(), 'calico-test-etcd-'));
-  const [clientPort, peerPort] = await freePorts(2);
+  let clientPort: number;
+  let peerPort: number;
+  try {
+    [clientPort, peerPort] = (await freePorts(2)) as [number, number];
+  } catch (err) {
+    rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
   const clientUrl = `http://127.0.0.1:${clientPort}`;
   const peerUrl = `http://127.0.0.1:${peerPort}`;
   const child = spawn(
@@ -53,6 +60,12 @@ async function startOnce(): Promise<EtcdHandle> {
     { stdio: ['ignore', 'ignore', 'pipe'], env: etcdEnv() },
   );
   let stderr = '';
+  // A spawn failure (ENOENT: no etcd binary) is an 'error' event, not an exit; without a listener
+  // it would crash the test process.
+  let spawnError: Error | undefined;
+  child.once('error', (err) => {
+    spawnError = err;
+  });
   child.stderr?.setEncoding('utf8').on('data', (s: string) => {
     stderr = (stderr + s).slice(-4000);
   });
@@ -71,7 +84,7 @@ async function startOnce(): Promise<EtcdHandle> {
     return stopped;
   };
   try {
-    await waitHealthy(clientUrl, child, () => stderr);
+    await waitHealthy(clientUrl, child, () => stderr, () => spawnError);
   } catch (err) {
     await stop();
     throw err;
@@ -82,12 +95,21 @@ async function startOnce(): Promise<EtcdHandle> {
 /** etcd refuses to start on architectures it does not officially support unless told to. */
 function etcdEnv(): NodeJS.ProcessEnv {
   const supported = process.arch === 'x64' || process.arch === 'arm64';
-  return supported ? { ...process.env } : { ...process.env, ETCD_UNSUPPORTED_ARCH: process.arch === 'arm' ? 'arm' : process.arch };
+  return supported ? { ...process.env } : { ...process.env, ETCD_UNSUPPORTED_ARCH: process.arch };
 }
 
-async function waitHealthy(clientUrl: string, child: ChildProcess, stderr: () => string): Promise<void> {
+async function waitHealthy(
+  clientUrl: string,
+  child: ChildProcess,
+  stderr: () => string,
+  spawnError: () => Error | undefined,
+): Promise<void> {
   const deadline = Date.now() + START_TIMEOUT_MS;
   while (Date.now() < deadline) {
+    const failed = spawnError();
+    if (failed !== undefined) {
+      throw new Error(`cannot start etcd (${ETCD_BINARY}; set ETCD_BINARY to override): ${failed.message}`);
+    }
     if (child.exitCode !== null || child.signalCode !== null) {
       throw new Error(`etcd exited during start (${child.exitCode ?? child.signalCode}): ${stderr()}`);
     }

@@ -8,7 +8,7 @@ import type { Datastore } from '../../datastore/datastore';
 import { EmbeddedStore } from '../../datastore/embedded-store';
 import { Keys } from '../../datastore/keys';
 import { Allocator, type AllocatorOptions, type OwnerInput } from '../../ipam/allocator';
-import { listAllocations, type Owner } from '../../ipam/block';
+import { listAllocations, newBlock, serializeBlock, type Owner } from '../../ipam/block';
 import { containsIp, parseCidr, parseIp } from '../../ipam/cidr';
 import {
   ConflictError,
@@ -137,6 +137,57 @@ test('assignIp reserves exactly that address and claims its block', async (t) =>
     message: 'address 10.0.1.1 is not inside any IP pool (pools: 10.0.0.0/24); choose an address inside a pool',
   });
   await t.throwsAsync(a.assignIp({ ip: '10.0.0.300', owner: owner('h') }), { instanceOf: InvalidRequestError });
+});
+
+test('assignIp refuses to claim a block that overlaps a stored block of another size', async (t) => {
+  const store = await openStore(t);
+  const a = allocator(store, 'node-a');
+  await a.addPool({ cidr: '10.0.0.0/24' });
+  // A /28 (hand-written, or from an earlier block size) inside the /26 that 10.0.0.20 maps to.
+  await store.create(keys.block('10.0.0.0/28'), serializeBlock(newBlock('10.0.0.0/28', 'node-x')));
+  await t.throwsAsync(a.assignIp({ ip: '10.0.0.20', owner: owner('h') }), {
+    instanceOf: ConflictError,
+    message:
+      "cannot claim block 10.0.0.0/26 for address 10.0.0.20: it overlaps the existing block 10.0.0.0/28 (stored at /test/ipam/blocks/10.0.0.0-28), whose size differs from IP pool 10.0.0.0/24's block size /26",
+  });
+  t.deepEqual(await blockSummary(a), [['10.0.0.0/28', 'node-x', 0]]);
+  // An address inside the stored block is still served from it.
+  t.like(await a.assignIp({ ip: '10.0.0.5', owner: owner('h') }), { ip: '10.0.0.5', block: '10.0.0.0/28' });
+  // Elsewhere in the pool, blocks are claimed as usual.
+  t.like(await a.assignIp({ ip: '10.0.0.70', owner: owner('h') }), { ip: '10.0.0.70', block: '10.0.0.64/26' });
+});
+
+test('addPool withdraws its pool after losing an overlap race, even if the pool changed meanwhile', async (t) => {
+  const real = await openStore(t);
+  let deletes = 0;
+  const racing: Datastore = {
+    get: (k) => real.get(k),
+    list: (p) => real.list(p),
+    // Another host adds an overlapping pool just before ours is written.
+    create: async (k, v) => {
+      if (k === keys.pool('10.0.0.0/24')) await real.create(keys.pool('10.0.0.0/16'), JSON.stringify({ cidr: '10.0.0.0/16', blockSize: 26, disabled: false, natOutgoing: false }));
+      return real.create(k, v);
+    },
+    update: (k, v, r) => real.update(k, v, r),
+    // Our withdrawal loses once: someone touched our pool after we wrote it.
+    delete: async (k, r) => {
+      if (k === keys.pool('10.0.0.0/24') && deletes++ === 0) {
+        const kv = await real.get(k);
+        if (kv !== undefined) await real.update(k, kv.value, kv.revision);
+        return false;
+      }
+      return real.delete(k, r);
+    },
+    watch: (p, h, o) => real.watch(p, h, o),
+    close: () => real.close(),
+  };
+  const a = allocator(racing, 'node-a');
+  await t.throwsAsync(a.addPool({ cidr: '10.0.0.0/24' }), {
+    instanceOf: ConflictError,
+    message: 'IP pool 10.0.0.0/24 overlaps existing IP pool 10.0.0.0/16; choose a CIDR outside it or remove 10.0.0.0/16 first',
+  });
+  t.is(deletes, 2);
+  t.deepEqual((await a.listPools()).map((p) => p.cidr), ['10.0.0.0/16']);
 });
 
 test('assignIp is idempotent for the same owner, even in a disabled pool', async (t) => {

@@ -20,7 +20,6 @@ import {
   ensureHostForwarding,
   HOST_LINK_LOCAL_V6,
   HOST_VETH_MAC,
-  hostLinkLocal,
   linkExists,
   linkInfo,
   removeEndpointVeth,
@@ -78,6 +77,16 @@ async function ping(ns: string, target: string): Promise<boolean> {
     }
   }
   return false;
+}
+
+/** The host end's usable (not tentative, DAD not failed) IPv6 link-local address, read at once:
+ * createEndpointVeth adds it with nodad, so there is nothing to wait for. */
+async function linkLocal(ns: string, hostIf: string): Promise<string | undefined> {
+  const { stdout } = await ipIn(ns, ['-j', '-6', 'addr', 'show', 'dev', hostIf, 'scope', 'link']);
+  const ifs = JSON.parse(stdout) as Array<{ addr_info?: Array<{ family?: string; local?: string; tentative?: boolean; dadfailed?: boolean }> }>;
+  return ifs
+    .flatMap((i) => i.addr_info ?? [])
+    .find((a) => a.family === 'inet6' && a.local?.toLowerCase().startsWith('fe80:') === true && a.tentative !== true && a.dadfailed !== true)?.local;
 }
 
 async function sysctl(ns: string, key: string): Promise<string> {
@@ -158,7 +167,7 @@ test('IPv6: /128 route, proxy_ndp, gateway is the host end link-local; ping6 acr
   const c2 = await attach(reg, h, { v6: 'fd65::22' });
 
   t.is(c1.gatewayIPv6, HOST_LINK_LOCAL_V6);
-  t.is(await hostLinkLocal(c1.hostIf, { netns: h }), HOST_LINK_LOCAL_V6);
+  t.is(await linkLocal(h, c1.hostIf), HOST_LINK_LOCAL_V6);
   t.is(await sysctl(h, `net/ipv6/conf/${c1.hostIf}/proxy_ndp`), '1');
   t.is(await sysctl(h, `net/ipv6/conf/${c1.hostIf}/accept_ra`), '0');
   t.is(await sysctl(h, `net/ipv6/conf/${c1.hostIf}/disable_ipv6`), '0');
@@ -301,7 +310,7 @@ test('host-namespace mode (run inside H): /proc/sys writes, one process per IPv4
   t.true(out6.spawns <= 2);
   t.is(out6.result.gatewayIPv6, HOST_LINK_LOCAL_V6);
   t.is(await sysctl(h, `net/ipv6/conf/${hostIf6}/proxy_ndp`), '1');
-  t.is(await hostLinkLocal(hostIf6, { netns: h }), HOST_LINK_LOCAL_V6);
+  t.is(await linkLocal(h, hostIf6), HOST_LINK_LOCAL_V6);
 });
 
 test('ensureHostForwarding reads before it writes', async (t) => {

@@ -29,3 +29,8 @@ for (const [name, value] of refused) {
     t.deepEqual(containerLabelsToEndpointLabels({ [name]: value }), {});
   });
 }
+
+test('a label key as long as a profile name (a network name) is kept, as selectors can match it', (t) => {
+  const key = `net-${'a'.repeat(120)}`;
+  t.deepEqual(containerLabelsToEndpointLabels({ [`org.projectcalico.label.${key}`]: '' }), { [key]: '' });
+});

@@ -6,7 +6,6 @@ import { DataplaneError } from '../../lib/errors';
 import {
   diffPolicy,
   emptyDesiredState,
-  isEmptyPlan,
   parseIpsetSave,
   parseIptablesSave,
   type KernelSnapshot,
@@ -14,6 +13,7 @@ import {
 } from '../../policy/diff';
 import {
   endpointChainName,
+  FAMILIES,
   formatDesiredState,
   renderPolicy,
   selectorSetName,
@@ -23,6 +23,10 @@ import {
   type PolicyInput,
 } from '../../policy/render';
 import type { Profile, Rule } from '../../policy/types';
+
+function isEmptyPlan(plan: PolicyPlan): boolean {
+  return plan.ipsetBefore === '' && plan.ipsetAfter === '' && FAMILIES.every((f) => plan.iptables[f] === '');
+}
 
 const allowAll: Rule = { action: 'allow', source: {}, destination: {} };
 

@@ -9,6 +9,11 @@ const keys = new Keys('/t');
 const errors: string[] = [];
 const log: Logger = { debug: () => undefined, info: () => undefined, warn: () => undefined, error: (f, ...a) => errors.push([f, ...a].join(' ')) };
 
+/** Whether this node's endpoint is in the model and ready. */
+function isLocalReady(m: PolicyState, endpointId: string): boolean {
+  return m.input().localEndpoints.some((e) => e.id === endpointId && e.ready);
+}
+
 function endpoint(node: string, id: string, extra: Record<string, unknown> = {}): { key: string; value: string; revision: string } {
   const value = JSON.stringify({ id, networkId: 'n'.repeat(12), node, hostInterface: `cali${id.slice(0, 11)}`, ipv4: [`198.18.0.${id.length}/32`], ipv6: [], profiles: ['net1'], createdAt: 'x', ...extra });
   return { key: keys.endpoint(node, id), value, revision: '1' };
@@ -23,10 +28,10 @@ test('local endpoints are this node’s; every endpoint feeds selector membershi
   t.true(m.update(local.key, local));
   t.true(m.update(remote.key, remote));
   const input = m.input();
-  t.deepEqual(input.localEndpoints, [{ id: 'aaaaaaaaaaaa', hostIf: 'caliaaaaaaaaaaa', ipv4: ['198.18.0.12'], ipv6: [], profiles: ['net1'], ready: false }]);
+  t.deepEqual(input.localEndpoints, [{ id: 'aaaaaaaaaaaa', hostIf: 'caliaaaaaaaaaaa', ipv4: ['198.18.0.12/32'], ipv6: [], profiles: ['net1'], ready: false }]);
   t.deepEqual(input.remoteAndLocalEndpoints.map((e) => e.labels), [{ net1: '', tier: 'web' }, { net1: '', tier: 'x' }]);
   t.deepEqual([...input.profiles.keys()], ['net1']);
-  t.false(m.isLocalReady('aaaaaaaaaaaa'));
+  t.false(isLocalReady(m, 'aaaaaaaaaaaa'));
 });
 
 test('keys policy does not depend on are ignored; deletes remove', (t) => {
@@ -35,7 +40,7 @@ test('keys policy does not depend on are ignored; deletes remove', (t) => {
   t.false(m.update(keys.network('n'), { key: keys.network('n'), value: '{}', revision: '1' }));
   const ep = endpoint('a', 'cccccccccccc');
   m.update(ep.key, ep);
-  t.true(m.isLocalReady('cccccccccccc'));
+  t.true(isLocalReady(m, 'cccccccccccc'));
   t.true(m.update(ep.key, undefined));
   t.deepEqual(m.input().localEndpoints, []);
 });
