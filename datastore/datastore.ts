@@ -34,6 +34,21 @@ export interface WatchHandlers {
   onError(err: Error): void;
 }
 
+/** One step of an atomic commit(). Every condition must hold for anything to be written. */
+export type TxnOp =
+  /** Write key; it must be absent. */
+  | { readonly type: 'create'; readonly key: string; readonly value: string }
+  /** Write key; it must exist at `revision`. */
+  | { readonly type: 'update'; readonly key: string; readonly value: string; readonly revision: string }
+  /** Delete key: with `revision`, it must exist at that revision; without, no condition (an
+   * absent key is fine). */
+  | { readonly type: 'delete'; readonly key: string; readonly revision?: string }
+  /** Write nothing; key must still exist at `revision` (e.g. the pool a new block belongs to). */
+  | { readonly type: 'check'; readonly key: string; readonly revision: string };
+
+/** Most operations one commit() may hold (etcd refuses more than 128 by default). */
+export const MAX_TXN_OPS = 64;
+
 export interface ListResult {
   readonly items: KeyValue[];
   /** Store revision the listing is consistent with; pass to watch() to miss nothing. */
@@ -52,6 +67,11 @@ export interface Datastore {
   /** Delete key. With `revision`, only if unchanged since then. Returns false if the key was absent
    * or the revision did not match. */
   delete(key: string, revision?: string): Promise<boolean>;
+  /** Atomic multi-key write: every op's condition holds and all writes happen at one store
+   * revision (returned; every written key gets it), or nothing is written and the result is
+   * undefined. Keys must be distinct; 1 to MAX_TXN_OPS ops. Watchers see the writes as events
+   * of that one revision. */
+  commit(ops: readonly TxnOp[]): Promise<string | undefined>;
   watch(prefix: string, handlers: WatchHandlers, options?: WatchOptions): Promise<Watch>;
   close(): Promise<void>;
 }

@@ -33,7 +33,9 @@ type LogRecord =
   | { readonly t: 'put'; readonly k: string; readonly v: string; readonly r: string }
   | { readonly t: 'del'; readonly k: string; readonly r: string }
   /** Written first by compaction: deleted keys may have carried revisions above every live one. */
-  | { readonly t: 'rev'; readonly r: string };
+  | { readonly t: 'rev'; readonly r: string }
+  /** A multi-key commit on one line, so a torn tail drops all of it or none. `v` absent: delete. */
+  | { readonly t: 'txn'; readonly r: string; readonly c: ReadonlyArray<{ readonly k: string; readonly v?: string }> };
 
 const NEWLINE = 0x0a;
 const SNAPSHOT_CHUNK_BYTES = 1 << 20;
@@ -96,9 +98,10 @@ export class LogWriter {
     return this.size;
   }
 
-  /** Resolves once the changes are on stable storage. */
-  async append(changes: readonly LogChange[]): Promise<void> {
-    const buf = Buffer.from(changes.map((c) => encodeChange(c)).join(''), 'utf8');
+  /** Resolves once the commits are on stable storage. The changes of one commit share a revision
+   * and are written as one record. */
+  async append(commits: ReadonlyArray<readonly LogChange[]>): Promise<void> {
+    const buf = Buffer.from(commits.map((c) => encodeCommit(c)).join(''), 'utf8');
     await writeAll(this.fh, buf);
     await this.fh.datasync();
     this.size += buf.length;
@@ -154,6 +157,14 @@ export async function removeSnapshotLeftover(path: string): Promise<void> {
   await unlinkIfPresent(`${path}.tmp`);
 }
 
+function encodeCommit(changes: readonly LogChange[]): string {
+  const [first] = changes;
+  if (first === undefined) return '';
+  if (changes.length === 1) return encodeChange(first);
+  const c = changes.map((x) => (x.value === undefined ? { k: x.key } : { k: x.key, v: x.value }));
+  return encode({ t: 'txn', r: first.revision.toString(), c });
+}
+
 function encodeChange(c: LogChange): string {
   const r = c.revision.toString();
   return encode(c.value === undefined ? { t: 'del', k: c.key, r } : { t: 'put', k: c.key, v: c.value, r });
@@ -179,13 +190,33 @@ function parseRecord(line: string): LogRecord | undefined {
   if (t === 'rev') return { t, r };
   if (t === 'del' && typeof k === 'string') return { t, k, r };
   if (t === 'put' && typeof k === 'string' && typeof v === 'string') return { t, k, v, r };
+  if (t === 'txn') return parseTxnRecord(Reflect.get(raw, 'c'), r);
   return undefined;
+}
+
+function parseTxnRecord(raw: unknown, r: string): LogRecord | undefined {
+  if (!Array.isArray(raw)) return undefined;
+  const c: Array<{ k: string; v?: string }> = [];
+  for (const item of raw as unknown[]) {
+    if (typeof item !== 'object' || item === null) return undefined;
+    const k: unknown = Reflect.get(item, 'k');
+    const v: unknown = Reflect.get(item, 'v');
+    if (typeof k !== 'string' || (v !== undefined && typeof v !== 'string')) return undefined;
+    c.push(v === undefined ? { k } : { k, v });
+  }
+  return { t: 'txn', r, c };
 }
 
 function applyRecord(entries: Map<string, StoredEntry>, record: LogRecord, revision: bigint): bigint {
   const r = BigInt(record.r);
   if (record.t === 'put') entries.set(record.k, { value: record.v, revision: r });
   if (record.t === 'del') entries.delete(record.k);
+  if (record.t === 'txn') {
+    for (const c of record.c) {
+      if (c.v === undefined) entries.delete(c.k);
+      else entries.set(c.k, { value: c.v, revision: r });
+    }
+  }
   return r > revision ? r : revision;
 }
 

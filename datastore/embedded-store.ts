@@ -6,11 +6,11 @@
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CalicoError, DatastoreUnavailableError, errorMessage } from '../lib/errors';
-import type { Datastore, KeyValue, ListResult, Watch, WatchEvent, WatchHandlers, WatchOptions } from './datastore';
+import type { Datastore, KeyValue, ListResult, TxnOp, Watch, WatchEvent, WatchHandlers, WatchOptions } from './datastore';
 import { acquireDirLock, type DirLock } from './dir-lock';
 import { LogWriter, removeSnapshotLeftover, replayLog, writeSnapshot, type LogChange, type StoredEntry } from './embedded-log';
 import { fsyncDir } from './fs-util';
-import { parseRevision, requireKey, requirePrefix } from './store-args';
+import { parseRevision, requireKey, requirePrefix, requireTxnOps } from './store-args';
 import { WatchHub } from './watch-hub';
 
 export interface EmbeddedStoreOptions {
@@ -28,9 +28,10 @@ type Lookup = (key: string) => StoredEntry | undefined;
 
 interface Job {
   readonly kind: 'mutation';
-  /** Decides the change against the state including earlier jobs of the same batch. */
-  plan(lookup: Lookup, nextRevision: bigint): LogChange | undefined;
-  settle(change: LogChange | undefined): void;
+  /** Decides the changes (one commit, all at nextRevision) against the state including earlier
+   * jobs of the same batch; undefined when a condition failed. */
+  plan(lookup: Lookup, nextRevision: bigint): LogChange[] | undefined;
+  settle(changes: LogChange[] | undefined): void;
   fail(err: Error): void;
 }
 
@@ -105,8 +106,8 @@ export class EmbeddedStore implements Datastore {
   async create(key: string, value: string): Promise<KeyValue | undefined> {
     requireKey(key);
     return this.enqueue(
-      (lookup, next) => (lookup(key) === undefined ? { key, value, revision: next } : undefined),
-      (change) => (change === undefined ? undefined : changeToKeyValue(change, value)),
+      (lookup, next) => (lookup(key) === undefined ? [{ key, value, revision: next }] : undefined),
+      (changes) => (changes?.[0] === undefined ? undefined : changeToKeyValue(changes[0], value)),
     );
   }
 
@@ -114,8 +115,8 @@ export class EmbeddedStore implements Datastore {
     requireKey(key);
     const expected = parseRevision(revision);
     return this.enqueue(
-      (lookup, next) => (lookup(key)?.revision === expected ? { key, value, revision: next } : undefined),
-      (change) => (change === undefined ? undefined : changeToKeyValue(change, value)),
+      (lookup, next) => (lookup(key)?.revision === expected ? [{ key, value, revision: next }] : undefined),
+      (changes) => (changes?.[0] === undefined ? undefined : changeToKeyValue(changes[0], value)),
     );
   }
 
@@ -126,9 +127,41 @@ export class EmbeddedStore implements Datastore {
       (lookup, next) => {
         const current = lookup(key);
         if (current === undefined || (expected !== undefined && current.revision !== expected)) return undefined;
-        return { key, revision: next };
+        return [{ key, revision: next }];
       },
-      (change) => change !== undefined,
+      (changes) => changes !== undefined,
+    );
+  }
+
+  async commit(ops: readonly TxnOp[]): Promise<string | undefined> {
+    requireTxnOps(ops);
+    const checked = ops.map((op) => ({ op, expected: 'revision' in op && op.revision !== undefined ? parseRevision(op.revision) : undefined }));
+    return this.enqueue(
+      (lookup, next) => {
+        const changes: LogChange[] = [];
+        for (const { op, expected } of checked) {
+          const current = lookup(op.key);
+          switch (op.type) {
+            case 'create':
+              if (current !== undefined) return undefined;
+              changes.push({ key: op.key, value: op.value, revision: next });
+              break;
+            case 'update':
+              if (current?.revision !== expected) return undefined;
+              changes.push({ key: op.key, value: op.value, revision: next });
+              break;
+            case 'delete':
+              if (expected !== undefined && current?.revision !== expected) return undefined;
+              if (current !== undefined) changes.push({ key: op.key, revision: next });
+              break;
+            case 'check':
+              if (current?.revision !== expected) return undefined;
+              break;
+          }
+        }
+        return changes;
+      },
+      (changes) => (changes === undefined ? undefined : (changes[0]?.revision ?? this.revision).toString()),
     );
   }
 
@@ -156,10 +189,10 @@ export class EmbeddedStore implements Datastore {
     }
   }
 
-  private enqueue<T>(plan: Job['plan'], outcome: (change: LogChange | undefined) => T): Promise<T> {
+  private enqueue<T>(plan: Job['plan'], outcome: (changes: LogChange[] | undefined) => T): Promise<T> {
     this.assertOpen();
     return new Promise<T>((resolve, reject) => {
-      this.queue.push({ kind: 'mutation', plan, settle: (change) => resolve(outcome(change)), fail: reject });
+      this.queue.push({ kind: 'mutation', plan, settle: (changes) => resolve(outcome(changes)), fail: reject });
       this.kick();
     });
   }
@@ -201,29 +234,29 @@ export class EmbeddedStore implements Datastore {
     }
     const overlay = new Map<string, StoredEntry | undefined>();
     const lookup: Lookup = (key) => (overlay.has(key) ? overlay.get(key) : this.entries.get(key));
-    const planned: Array<{ job: Job; change: LogChange | undefined }> = [];
-    const changes: LogChange[] = [];
+    const planned: Array<{ job: Job; changes: LogChange[] | undefined }> = [];
+    const commits: LogChange[][] = [];
     let next = this.revision;
     for (const job of jobs) {
-      const change = job.plan(lookup, next + 1n);
-      if (change !== undefined) {
-        next = change.revision;
-        overlay.set(change.key, change.value === undefined ? undefined : { value: change.value, revision: change.revision });
-        changes.push(change);
+      const changes = job.plan(lookup, next + 1n);
+      if (changes !== undefined && changes.length > 0) {
+        next += 1n;
+        for (const c of changes) overlay.set(c.key, c.value === undefined ? undefined : { value: c.value, revision: c.revision });
+        commits.push(changes);
       }
-      planned.push({ job, change });
+      planned.push({ job, changes });
     }
-    if (changes.length > 0) {
+    if (commits.length > 0) {
       try {
-        await this.writer.append(changes);
+        await this.writer.append(commits);
       } catch (err) {
         this.broken = err instanceof Error ? err : new Error(String(err));
         for (const { job } of planned) job.fail(this.brokenError());
         return;
       }
-      for (const change of changes) this.apply(change);
+      for (const change of commits.flat()) this.apply(change);
     }
-    for (const { job, change } of planned) job.settle(change);
+    for (const { job, changes } of planned) job.settle(changes);
   }
 
   private apply(change: LogChange): void {

@@ -10,13 +10,14 @@ import {
   Range,
   isRecoverableError,
   type IKeyValue,
+  type IOperation,
   type IOptions,
   type IRangeResponse,
 } from 'etcd3';
 import { ConfigError, DatastoreUnavailableError, errorMessage } from '../lib/errors';
-import type { Datastore, KeyValue, ListResult, Watch, WatchHandlers, WatchOptions } from './datastore';
+import type { Datastore, KeyValue, ListResult, TxnOp, Watch, WatchHandlers, WatchOptions } from './datastore';
 import { EtcdWatch } from './etcd-watch';
-import { parseRevision, requireKey, requirePrefix } from './store-args';
+import { parseRevision, requireKey, requirePrefix, requireTxnOps } from './store-args';
 import { WatchCompactedError } from './store-errors';
 
 export interface EtcdOptions {
@@ -138,6 +139,38 @@ export class EtcdStore implements Datastore {
       this.client.if(key, 'Mod', '==', revision).and(key, 'Version', '>', 0).then(this.client.delete().key(key)).commit(),
     );
     return res.succeeded && res.responses[0]?.response_delete_range.deleted !== '0';
+  }
+
+  async commit(ops: readonly TxnOp[]): Promise<string | undefined> {
+    requireTxnOps(ops);
+    const first = ops[0];
+    if (first === undefined) return undefined;
+    // Every txn needs a first compare; a key's version is never negative, so this one always holds.
+    let txn = this.client.if(first.key, 'Version', '>', -1);
+    const writes: IOperation[] = [];
+    for (const op of ops) {
+      switch (op.type) {
+        case 'create':
+          txn = txn.and(op.key, 'Create', '==', 0);
+          writes.push(this.client.put(op.key).value(op.value));
+          break;
+        case 'update':
+          txn = txn.and(op.key, 'Mod', '==', op.revision).and(op.key, 'Version', '>', 0);
+          writes.push(this.client.put(op.key).value(op.value));
+          break;
+        case 'delete':
+          if (op.revision !== undefined) txn = txn.and(op.key, 'Mod', '==', op.revision).and(op.key, 'Version', '>', 0);
+          writes.push(this.client.delete().key(op.key));
+          break;
+        case 'check':
+          txn = txn.and(op.key, 'Mod', '==', op.revision).and(op.key, 'Version', '>', 0);
+          break;
+      }
+    }
+    const res = await this.once(`commit ${ops.length} operation${ops.length === 1 ? '' : 's'} on ${first.key}`, () =>
+      txn.then(...writes).commit(),
+    );
+    return res.succeeded ? res.header.revision : undefined;
   }
 
   async watch(prefix: string, handlers: WatchHandlers, options: WatchOptions = {}): Promise<Watch> {

@@ -3,7 +3,7 @@
 // the server closes just as a write is sent would leave the write's outcome unknown.
 import { request, type ClientRequest, type IncomingMessage } from 'node:http';
 import { DatastoreUnavailableError, errorMessage } from '../lib/errors';
-import type { Datastore, KeyValue, ListResult, Watch, WatchEvent, WatchHandlers, WatchOptions } from './datastore';
+import type { Datastore, KeyValue, ListResult, TxnOp, Watch, WatchEvent, WatchHandlers, WatchOptions } from './datastore';
 import {
   STORE_API_PREFIX,
   asFields,
@@ -65,6 +65,12 @@ export class RemoteStore implements Datastore {
     const deleted = (await this.call('delete', { key, revision }))['deleted'];
     if (typeof deleted !== 'boolean') throw this.unavailable('delete', new Error("reply lacks 'deleted'"));
     return deleted;
+  }
+
+  async commit(ops: readonly TxnOp[]): Promise<string | undefined> {
+    const revision = (await this.call('commit', { ops }))['revision'];
+    if (revision !== null && typeof revision !== 'string') throw this.unavailable('commit', new Error("reply lacks 'revision'"));
+    return revision ?? undefined;
   }
 
   async watch(prefix: string, handlers: WatchHandlers, options: WatchOptions = {}): Promise<Watch> {

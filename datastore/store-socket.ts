@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { DatastoreUnavailableError, InvalidRequestError } from '../lib/errors';
 import type { Datastore, Watch, WatchEvent } from './datastore';
 import { errno, unlinkIfPresent } from './fs-util';
-import { MAX_BODY_BYTES, STORE_API_PREFIX, encodeError, optStr, parseJson, str, type Fields, type StoreOp } from './store-wire';
+import { MAX_BODY_BYTES, STORE_API_PREFIX, decodeTxnOps, encodeError, optStr, parseJson, str, type Fields, type StoreOp } from './store-wire';
 
 export { RemoteStore } from './remote-store';
 
@@ -37,6 +37,7 @@ const ROUTES: Readonly<Record<Exclude<StoreOp, 'watch'>, Route>> = {
     kv: (await s.update(str(b, 'key', 'update'), str(b, 'value', 'update'), str(b, 'revision', 'update'))) ?? null,
   }),
   delete: async (s, b) => ({ deleted: await s.delete(str(b, 'key', 'delete'), optStr(b, 'revision', 'delete')) }),
+  commit: async (s, b) => ({ revision: (await s.commit(decodeTxnOps(b['ops'], 'commit'))) ?? null }),
 };
 
 export async function serveStore(store: Datastore, socketPath: string): Promise<StoreServer> {

@@ -2,14 +2,14 @@
 // answers are JSON, or for watch an NDJSON stream of {ready} then {event}… and at most one {error}.
 // Everything read off the socket is validated here, so neither side handles unchecked JSON.
 import { CalicoError, DatastoreUnavailableError, InvalidRequestError, errorMessage } from '../lib/errors';
-import type { KeyValue, ListResult, WatchEvent } from './datastore';
+import type { KeyValue, ListResult, TxnOp, WatchEvent } from './datastore';
 import { WatchCompactedError } from './store-errors';
 
 export const STORE_API_PREFIX = '/v1/';
 /** Values are JSON documents of a few KiB; this leaves a wide margin and still bounds memory. */
 export const MAX_BODY_BYTES = 8 << 20;
 
-export type StoreOp = 'ping' | 'get' | 'list' | 'create' | 'update' | 'delete' | 'watch';
+export type StoreOp = 'ping' | 'get' | 'list' | 'create' | 'update' | 'delete' | 'commit' | 'watch';
 
 export interface WireError {
   readonly name: string;
@@ -61,6 +61,29 @@ export function decodeListResult(f: Fields, what: string): ListResult {
   const items = f['items'];
   if (!Array.isArray(items)) throw new InvalidRequestError(`${what}: 'items' must be an array`);
   return { items: items.map((i: unknown) => decodeKeyValue(i, what)), revision: str(f, 'revision', what) };
+}
+
+export function decodeTxnOps(raw: unknown, what: string): TxnOp[] {
+  if (!Array.isArray(raw)) throw new InvalidRequestError(`${what}: 'ops' must be an array`);
+  return (raw as unknown[]).map((item): TxnOp => {
+    const f = asFields(item, what);
+    const type = f['type'];
+    const key = str(f, 'key', what);
+    switch (type) {
+      case 'create':
+        return { type, key, value: str(f, 'value', what) };
+      case 'update':
+        return { type, key, value: str(f, 'value', what), revision: str(f, 'revision', what) };
+      case 'delete': {
+        const revision = optStr(f, 'revision', what);
+        return revision === undefined ? { type, key } : { type, key, revision };
+      }
+      case 'check':
+        return { type, key, revision: str(f, 'revision', what) };
+      default:
+        throw new InvalidRequestError(`${what}: unknown operation type '${String(type)}'`);
+    }
+  });
 }
 
 export function decodeWatchLine(line: string, what: string): WatchLine {

@@ -169,6 +169,7 @@ test('addPool withdraws its pool after losing an overlap race, even if the pool 
       return real.create(k, v);
     },
     update: (k, v, r) => real.update(k, v, r),
+    commit: (ops) => real.commit(ops),
     // Our withdrawal loses once: someone touched our pool after we wrote it.
     delete: async (k, r) => {
       if (k === keys.pool('10.0.0.0/24') && deletes++ === 0) {
@@ -418,6 +419,7 @@ test('a compare-and-swap that keeps losing ends in ContentionError', async (t) =
       return undefined;
     },
     delete: (k, r) => real.delete(k, r),
+    commit: (ops) => real.commit(ops),
     watch: (p, h, o) => real.watch(p, h, o),
     close: () => real.close(),
   };

@@ -20,7 +20,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Etcd3 } from 'etcd3';
 import { DatastoreUnavailableError, InvalidRequestError } from '../../lib/errors';
-import { compareRevisions, type Datastore, type WatchEvent, type WatchOptions } from '../../datastore/datastore';
+import { MAX_TXN_OPS, compareRevisions, type Datastore, type TxnOp, type WatchEvent, type WatchOptions } from '../../datastore/datastore';
 import { EmbeddedStore, type EmbeddedStoreOptions } from '../../datastore/embedded-store';
 import { EtcdStore } from '../../datastore/etcd-store';
 import { openDatastore, storeSocketPath } from '../../datastore/open-datastore';
@@ -359,6 +359,80 @@ function conformance(name: string, setup: Factory): void {
     t.log(`${conflicts} conflicts`);
   });
 
+  test(`${name}: commit writes every operation at one revision, or nothing`, async (t) => {
+    const { store, prefix } = await setup(t);
+    const a = await store.create(`${prefix}a`, 'a1');
+    const b = await store.create(`${prefix}b`, 'b1');
+    const c = await store.create(`${prefix}c`, 'c1');
+    if (a === undefined || b === undefined || c === undefined) return t.fail('create failed');
+    const rec = await record(t, store, `${prefix}`);
+    const revision = await store.commit([
+      { type: 'create', key: `${prefix}new`, value: 'n' },
+      { type: 'update', key: `${prefix}a`, value: 'a2', revision: a.revision },
+      { type: 'delete', key: `${prefix}b`, revision: b.revision },
+      { type: 'delete', key: `${prefix}never-there` },
+      { type: 'check', key: `${prefix}c`, revision: c.revision },
+    ]);
+    if (revision === undefined) return t.fail('commit with every condition true failed');
+    t.is(compareRevisions(revision, c.revision), 1);
+    t.deepEqual(await store.get(`${prefix}new`), { key: `${prefix}new`, value: 'n', revision });
+    t.deepEqual(await store.get(`${prefix}a`), { key: `${prefix}a`, value: 'a2', revision });
+    t.is(await store.get(`${prefix}b`), undefined);
+    t.deepEqual(await store.get(`${prefix}c`), c, 'check writes nothing');
+    const events = await rec.waitFor(3);
+    t.deepEqual(events.map((e) => [e.type, e.key.slice(prefix.length), e.revision]).sort(), [
+      ['delete', 'b', revision],
+      ['put', 'a', revision],
+      ['put', 'new', revision],
+    ]);
+
+    // Each failing condition alone leaves every key as it was.
+    const failing: Array<[string, TxnOp]> = [
+      ['create of an existing key', { type: 'create', key: `${prefix}new`, value: 'x' }],
+      ['update at a stale revision', { type: 'update', key: `${prefix}a`, value: 'x', revision: a.revision }],
+      ['update of an absent key', { type: 'update', key: `${prefix}b`, value: 'x', revision }],
+      ['delete at a stale revision', { type: 'delete', key: `${prefix}a`, revision: a.revision }],
+      ['check at a stale revision', { type: 'check', key: `${prefix}a`, revision: a.revision }],
+      ['check of an absent key', { type: 'check', key: `${prefix}b`, revision }],
+    ];
+    const before = await store.list(prefix);
+    for (const [why, op] of failing) {
+      const r = await store.commit([{ type: 'create', key: `${prefix}side-effect`, value: 'x' }, { type: 'delete', key: `${prefix}c` }, op]);
+      t.is(r, undefined, why);
+    }
+    t.deepEqual((await store.list(prefix)).items, before.items, 'failed commits wrote nothing');
+    return undefined;
+  });
+
+  test(`${name}: commit refuses malformed operation lists`, async (t) => {
+    const { store, prefix } = await setup(t);
+    await t.throwsAsync(store.commit([]), { instanceOf: InvalidRequestError });
+    await t.throwsAsync(
+      store.commit([{ type: 'create', key: `${prefix}k`, value: 'x' }, { type: 'delete', key: `${prefix}k` }]),
+      { instanceOf: InvalidRequestError, message: /twice/ },
+    );
+    await t.throwsAsync(store.commit([{ type: 'check', key: `${prefix}k`, revision: 'x' }]), { instanceOf: InvalidRequestError });
+    const tooMany = Array.from({ length: MAX_TXN_OPS + 1 }, (_, i): TxnOp => ({ type: 'create', key: `${prefix}k${i}`, value: 'x' }));
+    await t.throwsAsync(store.commit(tooMany), { instanceOf: InvalidRequestError });
+    t.deepEqual((await store.list(prefix)).items, []);
+  });
+
+  test(`${name}: concurrent commits on a shared key: exactly one wins`, async (t) => {
+    const { store, prefix } = await setup(t);
+    const results = await Promise.all(
+      Array.from({ length: 8 }, (_, i) =>
+        store.commit([
+          { type: 'create', key: `${prefix}shared`, value: String(i) },
+          { type: 'create', key: `${prefix}own/${i}`, value: String(i) },
+        ]),
+      ),
+    );
+    const winners = results.flatMap((r, i) => (r === undefined ? [] : [i]));
+    t.is(winners.length, 1);
+    t.is((await store.get(`${prefix}shared`))?.value, String(winners[0]));
+    t.deepEqual((await store.list(`${prefix}own/`)).items.map((kv) => kv.value), [String(winners[0])]);
+  });
+
   // Serial: compacting a shared etcd must not pull history from under concurrent replay tests,
   // and AVA runs serial tests before the concurrent ones.
   test.serial(`${name}: watching from forgotten history reports WatchCompactedError`, async (t) => {
@@ -418,6 +492,30 @@ test('embedded: a torn final log line is ignored and cut off', async (t) => {
 
   const third = await openEmbedded(t, dir);
   t.deepEqual((await third.list('')).items.map((i) => i.key), ['/after', '/kept']);
+});
+
+test('embedded: a commit is one log record: it survives reopen whole, and a torn one is dropped whole', async (t) => {
+  const dir = tempDir(t);
+  const first = await EmbeddedStore.open(dir);
+  const a = await first.create('/a', '1');
+  if (a === undefined) return t.fail('create failed');
+  const revision = await first.commit([
+    { type: 'create', key: '/b', value: '2' },
+    { type: 'update', key: '/a', value: '3', revision: a.revision },
+  ]);
+  const before = await first.list('');
+  await first.close();
+  const log = readFileSync(join(dir, 'store.log'), 'utf8');
+  t.is(log.trimEnd().split('\n').length, 2, 'one line for the create, one for the commit');
+
+  // A commit torn half-way through its line must not come back as some of its writes.
+  const commitLine = log.trimEnd().split('\n')[1] ?? '';
+  appendFileSync(join(dir, 'store.log'), commitLine.replace(/"\/b"/, '"/c"').slice(0, commitLine.length - 12));
+  const second = await openEmbedded(t, dir);
+  t.deepEqual(await second.list(''), before);
+  t.is((await second.get('/b'))?.revision, revision);
+  t.is(await second.get('/c'), undefined);
+  return undefined;
 });
 
 test('embedded: damage followed by intact records refuses to open', async (t) => {
