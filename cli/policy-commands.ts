@@ -3,6 +3,7 @@
 import { readFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { addressPart } from '../ipam/cidr';
+import { modifyKey } from '../datastore/cas';
 import { InvalidRequestError, NotFoundError } from '../lib/errors';
 import { decodeProfile, encodeProfile } from '../model/profile';
 import { effectiveLabels, explainPacket, type Decision, type EndpointDescription, type Explanation, type Packet } from '../policy/evaluate';
@@ -20,17 +21,9 @@ async function allProfiles(ctx: Context): Promise<Profile[]> {
 
 /** Create or replace, with compare-and-swap so a concurrent edit is not silently lost. */
 async function putProfile(ctx: Context, profile: Profile): Promise<'created' | 'configured' | 'unchanged'> {
-  const key = ctx.keys.profile(profile.name);
   const value = encodeProfile(profile);
-  for (;;) {
-    const current = await ctx.store.get(key);
-    if (current === undefined) {
-      if ((await ctx.store.create(key, value)) !== undefined) return 'created';
-    } else {
-      if (current.value === value) return 'unchanged';
-      if ((await ctx.store.update(key, value, current.revision)) !== undefined) return 'configured';
-    }
-  }
+  const outcome = await modifyKey(ctx.store, ctx.keys.profile(profile.name), `apply profile ${profile.name}`, () => value);
+  return outcome === 'updated' ? 'configured' : outcome;
 }
 
 function showProfiles(ctx: Context, profiles: Profile[], single: boolean): void {

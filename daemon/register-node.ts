@@ -3,6 +3,7 @@
 import type { Config } from '../config/config';
 import type { Datastore } from '../datastore/datastore';
 import type { Keys } from '../datastore/keys';
+import { modifyKey } from '../datastore/cas';
 import { serialize } from '../model/codec';
 import type { Node } from '../model/node';
 
@@ -17,9 +18,5 @@ export async function registerNode(store: Datastore, keys: Keys, config: Config)
     startedAt: new Date().toISOString(),
   };
   const value = serialize(node);
-  for (;;) {
-    const current = await store.get(key);
-    const written = current === undefined ? await store.create(key, value) : await store.update(key, value, current.revision);
-    if (written !== undefined) return;
-  }
+  await modifyKey(store, key, `register node ${config.nodeName}`, () => value);
 }

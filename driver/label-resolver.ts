@@ -9,6 +9,7 @@
 import Docker from 'dockerode';
 import type { Datastore } from '../datastore/datastore';
 import type { Keys } from '../datastore/keys';
+import { modifyKey } from '../datastore/cas';
 import { errorMessage } from '../lib/errors';
 import { logger } from '../lib/log';
 import { parseStored, serialize } from '../model/codec';
@@ -86,17 +87,13 @@ export class LabelResolver {
     const container = containers.find((c) => Object.values(c.NetworkSettings?.Networks ?? {}).some((n) => n?.EndpointID === endpointId));
     if (container === undefined) return false;
     const labels = containerLabelsToEndpointLabels(container.Labels ?? {});
-    for (let current = kv; ; ) {
+    await modifyKey(this.o.store, key, `record labels of endpoint ${endpointId.slice(0, 12)}`, (current) => {
+      if (current === undefined) return undefined; // the endpoint went away meanwhile: nothing to label
       const ep = parseStored(Endpoint, current);
-      const updated: Endpoint = { ...ep, labels, ready: true, ...(container.Id !== undefined && { containerId: container.Id }) };
-      if ((await this.o.store.update(key, serialize(updated), current.revision)) !== undefined) {
-        log.debug('endpoint %s ready with labels %o', endpointId.slice(0, 12), labels);
-        return true;
-      }
-      const again = await this.o.store.get(key);
-      if (again === undefined) return true;
-      current = again;
-    }
+      return serialize({ ...ep, labels, ready: true, ...(container.Id !== undefined && { containerId: container.Id }) });
+    });
+    log.debug('endpoint %s ready with labels %o', endpointId.slice(0, 12), labels);
+    return true;
   }
 
   close(): void {
