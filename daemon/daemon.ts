@@ -22,6 +22,7 @@ import { errorMessage } from '../lib/errors';
 import { logger } from '../lib/log';
 import { registerNode } from './register-node';
 import { defaultPools, ensureDefaultPools } from './default-pools';
+import { upgradeBlockLayout } from '../ipam/ipam-store';
 import { assertSocketFree, startPluginServer } from '../protocol/plugin-server';
 
 const log = logger('daemon');
@@ -73,6 +74,8 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
   };
   try {
     const keys = new Keys(config.datastorePrefix);
+    const moved = await upgradeBlockLayout(store, keys, (m) => log.warn('%s', m));
+    if (moved > 0) log.info('moved %d IPAM blocks to the per-pool layout', moved);
     const allocator = new Allocator({ store, keys, node: config.nodeName });
     await ensureDefaultPools(allocator, pools);
     await registerNode(store, keys, config);

@@ -2,7 +2,10 @@
 // data, and so tests can run under a unique root (CALICO_DATASTORE_PREFIX) without colliding.
 //
 //   <root>/ipam/pools/<cidr>            IP pool            (ipam/pool.ts)
-//   <root>/ipam/blocks/<cidr>           allocation block   (ipam/block.ts)
+//   <root>/ipam/blocks/<pool>/<cidr>    allocation block   (ipam/block.ts), under its pool, so
+//                                       a pool's blocks are one prefix listing
+//   <root>/ipam/affinity/<node>/<pool>/<cidr>   index of the blocks a host holds
+//                                       (written with the block in one commit)
 //   <root>/networks/<networkId>         Docker network     (model/network.ts)
 //   <root>/profiles/<name>              policy profile     (model/profile.ts)
 //   <root>/nodes/<node>/info            host registration  (model/node.ts)
@@ -38,8 +41,20 @@ export class Keys {
   blocksPrefix(): string {
     return `${this.root}/ipam/blocks/`;
   }
-  block(cidr: string): string {
-    return this.blocksPrefix() + cidrToSegment(cidr);
+  poolBlocksPrefix(pool: string): string {
+    return `${this.blocksPrefix()}${cidrToSegment(pool)}/`;
+  }
+  block(pool: string, cidr: string): string {
+    return this.poolBlocksPrefix(pool) + cidrToSegment(cidr);
+  }
+  affinitiesPrefix(): string {
+    return `${this.root}/ipam/affinity/`;
+  }
+  hostAffinityPrefix(node: string): string {
+    return `${this.affinitiesPrefix()}${node}/`;
+  }
+  affinity(node: string, pool: string, cidr: string): string {
+    return `${this.hostAffinityPrefix(node)}${cidrToSegment(pool)}/${cidrToSegment(cidr)}`;
   }
   networksPrefix(): string {
     return `${this.root}/networks/`;

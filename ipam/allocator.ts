@@ -1,26 +1,30 @@
 // The datastore-backed allocator. Every operation is: read → pure decision (block.ts, pool.ts,
-// cidr.ts) → one compare-and-swap write → on conflict, read again and decide again. Hosts racing
-// for addresses therefore never hand out the same IP, and nobody holds a lock.
+// cidr.ts) → one conditional write → on conflict, read again and decide again (datastore/cas.ts).
+// Hosts racing for addresses therefore never hand out the same IP, and nobody holds a lock.
+//
+// Cost does not grow with the cluster: the common path reads the pools and this host's own
+// blocks (ipam-store.ts keeps a per-host index), and an address's block is a key computed from the
+// address and its pool's block size. Only claiming a block, borrowing, and the conclusion that a
+// pool is full read a whole pool's blocks.
+//
+// "Pool full" is only ever concluded by an attempt that lost no race: a lost create or
+// compare-and-swap means the state it decided on is gone, so it reads again (within the retry
+// budget) instead of concluding anything from it.
 //
 // Within one process, mutating operations run one at a time: Docker sends concurrent
 // RequestAddress calls, and letting them race each other on the same affine block would only
 // burn retries. Correctness never depends on this queue; only other processes' writes are
 // resolved by compare-and-swap.
-//
-// Known window: removePool checks that the pool's blocks are empty and then deletes the pool; a
-// host that read the pool just before may still claim a block in between, leaving an orphan
-// block. release() and findAllocation() still find such blocks (they look blocks up directly).
 
-import { compareRevisions, type Datastore, type KeyValue } from '../datastore/datastore';
-import { type Keys, segmentToCidr } from '../datastore/keys';
+import { RETRY, casLoop, type Attempt, DEFAULT_MAX_CONFLICTS } from '../datastore/cas';
+import { compareRevisions, type Datastore } from '../datastore/datastore';
+import type { Keys } from '../datastore/keys';
 import {
   ConflictError,
-  ContentionError,
   CorruptDataError,
   InvalidRequestError,
   NotFoundError,
   PoolExhaustedError,
-  errorMessage,
 } from '../lib/errors';
 import {
   type Block,
@@ -32,16 +36,13 @@ import {
   isEmpty,
   newBlock,
   ownerAt,
-  parseBlock,
   release as releaseInBlock,
-  serializeBlock,
   setEndpoint as setEndpointInBlock,
   usedCount,
   validateOwner,
   validateRequester,
 } from './block';
 import {
-  type Cidr,
   type IpAddress,
   type IpFamily,
   blockContaining,
@@ -51,27 +52,19 @@ import {
   formatIp,
   normalizeCidr,
   overlaps,
-  parseCidr,
   parseIp,
 } from './cidr';
-import {
-  type Pool,
-  type PoolInput,
-  decodePool,
-  encodePool,
-  firstUnclaimedBlock,
-  makePool,
-  poolCidr,
-} from './pool';
+import { DatastoreIpamStore, type IpamStore, type ReadBlock, type StoredPool } from './ipam-store';
+import { BLOCK_SIZE_BOUNDS, type Pool, type PoolInput, firstUnclaimedBlock, makePool, poolCidr } from './pool';
 
-export const DEFAULT_MAX_RETRIES = 100;
+export const DEFAULT_MAX_RETRIES = DEFAULT_MAX_CONFLICTS;
 
 export interface AllocatorOptions {
   readonly store: Datastore;
   readonly keys: Keys;
   /** This host's NODENAME: the affinity of blocks it claims, and the default owner node. */
   readonly node: string;
-  /** Compare-and-swap conflicts tolerated per operation before ContentionError. */
+  /** Conflicts (lost creates or compare-and-swaps) tolerated per operation before ContentionError. */
   readonly maxRetries?: number;
   /** Told about corrupt stored entries that an operation skipped (it goes on with the rest). */
   readonly warn?: (message: string) => void;
@@ -124,7 +117,7 @@ export interface FoundAllocation {
   readonly ip: string;
   readonly block: string;
   readonly affinity: string | null;
-  /** Undefined for a block no pool contains any more (orphaned by a pool removal race). */
+  /** Undefined for a block no pool contains any more. */
   readonly pool: string | undefined;
   readonly owner: Owner;
 }
@@ -143,32 +136,19 @@ export interface CorruptEntry {
   readonly error: string;
 }
 
-interface StoredPool {
-  readonly key: string;
-  readonly revision: string;
-  readonly pool: Pool;
-  readonly cidr: Cidr;
+/** Counters for benchmarks and metrics. */
+export interface AllocatorStats {
+  /** Mutating operations run. */
+  operations: number;
+  /** Attempts that lost a race and ran again. */
+  conflicts: number;
 }
-
-/** A block as read: `block` is undefined when the stored value is corrupt. */
-interface ReadBlock {
-  readonly key: string;
-  readonly revision: string;
-  readonly cidr: Cidr;
-  readonly block: Block | undefined;
-  readonly error: string | undefined;
-}
-
-/** Returned by one attempt when its compare-and-swap lost; the attempt is then run again. */
-const RETRY = Symbol('retry');
-type Attempt<T> = T | typeof RETRY;
 
 export class Allocator {
   readonly node: string;
-  private readonly store: Datastore;
-  private readonly keys: Keys;
+  readonly stats: AllocatorStats = { operations: 0, conflicts: 0 };
+  private readonly ipam: IpamStore;
   private readonly maxRetries: number;
-  private readonly warn: (message: string) => void;
   private queue: Promise<void> = Promise.resolve();
 
   constructor(options: AllocatorOptions) {
@@ -179,11 +159,9 @@ export class Allocator {
     if (!Number.isInteger(maxRetries) || maxRetries < 0) {
       throw new InvalidRequestError(`maxRetries must be a non-negative integer, got ${maxRetries}`);
     }
-    this.store = options.store;
-    this.keys = options.keys;
+    this.ipam = new DatastoreIpamStore(options.store, options.keys, options.warn);
     this.node = options.node;
     this.maxRetries = maxRetries;
-    this.warn = options.warn ?? (() => undefined);
   }
 
   // -------------------------------------------------------------------------------------------
@@ -194,103 +172,95 @@ export class Allocator {
    * pool is refused. */
   async addPool(input: PoolInput): Promise<{ pool: Pool; created: boolean }> {
     const pool = makePool({ ...input, createdAt: input.createdAt ?? new Date().toISOString() });
-    const cidr = poolCidr(pool);
     return this.exclusive(async () => {
-      const existing = await this.readPools();
+      const existing = await this.ipam.listPools();
       const same = existing.find((p) => p.pool.cidr === pool.cidr);
       if (same !== undefined) return { pool: same.pool, created: false };
+      const cidr = poolCidr(pool);
       const clash = existing.find((p) => overlaps(p.cidr, cidr));
       if (clash !== undefined) throw overlapError(pool.cidr, clash.pool.cidr);
-      const key = this.keys.pool(pool.cidr);
-      const written = await this.store.create(key, encodePool(pool));
+      const written = await this.ipam.createPool(pool);
       if (written === undefined) {
-        const raced = await this.getPool(pool.cidr);
-        if (raced !== undefined) return { pool: raced, created: false };
+        const raced = await this.ipam.getPool(pool.cidr);
+        if (raced !== undefined) return { pool: raced.pool, created: false };
         throw new ConflictError(`IP pool ${pool.cidr} was created and removed concurrently; try again`);
       }
       // Two hosts can add overlapping pools at once, each having seen neither. Both look again
       // after writing; the later write (higher revision) withdraws, so exactly one survives.
-      const after = await this.readPools();
+      const after = await this.ipam.listPools();
       const rival = after.find(
-        (p) => p.key !== key && overlaps(p.cidr, cidr) && compareRevisions(p.revision, written.revision) < 0,
+        (p) => p.key !== written.key && overlaps(p.cidr, written.cidr) && compareRevisions(p.revision, written.revision) < 0,
       );
       if (rival !== undefined) {
-        await this.withdrawPool(key, written.revision);
+        await this.withdrawPool(written);
         throw overlapError(pool.cidr, rival.pool.cidr);
       }
       return { pool, created: true };
     });
   }
 
-  /** Deletes the pool we just wrote at `key`. Someone may have changed it since (e.g. disabled
-   * it); then the delete loses and is tried again at the new revision, so an overlapping pool is
-   * never left behind. */
-  private async withdrawPool(key: string, revision: string): Promise<void> {
-    let current = revision;
-    await this.retrying(`withdraw overlapping IP pool at ${key}`, async (): Promise<Attempt<void>> => {
-      if (await this.store.delete(key, current)) return undefined;
-      const kv = await this.store.get(key);
-      if (kv === undefined) return undefined; // removed by someone else: nothing left to withdraw
-      current = kv.revision;
-      return RETRY;
+  /** Deletes the pool we just wrote. Someone may have changed it since (e.g. disabled it); then
+   * the delete loses and is tried again at the new revision, so an overlapping pool is never
+   * left behind. */
+  private async withdrawPool(written: StoredPool): Promise<void> {
+    let current: StoredPool | undefined = written;
+    await this.retrying(`withdraw overlapping IP pool ${written.pool.cidr}`, async (): Promise<Attempt<void>> => {
+      if (current === undefined || (await this.ipam.deletePool(current))) return undefined;
+      current = await this.ipam.getPool(written.pool.cidr); // undefined: removed by someone else
+      return current === undefined ? undefined : RETRY;
     });
   }
 
   async listPools(): Promise<Pool[]> {
-    return (await this.readPools()).map((p) => p.pool);
+    return (await this.ipam.listPools()).map((p) => p.pool);
   }
 
   async getPool(cidr: string): Promise<Pool | undefined> {
-    return (await this.readPool(normalizeCidr(cidr, 'pool CIDR')))?.pool;
+    return (await this.ipam.getPool(normalizeCidr(cidr, 'pool CIDR')))?.pool;
   }
 
   /** Refused (ConflictError) while any block of the pool holds an address; deletes the pool's
-   * empty blocks, then the pool. */
+   * empty blocks, then the pool. The pool is disabled first: every block claim checks that its
+   * pool is unchanged, so once disabled no host can claim a block in it, and the emptiness seen
+   * after that is final. If the removal is then refused, the pool is enabled again. */
   async removePool(cidr: string): Promise<void> {
     const canonical = normalizeCidr(cidr, 'pool CIDR');
-    return this.exclusive(() =>
-      this.retrying(`remove IP pool ${canonical}`, async (): Promise<Attempt<void>> => {
-        const stored = await this.readPool(canonical);
-        if (stored === undefined) throw new NotFoundError(`IP pool ${canonical} does not exist`);
-        const blocks = (await this.readBlocks()).filter((b) => overlaps(b.cidr, stored.cidr));
-        const inUse: string[] = [];
-        let used = 0;
-        for (const b of blocks) {
-          if (b.block === undefined) {
-            throw new CorruptDataError(
-              `cannot remove IP pool ${canonical}: block ${formatCidr(b.cidr)} is unreadable (${b.error ?? 'corrupt'}); fix or delete ${b.key}`,
-            );
+    return this.exclusive(async () => {
+      let disabledHere = false;
+      try {
+        await this.retrying(`remove IP pool ${canonical}`, async (): Promise<Attempt<void>> => {
+          const stored = await this.ipam.getPool(canonical);
+          if (stored === undefined) throw new NotFoundError(`IP pool ${canonical} does not exist`);
+          const blocks = await this.ipam.listPoolBlocks(canonical);
+          requireUnused(canonical, blocks);
+          if (!stored.pool.disabled) {
+            if ((await this.ipam.updatePool(stored, { ...stored.pool, disabled: true })) === undefined) return RETRY;
+            disabledHere = true;
+            return RETRY; // read the blocks again now that none can be added
           }
-          if (!isEmpty(b.block)) {
-            inUse.push(b.block.cidr);
-            used += usedCount(b.block);
-          }
-        }
-        if (inUse.length > 0) {
-          throw new ConflictError(
-            `IP pool ${canonical} still has ${used} address${used === 1 ? '' : 'es'} in use (blocks ${inUse.join(', ')}); remove the containers and networks using it first`,
-          );
-        }
-        for (const b of blocks) {
-          if (!(await this.store.delete(b.key, b.revision))) return RETRY;
-        }
-        return (await this.store.delete(stored.key, stored.revision)) ? undefined : RETRY;
-      }),
-    );
+          for (const b of blocks) if (!(await this.ipam.deleteBlock(b))) return RETRY;
+          return (await this.ipam.deletePool(stored)) ? undefined : RETRY;
+        });
+      } catch (err) {
+        if (disabledHere) await this.setDisabled(canonical, false).catch(() => undefined);
+        throw err;
+      }
+    });
   }
 
   async setPoolDisabled(cidr: string, disabled: boolean): Promise<Pool> {
     const canonical = normalizeCidr(cidr, 'pool CIDR');
-    return this.exclusive(() =>
-      this.retrying(`update IP pool ${canonical}`, async (): Promise<Attempt<Pool>> => {
-        const stored = await this.readPool(canonical);
-        if (stored === undefined) throw new NotFoundError(`IP pool ${canonical} does not exist`);
-        if (stored.pool.disabled === disabled) return stored.pool;
-        const pool: Pool = { ...stored.pool, disabled };
-        const written = await this.store.update(stored.key, encodePool(pool), stored.revision);
-        return written === undefined ? RETRY : pool;
-      }),
-    );
+    return this.exclusive(() => this.setDisabled(canonical, disabled));
+  }
+
+  private setDisabled(canonical: string, disabled: boolean): Promise<Pool> {
+    return this.retrying(`update IP pool ${canonical}`, async (): Promise<Attempt<Pool>> => {
+      const stored = await this.ipam.getPool(canonical);
+      if (stored === undefined) throw new NotFoundError(`IP pool ${canonical} does not exist`);
+      if (stored.pool.disabled === disabled) return stored.pool;
+      const pool: Pool = { ...stored.pool, disabled };
+      return (await this.ipam.updatePool(stored, pool)) === undefined ? RETRY : pool;
+    });
   }
 
   // -------------------------------------------------------------------------------------------
@@ -306,48 +276,44 @@ export class Allocator {
       throw new InvalidRequestError(`address family must be 4 or 6, got ${String(family)}`);
     }
     const requested = request.pools?.map((c) => normalizeCidr(c, 'pool CIDR'));
-    const what = `assign an IPv${family} address`;
     return this.exclusive(() =>
-      this.retrying(what, async (): Promise<Attempt<AssignedAddress>> => {
+      this.retrying(`assign an IPv${family} address`, async (): Promise<Attempt<AssignedAddress>> => {
         // Two independent reads: in parallel, since this is on Docker's container start path.
-        const [allPools, blocks] = await Promise.all([this.readPools(), this.readBlocks()]);
+        const [allPools, mine] = await Promise.all([this.ipam.listPools(), this.ipam.listHostBlocks(this.node)]);
         const pools = choosePools(allPools, family, requested);
-        const poolBlocks = new Map<StoredPool, ReadBlock[]>(
-          pools.map((pool) => [pool, blocks.filter((b) => containsCidr(pool.cidr, b.cidr))]),
-        );
-        const inPool = (pool: StoredPool): ReadBlock[] => poolBlocks.get(pool) ?? [];
 
         // 1. Blocks this node already holds.
         for (const pool of pools) {
-          for (const b of inPool(pool)) {
-            if (b.block?.affinity !== this.node) continue;
-            const r = await this.casNext(b, b.block, owner, pool);
+          for (const b of mine) {
+            if (b.pool !== pool.pool.cidr || b.block === undefined) continue;
+            const r = await this.casNext(b, b.block, owner);
             if (r !== undefined) return r;
           }
         }
-        // 2. Claim the pool's lowest free block. Losing the create race means another host took
-        // that block a moment ago; the next one is tried without re-reading.
+        // 2. Claim the pool's lowest unclaimed block.
+        const listings = new Map<StoredPool, ReadBlock[]>();
         for (const pool of pools) {
-          const taken = blocks.filter((b) => overlaps(pool.cidr, b.cidr)).map((b) => b.cidr);
-          for (;;) {
-            const cidr = firstUnclaimedBlock(pool.pool, taken);
-            if (cidr === undefined) break;
-            const fresh = assignNext(newBlock(formatCidr(cidr), this.node), owner);
-            if (fresh === undefined) throw new Error(`unreachable: new block ${formatCidr(cidr)} has no free address`);
-            const created = await this.store.create(this.keys.block(fresh.block.cidr), serializeBlock(fresh.block));
-            if (created !== undefined) return { ip: fresh.ip, pool: pool.pool.cidr, block: fresh.block.cidr };
-            taken.push(cidr);
-          }
+          const blocks = await this.ipam.listPoolBlocks(pool.pool.cidr);
+          listings.set(pool, blocks);
+          const cidr = firstUnclaimedBlock(pool.pool, blocks.map((b) => b.cidr));
+          if (cidr === undefined) continue;
+          const fresh = assignNext(newBlock(formatCidr(cidr), this.node), owner);
+          if (fresh === undefined) throw new Error(`unreachable: new block ${formatCidr(cidr)} has no free address`);
+          const created = await this.ipam.createBlock(pool, fresh.block);
+          return created === undefined ? RETRY : { ip: fresh.ip, pool: pool.pool.cidr, block: fresh.block.cidr };
         }
-        // 3. Borrow from blocks held by other nodes (or by none).
+        // 3. Borrow from blocks held by other nodes (or by none). Hosts start at different
+        // blocks, so the ones that all have to borrow at once do not all race for the same one.
         for (const pool of pools) {
-          for (const b of inPool(pool)) {
-            if (b.block === undefined || b.block.affinity === this.node) continue;
-            const r = await this.casNext(b, b.block, owner, pool);
+          const open = (listings.get(pool) ?? []).filter((b) => b.block !== undefined && freeCount(b.block) > 0);
+          for (const b of rotate(open, hostOffset(this.node, open.length))) {
+            if (b.block === undefined) continue;
+            const r = await this.casNext(b, b.block, owner);
             if (r !== undefined) return r;
           }
         }
-        const corrupt = blocks.filter((b) => b.block === undefined).length;
+        // Nothing lost a race in this attempt, so what it read is the truth: the pools are full.
+        const corrupt = [...listings.values()].flat().filter((b) => b.block === undefined).length;
         throw new PoolExhaustedError(
           `no free IPv${family} address in IP pool${pools.length === 1 ? '' : 's'} ${pools.map((p) => p.pool.cidr).join(', ')}: every address is in use` +
             (corrupt > 0 ? ` (${corrupt} unreadable block${corrupt === 1 ? '' : 's'} skipped)` : ''),
@@ -365,8 +331,7 @@ export class Allocator {
     const text = formatIp(ip);
     return this.exclusive(() =>
       this.retrying(`assign address ${text}`, async (): Promise<Attempt<AssignIpResult>> => {
-        // Two independent reads: in parallel, since this is on Docker's container start path.
-        const [pools, blocks] = await Promise.all([this.readPools(), this.readBlocks()]);
+        const pools = await this.ipam.listPools();
         const pool = pools.find((p) => containsIp(p.cidr, ip));
         if (pool === undefined) {
           throw new InvalidRequestError(
@@ -375,24 +340,23 @@ export class Allocator {
         }
         const disabled = (): ConflictError =>
           new ConflictError(`address ${text} is in IP pool ${pool.pool.cidr}, which is disabled: no new addresses are assigned from it`);
-        const found = blocks.find((b) => containsIp(b.cidr, ip));
+        const found = await this.blockInPool(pool, ip);
         if (found === undefined) {
           if (pool.pool.disabled) throw disabled();
           const blockCidr = blockContaining(ip, pool.pool.blockSize);
           // A stored block of another size (the pool's block size changed, or a hand-written
           // block) may overlap the one we would create without holding ip; creating ours anyway
           // would let both hand out the addresses they share.
-          const clash = blocks.find((b) => overlaps(b.cidr, blockCidr));
+          const clash = (await this.ipam.listPoolBlocks(pool.pool.cidr)).find((b) => overlaps(b.cidr, blockCidr));
           if (clash !== undefined) {
             throw new ConflictError(
               `cannot claim block ${formatCidr(blockCidr)} for address ${text}: it overlaps the existing block ${formatCidr(clash.cidr)} (stored at ${clash.key}), whose size differs from IP pool ${pool.pool.cidr}'s block size /${pool.pool.blockSize}`,
             );
           }
-          const block = newBlock(formatCidr(blockCidr), this.node);
-          const r = assignSpecific(block, text, owner);
+          const r = assignSpecific(newBlock(formatCidr(blockCidr), this.node), text, owner);
           if (r.status !== 'assigned') throw new Error(`unreachable: fresh block refused ${text}`);
-          const created = await this.store.create(this.keys.block(block.cidr), serializeBlock(r.block));
-          return created === undefined ? RETRY : { ip: r.ip, pool: pool.pool.cidr, block: block.cidr, alreadyOwned: false };
+          const created = await this.ipam.createBlock(pool, r.block);
+          return created === undefined ? RETRY : { ip: r.ip, pool: pool.pool.cidr, block: r.block.cidr, alreadyOwned: false };
         }
         const block = requireReadable(found);
         const r = assignSpecific(block, text, owner);
@@ -403,7 +367,7 @@ export class Allocator {
             return { ip: r.ip, pool: pool.pool.cidr, block: block.cidr, alreadyOwned: true };
           case 'assigned': {
             if (pool.pool.disabled) throw disabled();
-            const written = await this.store.update(found.key, serializeBlock(r.block), found.revision);
+            const written = await this.ipam.updateBlock(found, r.block);
             return written === undefined ? RETRY : { ip: r.ip, pool: pool.pool.cidr, block: block.cidr, alreadyOwned: false };
           }
         }
@@ -422,17 +386,13 @@ export class Allocator {
     });
     return this.exclusive(() =>
       this.retrying(`release address ${text}`, async (): Promise<Attempt<ReleaseOutcome>> => {
-        const blocks = await this.readBlocks();
-        const found = blocks.find((b) => containsIp(b.cidr, ip));
+        const { found, pool } = await this.findBlock(ip);
         if (found === undefined) return { status: 'not-allocated' };
         const r = releaseInBlock(requireReadable(found), text, requester);
         if (r.status !== 'released') return r;
-        const written = await this.store.update(found.key, serializeBlock(r.block), found.revision);
+        const written = await this.ipam.updateBlock(found, r.block);
         if (written === undefined) return RETRY;
-        const blockReleased =
-          isEmpty(r.block) &&
-          r.block.affinity === this.node &&
-          (await this.releaseSpareBlock(found, written.revision, blocks));
+        const blockReleased = isEmpty(r.block) && r.block.affinity === this.node && (await this.releaseSpareBlock(written, pool));
         return { status: 'released', owner: r.owner, blockReleased };
       }),
     );
@@ -445,7 +405,7 @@ export class Allocator {
     const text = formatIp(parsed);
     return this.exclusive(() =>
       this.retrying(`record endpoint of ${text}`, async (): Promise<Attempt<Owner>> => {
-        const found = await this.findBlock(parsed);
+        const { found } = await this.findBlock(parsed);
         const block = found === undefined ? undefined : requireReadable(found);
         const updated = block === undefined ? undefined : setEndpointInBlock(block, text, endpointId);
         const owner = updated === undefined ? undefined : ownerAt(updated, text);
@@ -453,8 +413,7 @@ export class Allocator {
           throw new NotFoundError(`address ${text} is not allocated`);
         }
         if (updated === block) return owner;
-        const written = await this.store.update(found.key, serializeBlock(updated), found.revision);
-        return written === undefined ? RETRY : owner;
+        return (await this.ipam.updateBlock(found, updated)) === undefined ? RETRY : owner;
       }),
     );
   }
@@ -462,21 +421,21 @@ export class Allocator {
   async findAllocation(ip: string): Promise<FoundAllocation | undefined> {
     const parsed = parseIp(ip);
     const text = formatIp(parsed);
-    const found = await this.findBlock(parsed);
+    const { found, pool } = await this.findBlock(parsed);
     if (found === undefined) return undefined;
     const block = requireReadable(found);
     const owner = ownerAt(block, text);
     if (owner === undefined) return undefined;
-    const pool = (await this.readPools()).find((p) => containsCidr(p.cidr, found.cidr));
     return { ip: text, block: block.cidr, affinity: block.affinity, pool: pool?.pool.cidr, owner };
   }
 
   /** Every readable block with its revision, pool and counts (for `ipam show`), in key order.
-   * Unreadable blocks are left out here and reported by listCorruptBlocks(). */
+   * Unreadable blocks are left out here and reported by listCorruptBlocks(). Reads every block:
+   * for operators, never on a request path. */
   async listBlocks(): Promise<StoredBlock[]> {
-    const pools = await this.readPools();
+    const [pools, blocks] = await Promise.all([this.ipam.listPools(), this.ipam.listAllBlocks()]);
     const out: StoredBlock[] = [];
-    for (const b of await this.readBlocks()) {
+    for (const b of blocks) {
       if (b.block === undefined) continue;
       out.push({
         key: b.key,
@@ -493,7 +452,7 @@ export class Allocator {
   /** Stored blocks that fail validation, with the reason: they are skipped by allocation but
    * still count as claimed, so an operator has to fix or delete them. */
   async listCorruptBlocks(): Promise<CorruptEntry[]> {
-    return (await this.readBlocks()).flatMap((b) =>
+    return (await this.ipam.listAllBlocks()).flatMap((b) =>
       b.block === undefined ? [{ key: b.key, error: b.error ?? 'corrupt' }] : [],
     );
   }
@@ -507,97 +466,52 @@ export class Allocator {
     return validateOwner(endpointId === undefined ? { node, handle, kind } : { node, handle, kind, endpointId });
   }
 
-  /** Corrupt pools are skipped (with a warning) so one bad entry does not stop allocation from
-   * the others. */
-  private async readPools(): Promise<StoredPool[]> {
-    const prefix = this.keys.poolsPrefix();
-    const { items } = await this.store.list(prefix);
-    const pools: StoredPool[] = [];
-    for (const kv of items) {
-      try {
-        const pool = decodePool(kv.value, kv.key, keyCidr(kv.key, prefix));
-        pools.push({ key: kv.key, revision: kv.revision, pool, cidr: poolCidr(pool) });
-      } catch (err) {
-        this.warn(`skipping IP pool: ${errorMessage(err)}`);
-      }
-    }
-    return pools;
+  /** The stored block holding `ip` and the pool containing it. */
+  private async findBlock(ip: IpAddress): Promise<{ found: ReadBlock | undefined; pool: StoredPool | undefined }> {
+    const pool = (await this.ipam.listPools()).find((p) => containsIp(p.cidr, ip));
+    if (pool !== undefined) return { found: await this.blockInPool(pool, ip), pool };
+    // In no pool: only a block whose pool was removed under it can hold it. Rare enough (a pool
+    // is only removed once empty) to read every block for.
+    return { found: (await this.ipam.listAllBlocks()).find((b) => containsIp(b.cidr, ip)), pool: undefined };
   }
 
-  private async readPool(canonicalCidr: string): Promise<StoredPool | undefined> {
-    const key = this.keys.pool(canonicalCidr);
-    const kv = await this.store.get(key);
-    if (kv === undefined) return undefined;
-    const pool = decodePool(kv.value, key, canonicalCidr);
-    return { key, revision: kv.revision, pool, cidr: poolCidr(pool) };
-  }
-
-  /** Corrupt blocks are returned without a body: allocation skips them, but they still count as
-   * claimed so nobody overwrites them. A key whose name is not a CIDR is ignored. */
-  private async readBlocks(): Promise<ReadBlock[]> {
-    const prefix = this.keys.blocksPrefix();
-    const { items } = await this.store.list(prefix);
-    const blocks: ReadBlock[] = [];
-    for (const kv of items) {
-      const cidrText = keyCidr(kv.key, prefix);
-      let cidr: Cidr;
-      try {
-        cidr = parseCidr(cidrText);
-      } catch {
-        this.warn(`ignoring ${kv.key}: the key does not name a block CIDR`);
-        continue;
-      }
-      blocks.push(readBlock(kv, cidr, cidrText));
-    }
-    return blocks;
+  /** One key lookup at the pool's block size; if that misses, the other sizes a block may have
+   * (an older block size, a hand-written block), all at once: a bounded number of lookups, never
+   * a listing. */
+  private async blockInPool(pool: StoredPool, ip: IpAddress): Promise<ReadBlock | undefined> {
+    const direct = await this.ipam.getBlock(pool.pool.cidr, blockContaining(ip, pool.pool.blockSize));
+    if (direct !== undefined) return direct;
+    const { min, max } = BLOCK_SIZE_BOUNDS[pool.cidr.family];
+    const sizes: number[] = [];
+    for (let size = Math.max(min, pool.cidr.prefix); size <= max; size++) if (size !== pool.pool.blockSize) sizes.push(size);
+    const found = await Promise.all(sizes.map((size) => this.ipam.getBlock(pool.pool.cidr, blockContaining(ip, size))));
+    return found.find((b) => b !== undefined);
   }
 
   /** An empty block of ours goes back to the pool only while we hold another block of the same
    * pool with room: the last one is kept so that a freed address goes to the back of its free
    * list instead of being handed out again at once from a freshly claimed block. If anything
-   * touched the block meanwhile the delete just fails, which is fine: it is in use again.
-   * `blocks` is the listing the release itself was decided on: it may be slightly stale about
-   * the other blocks, but the delete is protected by the empty block's revision, and a spare
-   * that filled up meanwhile only means the next allocation claims a new block. */
-  private async releaseSpareBlock(empty: ReadBlock, revision: string, blocks: readonly ReadBlock[]): Promise<boolean> {
-    const pool = (await this.readPools()).find((p) => containsCidr(p.cidr, empty.cidr));
-    if (pool === undefined) return this.store.delete(empty.key, revision);
-    const spare = blocks.some(
-      (b) => b.key !== empty.key && b.block?.affinity === this.node && containsCidr(pool.cidr, b.cidr) && freeCount(b.block) > 0,
+   * touched the block meanwhile the delete just fails, which is fine: it is in use again. */
+  private async releaseSpareBlock(empty: ReadBlock, pool: StoredPool | undefined): Promise<boolean> {
+    if (pool === undefined) return this.ipam.deleteBlock(empty);
+    const spare = (await this.ipam.listHostBlocks(this.node)).some(
+      (b) => b.key !== empty.key && b.pool === empty.pool && b.block !== undefined && freeCount(b.block) > 0,
     );
-    return spare && this.store.delete(empty.key, revision);
-  }
-
-  /** The stored block containing ip, if any. Looked up among stored blocks rather than computed
-   * from the pool's block size, so it also finds blocks whose pool is gone. */
-  private async findBlock(ip: IpAddress): Promise<ReadBlock | undefined> {
-    return (await this.readBlocks()).find((b) => containsIp(b.cidr, ip));
+    return spare && this.ipam.deleteBlock(empty);
   }
 
   /** Writes the next free address of block: undefined when the block is full, RETRY when the
    * compare-and-swap lost. */
-  private async casNext(
-    read: ReadBlock,
-    block: Block,
-    owner: Owner,
-    pool: StoredPool,
-  ): Promise<Attempt<AssignedAddress | undefined>> {
+  private async casNext(read: ReadBlock, block: Block, owner: Owner): Promise<Attempt<AssignedAddress | undefined>> {
     const next = assignNext(block, owner);
     if (next === undefined) return undefined;
-    const written = await this.store.update(read.key, serializeBlock(next.block), read.revision);
-    return written === undefined ? RETRY : { ip: next.ip, pool: pool.pool.cidr, block: block.cidr };
+    const written = await this.ipam.updateBlock(read, next.block);
+    return written === undefined ? RETRY : { ip: next.ip, pool: read.pool, block: block.cidr };
   }
 
-  private async retrying<T>(what: string, attempt: () => Promise<Attempt<T>>): Promise<T> {
-    for (let conflicts = 0; ; conflicts++) {
-      const result = await attempt();
-      if (result !== RETRY) return result;
-      if (conflicts >= this.maxRetries) {
-        throw new ContentionError(
-          `${what}: gave up after ${conflicts + 1} attempts, other hosts kept changing the same IPAM data; try again`,
-        );
-      }
-    }
+  private retrying<T>(what: string, attempt: () => Promise<Attempt<T>>): Promise<T> {
+    this.stats.operations++;
+    return casLoop(what, attempt, { maxConflicts: this.maxRetries, onConflict: () => this.stats.conflicts++ });
   }
 
   private exclusive<T>(op: () => Promise<T>): Promise<T> {
@@ -610,17 +524,38 @@ export class Allocator {
   }
 }
 
-function keyCidr(key: string, prefix: string): string {
-  return segmentToCidr(key.slice(prefix.length));
+/** A pool with an address in use (or an unreadable block) cannot be removed. */
+function requireUnused(pool: string, blocks: readonly ReadBlock[]): void {
+  const inUse: string[] = [];
+  let used = 0;
+  for (const b of blocks) {
+    if (b.block === undefined) {
+      throw new CorruptDataError(
+        `cannot remove IP pool ${pool}: block ${formatCidr(b.cidr)} is unreadable (${b.error ?? 'corrupt'}); fix or delete ${b.key}`,
+      );
+    }
+    if (!isEmpty(b.block)) {
+      inUse.push(b.block.cidr);
+      used += usedCount(b.block);
+    }
+  }
+  if (inUse.length > 0) {
+    throw new ConflictError(
+      `IP pool ${pool} still has ${used} address${used === 1 ? '' : 'es'} in use (blocks ${inUse.join(', ')}); remove the containers and networks using it first`,
+    );
+  }
 }
 
-function readBlock(kv: KeyValue, cidr: Cidr, cidrText: string): ReadBlock {
-  try {
-    const block = parseBlock(kv.value, kv.key, cidrText);
-    return { key: kv.key, revision: kv.revision, cidr, block, error: undefined };
-  } catch (err) {
-    return { key: kv.key, revision: kv.revision, cidr, block: undefined, error: errorMessage(err) };
-  }
+/** Where a host starts among `n` candidate blocks: stable per host, spread across hosts (FNV-1a). */
+export function hostOffset(node: string, n: number): number {
+  if (n <= 1) return 0;
+  let h = 0x811c9dc5;
+  for (let i = 0; i < node.length; i++) h = Math.imul(h ^ node.charCodeAt(i), 0x01000193) >>> 0;
+  return h % n;
+}
+
+function rotate<T>(items: readonly T[], start: number): T[] {
+  return [...items.slice(start), ...items.slice(0, start)];
 }
 
 function requireReadable(b: ReadBlock): Block {

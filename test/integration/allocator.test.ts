@@ -144,11 +144,11 @@ test('assignIp refuses to claim a block that overlaps a stored block of another 
   const a = allocator(store, 'node-a');
   await a.addPool({ cidr: '10.0.0.0/24' });
   // A /28 (hand-written, or from an earlier block size) inside the /26 that 10.0.0.20 maps to.
-  await store.create(keys.block('10.0.0.0/28'), serializeBlock(newBlock('10.0.0.0/28', 'node-x')));
+  await store.create(keys.block('10.0.0.0/24', '10.0.0.0/28'), serializeBlock(newBlock('10.0.0.0/28', 'node-x')));
   await t.throwsAsync(a.assignIp({ ip: '10.0.0.20', owner: owner('h') }), {
     instanceOf: ConflictError,
     message:
-      "cannot claim block 10.0.0.0/26 for address 10.0.0.20: it overlaps the existing block 10.0.0.0/28 (stored at /test/ipam/blocks/10.0.0.0-28), whose size differs from IP pool 10.0.0.0/24's block size /26",
+      "cannot claim block 10.0.0.0/26 for address 10.0.0.20: it overlaps the existing block 10.0.0.0/28 (stored at /test/ipam/blocks/10.0.0.0-24/10.0.0.0-28), whose size differs from IP pool 10.0.0.0/24's block size /26",
   });
   t.deepEqual(await blockSummary(a), [['10.0.0.0/28', 'node-x', 0]]);
   // An address inside the stored block is still served from it.
@@ -389,13 +389,13 @@ test('a corrupt block is skipped and never overwritten', async (t) => {
   const warnings: string[] = [];
   const a = allocator(store, 'node-a', { warn: (m) => warnings.push(m) });
   await a.addPool({ cidr: '10.0.0.0/24' });
-  await store.create(keys.block('10.0.0.0/26'), '{"cidr":"10.0.0.0/26","allocations":"garbage"}');
+  await store.create(keys.block('10.0.0.0/24', '10.0.0.0/26'), '{"cidr":"10.0.0.0/26","allocations":"garbage"}');
   t.deepEqual(await a.autoAssign({ family: 4, owner: owner('h') }), { ip: '10.0.0.64', pool: '10.0.0.0/24', block: '10.0.0.64/26' });
-  t.is((await store.get(keys.block('10.0.0.0/26')))?.value, '{"cidr":"10.0.0.0/26","allocations":"garbage"}');
+  t.is((await store.get(keys.block('10.0.0.0/24', '10.0.0.0/26')))?.value, '{"cidr":"10.0.0.0/26","allocations":"garbage"}');
   const corrupt = await a.listCorruptBlocks();
   t.is(corrupt.length, 1);
-  t.is(corrupt[0]?.key, keys.block('10.0.0.0/26'));
-  t.regex(corrupt[0]?.error ?? '', /^corrupt allocation block at \/test\/ipam\/blocks\/10\.0\.0\.0-26: affinity must be/);
+  t.is(corrupt[0]?.key, keys.block('10.0.0.0/24', '10.0.0.0/26'));
+  t.regex(corrupt[0]?.error ?? '', /^corrupt allocation block at \/test\/ipam\/blocks\/10\.0\.0\.0-24\/10\.0\.0\.0-26: affinity must be/);
   await t.throwsAsync(a.release({ ip: '10.0.0.5', requester: { handle: 'h' } }), { instanceOf: CorruptDataError });
   await t.throwsAsync(a.assignIp({ ip: '10.0.0.5', owner: owner('h') }), { instanceOf: CorruptDataError });
   await t.throwsAsync(a.removePool('10.0.0.0/24'), { instanceOf: CorruptDataError });
@@ -428,7 +428,7 @@ test('a compare-and-swap that keeps losing ends in ContentionError', async (t) =
   await a.autoAssign({ family: 4, owner: owner('h') }); // claims a block: a create, not an update
   await t.throwsAsync(a.autoAssign({ family: 4, owner: owner('h') }), {
     instanceOf: ContentionError,
-    message: 'assign an IPv4 address: gave up after 4 attempts, other hosts kept changing the same IPAM data; try again',
+    message: 'assign an IPv4 address: gave up after 4 attempts, other writers kept changing the same data; try again',
   });
   t.is(updates, 4);
 });

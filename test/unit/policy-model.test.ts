@@ -36,7 +36,7 @@ test('local endpoints are this node’s; every endpoint feeds selector membershi
 
 test('keys policy does not depend on are ignored; deletes remove', (t) => {
   const m = new PolicyState(keys, 'a', log);
-  t.false(m.update(keys.block('198.18.0.0/26'), { key: keys.block('198.18.0.0/26'), value: '{}', revision: '1' }));
+  t.false(m.update(keys.block('198.18.0.0/24', '198.18.0.0/26'), { key: keys.block('198.18.0.0/24', '198.18.0.0/26'), value: '{}', revision: '1' }));
   t.false(m.update(keys.network('n'), { key: keys.network('n'), value: '{}', revision: '1' }));
   const ep = endpoint('a', 'cccccccccccc');
   m.update(ep.key, ep);
