@@ -131,6 +131,11 @@ export async function startPluginServer(opts: PluginServerOptions): Promise<Plug
     const s = app.listen(opts.socketPath, (err?: Error) => (err ? reject(err) : resolve(s)));
     s.once('error', reject);
   });
+  // Never close an idle connection of Docker's: if we close one just as Docker sends its next
+  // request on it, Docker's plugin client retries that request with an empty body (moby#35459,
+  // moby#39331), which shows up as "NetworkID must be a string, got undefined" on a container
+  // start. Docker closes its idle connections itself; ours are on a local socket.
+  server.keepAliveTimeout = 0;
   // Only root (Docker) may talk to the plugin: it can create interfaces and routes.
   await chmod(opts.socketPath, 0o660);
   log.debug('%s listening on %s', opts.name, opts.socketPath);

@@ -1,0 +1,50 @@
+// The plugin socket's connection handling, against a real HTTP client on a real unix socket.
+import test from 'ava';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { Agent, request } from 'node:http';
+import type { Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { route, startPluginServer } from '../../protocol/plugin-server';
+
+function post(agent: Agent, socketPath: string, path: string): Promise<{ body: string; socket: Socket }> {
+  return new Promise((resolve, reject) => {
+    const req = request({ socketPath, path, method: 'POST', agent }, (res) => {
+      let body = '';
+      res.setEncoding('utf8').on('data', (d: string) => (body += d));
+      res.on('end', () => resolve({ body, socket: req.socket as Socket }));
+    });
+    req.on('error', reject);
+    req.end('{}');
+  });
+}
+
+// Docker's plugin client resends a request with an empty body when the connection it reused was
+// closed under it (moby#35459), so the server must never close an idle connection itself. Node's
+// default would close it after 5 s.
+test('an idle keep-alive connection from Docker is never closed by the plugin', async (t) => {
+  t.timeout(30_000);
+  const dir = await mkdtemp(join(tmpdir(), 'calico-plugin-server-'));
+  const server = await startPluginServer({
+    name: 'test',
+    socketPath: join(dir, 'test.sock'),
+    implements: ['NetworkDriver'],
+    errorKey: 'Err',
+    routes: [route('NetworkDriver.GetCapabilities', null, () => ({ Scope: 'local' }))],
+  });
+  const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+  t.teardown(async () => {
+    agent.destroy();
+    await server.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+  const first = await post(agent, server.socketPath, '/NetworkDriver.GetCapabilities');
+  t.is(first.body, '{"Scope":"local"}');
+  let closedByServer = false;
+  first.socket.once('end', () => (closedByServer = true));
+  await new Promise((resolve) => setTimeout(resolve, 6_000));
+  t.false(closedByServer, 'the server ended the idle connection');
+  const second = await post(agent, server.socketPath, '/NetworkDriver.GetCapabilities');
+  t.is(second.socket, first.socket, 'the second request reused the idle connection');
+  t.is(second.body, '{"Scope":"local"}');
+});
