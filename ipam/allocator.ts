@@ -7,6 +7,12 @@
 // address and its pool's block size. Only claiming a block, borrowing, and the conclusion that a
 // pool is full read a whole pool's blocks.
 //
+// The common path does not even read: the allocator keeps a view of the pools and of this host's
+// blocks as it last read or wrote them, and allocates or releases with one conditional write on
+// it. That is safe because each such write is conditional on the block's revision (and, when it
+// allocates, on its pool's) in one commit: a stale view costs one lost write, after which the
+// operation reads afresh. A negative answer ("full", "not allocated") is never given from the view.
+//
 // "Pool full" is only ever concluded by an attempt that lost no race: a lost create or
 // compare-and-swap means the state it decided on is gone, so it reads again (within the retry
 // budget) instead of concluding anything from it.
@@ -150,6 +156,8 @@ export class Allocator {
   private readonly ipam: IpamStore;
   private readonly maxRetries: number;
   private queue: Promise<void> = Promise.resolve();
+  /** Pools and this host's blocks as last read or written; see the header comment. */
+  private view: HostView | undefined;
 
   constructor(options: AllocatorOptions) {
     if (typeof options.node !== 'string' || options.node === '') {
@@ -173,6 +181,7 @@ export class Allocator {
   async addPool(input: PoolInput): Promise<{ pool: Pool; created: boolean }> {
     const pool = makePool({ ...input, createdAt: input.createdAt ?? new Date().toISOString() });
     return this.exclusive(async () => {
+      this.view = undefined; // pools change here: let the next request read them
       const existing = await this.ipam.listPools();
       const same = existing.find((p) => p.pool.cidr === pool.cidr);
       if (same !== undefined) return { pool: same.pool, created: false };
@@ -226,6 +235,7 @@ export class Allocator {
   async removePool(cidr: string): Promise<void> {
     const canonical = normalizeCidr(cidr, 'pool CIDR');
     return this.exclusive(async () => {
+      this.view = undefined;
       let disabledHere = false;
       try {
         await this.retrying(`remove IP pool ${canonical}`, async (): Promise<Attempt<void>> => {
@@ -254,6 +264,7 @@ export class Allocator {
   }
 
   private setDisabled(canonical: string, disabled: boolean): Promise<Pool> {
+    this.view = undefined;
     return this.retrying(`update IP pool ${canonical}`, async (): Promise<Attempt<Pool>> => {
       const stored = await this.ipam.getPool(canonical);
       if (stored === undefined) throw new NotFoundError(`IP pool ${canonical} does not exist`);
@@ -276,39 +287,44 @@ export class Allocator {
       throw new InvalidRequestError(`address family must be 4 or 6, got ${String(family)}`);
     }
     const requested = request.pools?.map((c) => normalizeCidr(c, 'pool CIDR'));
+    let lostClaims = 0;
     return this.exclusive(() =>
       this.retrying(`assign an IPv${family} address`, async (): Promise<Attempt<AssignedAddress>> => {
-        // Two independent reads: in parallel, since this is on Docker's container start path.
-        const [allPools, mine] = await Promise.all([this.ipam.listPools(), this.ipam.listHostBlocks(this.node)]);
-        const pools = choosePools(allPools, family, requested);
-
-        // 1. Blocks this node already holds.
-        for (const pool of pools) {
-          for (const b of mine) {
-            if (b.pool !== pool.pool.cidr || b.block === undefined) continue;
-            const r = await this.casNext(b, b.block, owner);
-            if (r !== undefined) return r;
-          }
+        // 1. Blocks this node already holds: from the view if there is one, else read.
+        if (this.view !== undefined) {
+          const r = await this.fromOwnBlocks(this.view, family, requested, owner);
+          if (r !== undefined) return r;
         }
-        // 2. Claim the pool's lowest unclaimed block.
+        const view = await this.readView();
+        const pools = choosePools(view.pools, family, requested);
+        const own = await this.fromOwnBlocks(view, family, requested, owner);
+        if (own !== undefined) return own;
+        // 2. Claim the pool's lowest unclaimed block. After losing a claim, start at a place of
+        // this host's own: hosts joining together would otherwise all race for the same block
+        // again, one winning per round.
         const listings = new Map<StoredPool, ReadBlock[]>();
         for (const pool of pools) {
           const blocks = await this.ipam.listPoolBlocks(pool.pool.cidr);
           listings.set(pool, blocks);
-          const cidr = firstUnclaimedBlock(pool.pool, blocks.map((b) => b.cidr));
+          const from = lostClaims === 0 ? 0n : BigInt(hostOffset(`${this.node}#${lostClaims}`, 0x7fffffff));
+          const cidr = firstUnclaimedBlock(pool.pool, blocks.map((b) => b.cidr), from);
           if (cidr === undefined) continue;
           const fresh = assignNext(newBlock(formatCidr(cidr), this.node), owner);
           if (fresh === undefined) throw new Error(`unreachable: new block ${formatCidr(cidr)} has no free address`);
           const created = await this.ipam.createBlock(pool, fresh.block);
-          return created === undefined ? RETRY : { ip: fresh.ip, pool: pool.pool.cidr, block: fresh.block.cidr };
+          if (created === undefined) {
+            lostClaims++;
+            return this.lost();
+          }
+          this.remember(created);
+          return { ip: fresh.ip, pool: pool.pool.cidr, block: fresh.block.cidr };
         }
         // 3. Borrow from blocks held by other nodes (or by none). Hosts start at different
         // blocks, so the ones that all have to borrow at once do not all race for the same one.
         for (const pool of pools) {
           const open = (listings.get(pool) ?? []).filter((b) => b.block !== undefined && freeCount(b.block) > 0);
           for (const b of rotate(open, hostOffset(this.node, open.length))) {
-            if (b.block === undefined) continue;
-            const r = await this.casNext(b, b.block, owner);
+            const r = await this.casNext(b, pool, owner);
             if (r !== undefined) return r;
           }
         }
@@ -320,6 +336,30 @@ export class Allocator {
         );
       }),
     );
+  }
+
+  /** An address from a block this node holds, per `view`; undefined when none has room (or the
+   * view does not know the requested pools). */
+  private async fromOwnBlocks(
+    view: HostView,
+    family: IpFamily,
+    requested: readonly string[] | undefined,
+    owner: Owner,
+  ): Promise<Attempt<AssignedAddress> | undefined> {
+    let pools: StoredPool[];
+    try {
+      pools = choosePools(view.pools, family, requested);
+    } catch {
+      return undefined; // let fresh reads decide (and report) it
+    }
+    for (const pool of pools) {
+      for (const b of view.mine) {
+        if (b.pool !== pool.pool.cidr) continue;
+        const r = await this.casNext(b, pool, owner);
+        if (r !== undefined) return r;
+      }
+    }
+    return undefined;
   }
 
   /** Reserves exactly `ip`, which must lie in a pool. A disabled pool refuses new reservations,
@@ -356,7 +396,9 @@ export class Allocator {
           const r = assignSpecific(newBlock(formatCidr(blockCidr), this.node), text, owner);
           if (r.status !== 'assigned') throw new Error(`unreachable: fresh block refused ${text}`);
           const created = await this.ipam.createBlock(pool, r.block);
-          return created === undefined ? RETRY : { ip: r.ip, pool: pool.pool.cidr, block: r.block.cidr, alreadyOwned: false };
+          if (created === undefined) return this.lost();
+          this.remember(created);
+          return { ip: r.ip, pool: pool.pool.cidr, block: r.block.cidr, alreadyOwned: false };
         }
         const block = requireReadable(found);
         const r = assignSpecific(block, text, owner);
@@ -367,8 +409,10 @@ export class Allocator {
             return { ip: r.ip, pool: pool.pool.cidr, block: block.cidr, alreadyOwned: true };
           case 'assigned': {
             if (pool.pool.disabled) throw disabled();
-            const written = await this.ipam.updateBlock(found, r.block);
-            return written === undefined ? RETRY : { ip: r.ip, pool: pool.pool.cidr, block: block.cidr, alreadyOwned: false };
+            const written = await this.ipam.updateBlock(found, r.block, pool);
+            if (written === undefined) return this.lost();
+            this.remember(written);
+            return { ip: r.ip, pool: pool.pool.cidr, block: block.cidr, alreadyOwned: false };
           }
         }
       }),
@@ -386,14 +430,24 @@ export class Allocator {
     });
     return this.exclusive(() =>
       this.retrying(`release address ${text}`, async (): Promise<Attempt<ReleaseOutcome>> => {
-        const { found, pool } = await this.findBlock(ip);
-        if (found === undefined) return { status: 'not-allocated' };
-        const r = releaseInBlock(requireReadable(found), text, requester);
-        if (r.status !== 'released') return r;
-        const written = await this.ipam.updateBlock(found, r.block);
-        if (written === undefined) return RETRY;
-        const blockReleased = isEmpty(r.block) && r.block.affinity === this.node && (await this.releaseSpareBlock(written, pool));
-        return { status: 'released', owner: r.owner, blockReleased };
+        for (const fromView of [true, false]) {
+          const { found, pool } = fromView ? this.viewLookup(ip) : await this.findBlock(ip);
+          if (found === undefined) {
+            if (fromView) continue;
+            return { status: 'not-allocated' };
+          }
+          const r = releaseInBlock(requireReadable(found), text, requester);
+          if (r.status !== 'released') {
+            if (fromView) continue; // never answer no from the view
+            return r;
+          }
+          const written = await this.ipam.updateBlock(found, r.block);
+          if (written === undefined) return this.lost();
+          this.remember(written);
+          const blockReleased = isEmpty(r.block) && r.block.affinity === this.node && (await this.releaseSpareBlock(written, pool));
+          return { status: 'released', owner: r.owner, blockReleased };
+        }
+        throw new Error('unreachable: the fresh pass always answers');
       }),
     );
   }
@@ -405,15 +459,22 @@ export class Allocator {
     const text = formatIp(parsed);
     return this.exclusive(() =>
       this.retrying(`record endpoint of ${text}`, async (): Promise<Attempt<Owner>> => {
-        const { found } = await this.findBlock(parsed);
-        const block = found === undefined ? undefined : requireReadable(found);
-        const updated = block === undefined ? undefined : setEndpointInBlock(block, text, endpointId);
-        const owner = updated === undefined ? undefined : ownerAt(updated, text);
-        if (found === undefined || updated === undefined || owner === undefined) {
-          throw new NotFoundError(`address ${text} is not allocated`);
+        for (const fromView of [true, false]) {
+          const { found } = fromView ? this.viewLookup(parsed) : await this.findBlock(parsed);
+          const block = found === undefined ? undefined : requireReadable(found);
+          const updated = block === undefined ? undefined : setEndpointInBlock(block, text, endpointId);
+          const owner = updated === undefined ? undefined : ownerAt(updated, text);
+          if (found === undefined || updated === undefined || owner === undefined) {
+            if (fromView) continue;
+            throw new NotFoundError(`address ${text} is not allocated`);
+          }
+          if (updated === block) return owner;
+          const written = await this.ipam.updateBlock(found, updated);
+          if (written === undefined) return this.lost();
+          this.remember(written);
+          return owner;
         }
-        if (updated === block) return owner;
-        return (await this.ipam.updateBlock(found, updated)) === undefined ? RETRY : owner;
+        throw new Error('unreachable: the fresh pass always answers');
       }),
     );
   }
@@ -493,20 +554,55 @@ export class Allocator {
    * list instead of being handed out again at once from a freshly claimed block. If anything
    * touched the block meanwhile the delete just fails, which is fine: it is in use again. */
   private async releaseSpareBlock(empty: ReadBlock, pool: StoredPool | undefined): Promise<boolean> {
-    if (pool === undefined) return this.ipam.deleteBlock(empty);
-    const spare = (await this.ipam.listHostBlocks(this.node)).some(
-      (b) => b.key !== empty.key && b.pool === empty.pool && b.block !== undefined && freeCount(b.block) > 0,
-    );
-    return spare && this.ipam.deleteBlock(empty);
+    // The view may be stale here, which is harmless: the delete is conditional on the empty
+    // block, and a spare that filled up meanwhile only means the next request claims a block.
+    const spare =
+      pool === undefined ||
+      (this.view ?? (await this.readView())).mine.some(
+        (b) => b.key !== empty.key && b.pool === empty.pool && b.block !== undefined && freeCount(b.block) > 0,
+      );
+    if (!spare || !(await this.ipam.deleteBlock(empty))) return false;
+    if (this.view !== undefined) this.view = { ...this.view, mine: this.view.mine.filter((b) => b.key !== empty.key) };
+    return true;
   }
 
-  /** Writes the next free address of block: undefined when the block is full, RETRY when the
-   * compare-and-swap lost. */
-  private async casNext(read: ReadBlock, block: Block, owner: Owner): Promise<Attempt<AssignedAddress | undefined>> {
-    const next = assignNext(block, owner);
+  /** Reads the pools and this host's blocks, and keeps them as the view. */
+  private async readView(): Promise<HostView> {
+    const [pools, mine] = await Promise.all([this.ipam.listPools(), this.ipam.listHostBlocks(this.node)]);
+    this.view = { pools, mine };
+    return this.view;
+  }
+
+  /** The view's block of ours holding ip (the block may be stale: writes from it are conditional). */
+  private viewLookup(ip: IpAddress): { found: ReadBlock | undefined; pool: StoredPool | undefined } {
+    const found = this.view?.mine.find((b) => containsIp(b.cidr, ip));
+    const pool = found === undefined ? undefined : this.view?.pools.find((p) => p.pool.cidr === found.pool);
+    return { found: pool === undefined ? undefined : found, pool };
+  }
+
+  /** Keeps a block we just wrote in the view, if it is ours. */
+  private remember(written: ReadBlock): void {
+    if (this.view === undefined) return;
+    const others = this.view.mine.filter((b) => b.key !== written.key);
+    const mine = written.block?.affinity === this.node ? [...others, written].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0)) : others;
+    this.view = { ...this.view, mine };
+  }
+
+  /** A conditional write lost: what the view says is no longer true. */
+  private lost(): typeof RETRY {
+    this.view = undefined;
+    return RETRY;
+  }
+
+  /** Writes the next free address of block, if its pool is unchanged: undefined when the block
+   * is full (or unreadable), RETRY when the write lost. */
+  private async casNext(read: ReadBlock, pool: StoredPool, owner: Owner): Promise<Attempt<AssignedAddress> | undefined> {
+    const next = read.block === undefined ? undefined : assignNext(read.block, owner);
     if (next === undefined) return undefined;
-    const written = await this.ipam.updateBlock(read, next.block);
-    return written === undefined ? RETRY : { ip: next.ip, pool: read.pool, block: block.cidr };
+    const written = await this.ipam.updateBlock(read, next.block, pool);
+    if (written === undefined) return this.lost();
+    this.remember(written);
+    return { ip: next.ip, pool: read.pool, block: next.block.cidr };
   }
 
   private retrying<T>(what: string, attempt: () => Promise<Attempt<T>>): Promise<T> {
@@ -522,6 +618,12 @@ export class Allocator {
     );
     return run;
   }
+}
+
+interface HostView {
+  readonly pools: readonly StoredPool[];
+  /** This host's blocks, in key order. */
+  readonly mine: readonly ReadBlock[];
 }
 
 /** A pool with an address in use (or an unreadable block) cannot be removed. */
@@ -575,7 +677,7 @@ function overlapError(cidr: string, existing: string): ConflictError {
 }
 
 /** The pools autoAssign may use, in the order to try them. */
-function choosePools(all: StoredPool[], family: IpFamily, requested: readonly string[] | undefined): StoredPool[] {
+function choosePools(all: readonly StoredPool[], family: IpFamily, requested: readonly string[] | undefined): StoredPool[] {
   const v = `IPv${family}`;
   if (requested === undefined || requested.length === 0) {
     const usable = all.filter((p) => p.cidr.family === family && !p.pool.disabled);

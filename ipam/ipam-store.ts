@@ -54,9 +54,9 @@ export interface IpamStore {
   /** Claims a new block (and its affinity entry) if the key is free and the pool is unchanged
    * since it was read. undefined when either condition failed. */
   createBlock(pool: StoredPool, block: Block): Promise<ReadBlock | undefined>;
-  /** Compare-and-swap on the block's revision (the affinity index follows an affinity change).
-   * undefined on conflict. */
-  updateBlock(current: ReadBlock, block: Block): Promise<ReadBlock | undefined>;
+  /** Compare-and-swap on the block's revision (the affinity index follows an affinity change);
+   * with `pool`, also only if the pool is unchanged since it was read. undefined on conflict. */
+  updateBlock(current: ReadBlock, block: Block, pool?: StoredPool): Promise<ReadBlock | undefined>;
   /** Deletes the block and its affinity entry if the block is unchanged since read. */
   deleteBlock(current: ReadBlock): Promise<boolean>;
   /** Blocks affine to `node`, in key order (pool, then block). */
@@ -126,20 +126,18 @@ export class DatastoreIpamStore implements IpamStore {
     return revision === undefined ? undefined : { key, revision, pool: pool.pool.cidr, cidr: parseCidr(block.cidr), block, error: undefined };
   }
 
-  async updateBlock(current: ReadBlock, block: Block): Promise<ReadBlock | undefined> {
+  async updateBlock(current: ReadBlock, block: Block, pool?: StoredPool): Promise<ReadBlock | undefined> {
     const value = serializeBlock(block);
     const before = current.block?.affinity ?? null;
-    let revision: string | undefined;
-    if (before === block.affinity) {
-      revision = (await this.store.update(current.key, value, current.revision))?.revision;
-    } else {
-      const ops: TxnOp[] = [{ type: 'update', key: current.key, value, revision: current.revision }];
+    const ops: TxnOp[] = [{ type: 'update', key: current.key, value, revision: current.revision }];
+    if (pool !== undefined) ops.push({ type: 'check', key: pool.key, revision: pool.revision });
+    if (before !== block.affinity) {
       if (before !== null) ops.push({ type: 'delete', key: this.keys.affinity(before, current.pool, block.cidr) });
       if (block.affinity !== null) {
         ops.push({ type: 'create', key: this.keys.affinity(block.affinity, current.pool, block.cidr), value: block.cidr });
       }
-      revision = await this.store.commit(ops);
     }
+    const revision = ops.length === 1 ? (await this.store.update(current.key, value, current.revision))?.revision : await this.store.commit(ops);
     return revision === undefined ? undefined : { ...current, revision, block, error: undefined };
   }
 

@@ -153,11 +153,12 @@ export function decodePool(text: string, source: string, expectedCidr?: string):
   );
 }
 
-/** The lowest-indexed block of pool that overlaps none of `existing` (the CIDRs of blocks already
- * in the datastore), or undefined when the pool has none left. Works on the existing blocks as
- * ranges, so the cost does not depend on how many blocks the pool has. Blocks of an unexpected
- * size are honoured too: handing out an overlapping block could give one address out twice. */
-export function firstUnclaimedBlock(pool: Pool, existing: readonly Cidr[]): Cidr | undefined {
+/** The lowest-indexed block of pool, at or after index `from` (wrapping around to the start),
+ * that overlaps none of `existing` (the CIDRs of blocks already in the datastore), or undefined
+ * when the pool has none left. Works on the existing blocks as ranges, so the cost does not
+ * depend on how many blocks the pool has. Blocks of an unexpected size are honoured too: handing
+ * out an overlapping block could give one address out twice. */
+export function firstUnclaimedBlock(pool: Pool, existing: readonly Cidr[], from = 0n): Cidr | undefined {
   const cidr = poolCidr(pool);
   const ranges: Array<readonly [bigint, bigint]> = [];
   for (const b of existing) {
@@ -170,10 +171,19 @@ export function firstUnclaimedBlock(pool: Pool, existing: readonly Cidr[]): Cidr
     ranges.push([start, start + span]);
   }
   ranges.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
-  let next = 0n;
-  for (const [start, end] of ranges) {
-    if (start > next) break;
-    if (end > next) next = end;
-  }
-  return next < blockCount(cidr, pool.blockSize) ? nthBlock(cidr, pool.blockSize, next) : undefined;
+  const count = blockCount(cidr, pool.blockSize);
+  const gapFrom = (first: bigint): bigint => {
+    let next = first;
+    for (const [start, end] of ranges) {
+      if (end <= next) continue;
+      if (start > next) break;
+      next = end;
+    }
+    return next;
+  };
+  const start = from % count;
+  const next = gapFrom(start);
+  if (next < count) return nthBlock(cidr, pool.blockSize, next);
+  const wrapped = start === 0n ? count : gapFrom(0n);
+  return wrapped < count ? nthBlock(cidr, pool.blockSize, wrapped) : undefined;
 }

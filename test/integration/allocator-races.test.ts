@@ -119,19 +119,25 @@ test("a request reads this host's blocks, never the cluster's", async (t) => {
   const setup = new Allocator({ store: real, keys, node: 'setup' });
   await setup.addPool({ cidr: '10.0.0.0/16' });
   for (let i = 0; i < 20; i++) await new Allocator({ store: real, keys, node: `other-${i}` }).autoAssign({ family: 4, owner: owner('x') });
+  await new Allocator({ store: real, keys, node: 'node-a' }).autoAssign({ family: 4, owner: owner('h') }); // claims node-a's block
+
+  // A new process for node-a (a restarted daemon) reads the pools and its own index, then its block.
   const watched = interfering(real, { match: () => false, run: async () => undefined });
   const a = new Allocator({ store: watched.store, keys, node: 'node-a' });
-  const { block } = await a.autoAssign({ family: 4, owner: owner('h') }); // claims a block: may read the pool's blocks
+  const { ip, block } = await a.autoAssign({ family: 4, owner: owner('h') });
+  t.deepEqual([...new Set(watched.lists)].sort(), [keys.hostAffinityPrefix('node-a'), keys.poolsPrefix()].sort());
+  t.deepEqual(watched.gets, [keys.block('10.0.0.0/16', block)]);
+
+  // From then on it allocates and releases on what it knows, with one conditional write each.
   watched.lists.length = 0;
   watched.gets.length = 0;
-  const ip = (await a.autoAssign({ family: 4, owner: owner('h') })).ip;
+  const next = await a.autoAssign({ family: 4, owner: owner('h') });
   t.like(await a.release({ ip, requester: { handle: 'h' } }), { status: 'released' });
-  t.deepEqual(
-    [...new Set(watched.lists)].sort(),
-    [keys.hostAffinityPrefix('node-a'), keys.poolsPrefix()].sort(),
-    'lists only the pools and its own affinity index',
-  );
-  t.true(watched.gets.length > 0 && watched.gets.every((k) => k === keys.block('10.0.0.0/16', block)), `gets: ${watched.gets.join(', ')}`);
+  t.like(await a.release({ ip: next.ip, requester: { handle: 'h' } }), { status: 'released' });
+  t.deepEqual([watched.lists, watched.gets], [[], []]);
+  // Negative answers are never given from what it knows: it reads.
+  t.deepEqual(await a.release({ ip, requester: { handle: 'h' } }), { status: 'not-allocated' });
+  t.true(watched.gets.length > 0);
 });
 
 test('hosts that must borrow start at different blocks', (t) => {
@@ -190,4 +196,26 @@ test('blocks stored by 0.1 move under their pool once, with their host index', a
   t.deepEqual(await a.autoAssign({ family: 4, owner: owner('h') }), { ip: '10.0.0.64', pool: '10.0.0.0/24', block: '10.0.0.64/26' });
   t.like(await a.release({ ip: '10.0.0.70', requester: { handle: 'h' } }), { status: 'released' });
   return undefined;
+});
+
+test('what a host knows never outlives a change made elsewhere', async (t) => {
+  const real = await openStore(t);
+  const admin = new Allocator({ store: real, keys, node: 'admin' });
+  const a = new Allocator({ store: real, keys, node: 'node-a' });
+  const a2 = new Allocator({ store: real, keys, node: 'node-a' }); // a second process with the same name
+  await admin.addPool({ cidr: '10.0.0.0/24' });
+  t.is((await a.autoAssign({ family: 4, owner: owner('h') })).ip, '10.0.0.0');
+  // The other process moves node-a's block on; a's next write loses and it reads again.
+  t.is((await a2.autoAssign({ family: 4, owner: owner('h') })).ip, '10.0.0.1');
+  t.is((await a.autoAssign({ family: 4, owner: owner('h') })).ip, '10.0.0.2');
+  t.like(await a2.release({ ip: '10.0.0.2', requester: { handle: 'h' } }), { status: 'released' });
+  t.like(await a.release({ ip: '10.0.0.1', requester: { handle: 'h' } }), { status: 'released' });
+  // A pool disabled by another host stops allocation at once.
+  await admin.setPoolDisabled('10.0.0.0/24', true);
+  await t.throwsAsync(a.autoAssign({ family: 4, owner: owner('h') }), {
+    instanceOf: PoolExhaustedError,
+    message: 'no enabled IPv4 IP pool: 10.0.0.0/24 is disabled',
+  });
+  await admin.setPoolDisabled('10.0.0.0/24', false);
+  t.is((await a.autoAssign({ family: 4, owner: owner('h') })).ip, '10.0.0.3');
 });

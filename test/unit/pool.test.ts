@@ -88,6 +88,23 @@ test('firstUnclaimedBlock: lowest gap, honouring odd-sized blocks', (t) => {
   }
 });
 
+test('firstUnclaimedBlock from an index: the first gap at or after it, wrapping around', (t) => {
+  const pool = makePool({ cidr: '10.0.0.0/28', blockSize: 30 });
+  const cases: Array<[string[], bigint, string | undefined]> = [
+    [[], 2n, '10.0.0.8/30'],
+    [[], 6n, '10.0.0.8/30'], // taken modulo the block count
+    [['10.0.0.8/30'], 2n, '10.0.0.12/30'],
+    [['10.0.0.8/30', '10.0.0.12/30'], 2n, '10.0.0.0/30'],
+    [['10.0.0.0/29'], 1n, '10.0.0.8/30'], // a larger block covering the start
+    [['10.0.0.0/30', '10.0.0.4/30', '10.0.0.8/30', '10.0.0.12/30'], 3n, undefined],
+    [['10.0.0.4/30', '10.0.0.8/30', '10.0.0.12/30'], 3n, '10.0.0.0/30'],
+  ];
+  for (const [existing, from, expected] of cases) {
+    const got = firstUnclaimedBlock(pool, existing.map((c) => parseCidr(c)), from);
+    t.is(got === undefined ? undefined : formatCidr(got), expected, `${existing.join(' ')} from ${from}`);
+  }
+});
+
 test('firstUnclaimedBlock: big pools cost what exists, not what could', (t) => {
   const pool = makePool({ cidr: 'fd00::/48' });
   const existing = ['fd00::/122', 'fd00::40/122'].map((c) => parseCidr(c));
