@@ -11,6 +11,7 @@ import { startDockerd } from '../test/harness/dockerd';
 import { startEtcd } from '../test/harness/etcd';
 import { importTestImage } from '../test/harness/image';
 import { startPlugin } from '../test/harness/plugin';
+import { percentile } from './bench-report';
 
 const DOCKER_CLI = '/usr/bin/docker';
 const IMAGE = 'calico-bench/busybox:latest';
@@ -33,12 +34,6 @@ function dockerRun(socket: string, network: string): Promise<number> {
   });
 }
 
-export function percentile(values: readonly number[], p: number): number {
-  if (values.length === 0) return Number.NaN;
-  const sorted = [...values].sort((a, b) => a - b);
-  const rank = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
-  return sorted[rank] as number;
-}
 
 /** Per-method durations from the server's debug lines: "<name> <Method> ok in <N>us". */
 export function methodLatencies(log: string): Map<string, number[]> {

@@ -26,6 +26,7 @@ import type { PolicyModel } from '../policy/render';
 import { parseSelector } from '../policy/selector';
 import type { Labels, PortRange, Profile, Rule } from '../policy/types';
 import { createNetns, deleteNetns, execInNetns } from '../test/harness/netns';
+import { median, ms, percentile, printTable } from './bench-report';
 
 const PREFIX = 'bench';
 const MARK_BIT = 0x100000;
@@ -228,30 +229,10 @@ async function timedApply(dp: PolicyDataplane, model: PolicyModel): Promise<Samp
   return { wallMs: performance.now() - t0, stats };
 }
 
-export function percentile(values: readonly number[], p: number): number {
-  if (values.length === 0) return Number.NaN;
-  const sorted = [...values].sort((a, b) => a - b);
-  const rank = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
-  return sorted[rank] as number;
-}
 
-const median = (values: readonly number[]): number => {
-  if (values.length === 0) return Number.NaN;
-  const s = [...values].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 === 1 ? (s[mid] as number) : ((s[mid - 1] as number) + (s[mid] as number)) / 2;
-};
 
-const ms = (v: number): string => (Number.isNaN(v) ? '-' : v < 10 ? `${v.toFixed(1)} ms` : `${Math.round(v)} ms`);
 const mb = (bytes: number): string => `${(bytes / 1024 / 1024).toFixed(0)} MB`;
 
-interface Row {
-  readonly what: string;
-  readonly value: string;
-  readonly target?: string;
-  readonly pass?: boolean;
-  readonly detail?: string;
-}
 
 function phases(samples: readonly Sample[]): string {
   const p = (k: keyof ApplyStats['phasesMs']) => median(samples.map((s) => s.stats.phasesMs[k]));
@@ -261,20 +242,6 @@ function phases(samples: readonly Sample[]): string {
   return `render ${ms(p('render'))}, diff ${ms(p('diff'))}, write ${ms(p('write'))}; ${procs} proc, ${chains} chains, ${sets} sets`;
 }
 
-function printTable(rows: readonly Row[]): void {
-  const w = [
-    Math.max(...rows.map((r) => r.what.length)),
-    Math.max(...rows.map((r) => r.value.length)),
-    Math.max(...rows.map((r) => (r.target ?? '').length)),
-  ];
-  for (const r of rows) {
-    const result = r.pass === undefined ? '    ' : r.pass ? 'PASS' : 'MISS';
-    console.log(
-      `${r.what.padEnd(w[0] as number)}  ${r.value.padStart(w[1] as number)}  ${(r.target ?? '').padEnd(w[2] as number)}  ${result}` +
-        (r.detail === undefined ? '' : `  ${r.detail}`),
-    );
-  }
-}
 
 function toolVersion(): Promise<string> {
   return new Promise((resolve) => {
