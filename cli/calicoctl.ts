@@ -9,6 +9,7 @@ import { Allocator } from '../ipam/allocator';
 import { InvalidRequestError } from '../lib/errors';
 import type { CliIo, Handler } from './context';
 import { ipamCommands } from './ipam-commands';
+import { nodeCommands } from './node-commands';
 import { parseFormat } from './output';
 import { policyCommands } from './policy-commands';
 
@@ -22,6 +23,7 @@ Commands:
   pool remove <cidr>                                                 remove an unused IP pool
   endpoint list                                                      list workload endpoints
   ipam show                                                          show blocks, owners, used/free
+  node list                                                          hosts: addresses, blocks, endpoints, alive
   apply -f <file.yaml|file.json|->                                   create or replace profiles
   get profile [name]                                                 show profiles
   delete profile <name>                                              delete a profile
@@ -34,7 +36,7 @@ Options:
 
 The datastore is etcd when ETCD_ENDPOINTS is set, else the embedded store in CALICO_DATA_DIR.`;
 
-const commands: Record<string, Handler> = { ...ipamCommands, ...policyCommands };
+const commands: Record<string, Handler> = { ...ipamCommands, ...policyCommands, ...nodeCommands };
 
 function findCommand(positionals: string[]): { handler: Handler; args: string[] } {
   for (const words of [2, 1]) {

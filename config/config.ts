@@ -5,6 +5,7 @@ import { hostname } from 'node:os';
 import { isAbsolute } from 'node:path';
 import { ConfigError, errorMessage } from '../lib/errors';
 import { assertPolicyPrefix } from '../policy/names';
+import { type HostAddressSetting, parseHostAddressSetting } from './host-address';
 
 export interface EtcdConfig {
   readonly endpoints: string[];
@@ -39,6 +40,9 @@ export interface Config {
   readonly iptablesChainPrefix: string;
   /** Docker API socket, used to look up network names and container labels. */
   readonly dockerSocket: string;
+  /** This host's addresses between hosts (IP / IP6 and their autodetection methods). */
+  readonly hostIpv4: HostAddressSetting;
+  readonly hostIpv6: HostAddressSetting;
 }
 
 export const DEFAULTS = {
@@ -194,5 +198,7 @@ export function parseConfig(env: Env, defaultNodeName: string = hostname()): Con
     ...(defaultIpv6Pool !== undefined && { defaultIpv6Pool }),
     iptablesChainPrefix: chainPrefix(env),
     dockerSocket: dockerSocket(env),
+    hostIpv4: parseHostAddressSetting(env, 4),
+    hostIpv6: parseHostAddressSetting(env, 6),
   };
 }

@@ -78,7 +78,14 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
     if (moved > 0) log.info('moved %d IPAM blocks to the per-pool layout', moved);
     const allocator = new Allocator({ store, keys, node: config.nodeName });
     await ensureDefaultPools(allocator, pools);
-    await registerNode(store, keys, config);
+    const registration = await registerNode(store, keys, config, ns, (m) => log.warn('%s', m));
+    closers.push(() => registration.stop());
+    log.info(
+      'node %s: IPv4 %s, IPv6 %s',
+      config.nodeName,
+      registration.node.ipv4Address ?? 'none',
+      registration.node.ipv6Address ?? 'none',
+    );
     await ensureHostForwarding({ ipv6: false }, ns);
     // The agent owns our iptables chains; it programs everything before Docker can reach us.
     const agent = new PolicyAgent(store, keys, config.nodeName, new PolicyDataplane({ prefix: config.iptablesChainPrefix, markBit: POLICY_MARK_BIT, ifPrefix: config.hostIfPrefix, ...ns }));

@@ -11,6 +11,7 @@ import {
   isRecoverableError,
   type IKeyValue,
   type IOperation,
+  type Lease,
   type IOptions,
   type IRangeResponse,
 } from 'etcd3';
@@ -39,6 +40,12 @@ const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
 /** Keeps each list response far below gRPC's 4 MiB default message limit. */
 const LIST_PAGE_SIZE = 256;
 const LIST_ATTEMPTS = 3;
+const HOLD_RETRY_MS = 2_000;
+
+export interface HeldKey {
+  /** Deletes the key now and stops renewing it. */
+  release(): Promise<void>;
+}
 
 type GlobalPolicy = NonNullable<NonNullable<IOptions['faultHandling']>['global']>;
 
@@ -52,6 +59,8 @@ const SINGLE_ATTEMPT: GlobalPolicy = {
 
 export class EtcdStore implements Datastore {
   private readonly watches = new Set<Watch>();
+  /** Leases of held keys: close() stops renewing them (without revoking), as a process exit would. */
+  private readonly leases = new Set<Lease>();
   private closed = false;
   private readonly where: string;
 
@@ -173,6 +182,46 @@ export class EtcdStore implements Datastore {
     return res.succeeded ? res.header.revision : undefined;
   }
 
+  /** Keeps `key` = `value` for as long as this client lives: bound to an etcd lease of
+   * `ttlSeconds` that the client renews; if this process dies the key goes after the TTL. A lease
+   * lost while etcd was unreachable is granted again once etcd answers. release() deletes it now. */
+  async holdKey(key: string, value: string, ttlSeconds: number): Promise<HeldKey> {
+    requireKey(key);
+    this.assertOpen();
+    let released = false;
+    let lease: Lease | undefined;
+    let retry: NodeJS.Timeout | undefined;
+    const grant = async (): Promise<void> => {
+      if (lease !== undefined) this.leases.delete(lease);
+      const next = this.client.lease(ttlSeconds);
+      lease = next;
+      this.leases.add(next);
+      next.on('lost', () => {
+        if (!released && !this.closed) retry = setTimeout(regrant, HOLD_RETRY_MS);
+      });
+      await next.put(key).value(value);
+    };
+    const regrant = (): void => {
+      grant().catch(() => {
+        if (!released && !this.closed) retry = setTimeout(regrant, HOLD_RETRY_MS);
+      });
+    };
+    try {
+      await grant();
+    } catch (err) {
+      lease?.release();
+      throw this.unavailable(`hold ${key}`, err);
+    }
+    return {
+      release: async () => {
+        released = true;
+        clearTimeout(retry);
+        if (lease !== undefined) this.leases.delete(lease);
+        await lease?.revoke().catch(() => undefined);
+      },
+    };
+  }
+
   async watch(prefix: string, handlers: WatchHandlers, options: WatchOptions = {}): Promise<Watch> {
     requirePrefix(prefix);
     const after = options.afterRevision === undefined ? undefined : parseRevision(options.afterRevision);
@@ -203,6 +252,8 @@ export class EtcdStore implements Datastore {
     this.closed = true;
     await Promise.all([...this.watches].map((w) => w.close()));
     this.watches.clear();
+    for (const lease of this.leases) lease.release();
+    this.leases.clear();
     this.client.close();
   }
 

@@ -9,6 +9,7 @@
 //   <root>/networks/<networkId>         Docker network     (model/network.ts)
 //   <root>/profiles/<name>              policy profile     (model/profile.ts)
 //   <root>/nodes/<node>/info            host registration  (model/node.ts)
+//   <root>/nodes/<node>/alive           present while the host's daemon runs (etcd lease)
 //   <root>/nodes/<node>/endpoints/<id>  workload endpoint  (model/endpoint.ts)
 //
 // CIDRs are written with '-' for '/', as Calico did (10.0.0.0-26, fd00::-122), so a key segment
@@ -73,6 +74,9 @@ export class Keys {
   }
   node(node: string): string {
     return `${this.nodesPrefix()}${node}/info`;
+  }
+  nodeAlive(node: string): string {
+    return `${this.nodesPrefix()}${node}/alive`;
   }
   endpointsPrefix(node: string): string {
     return `${this.nodesPrefix()}${node}/endpoints/`;

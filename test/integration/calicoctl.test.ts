@@ -11,7 +11,7 @@ let plugin: Plugin;
 
 test.before(async () => {
   // No Docker is needed for pool management; the socket path only has to be well-formed.
-  plugin = await startPlugin({ dockerSocket: '/nonexistent/docker.sock', ipv4Pool: '198.18.64.0/24' });
+  plugin = await startPlugin({ dockerSocket: '/nonexistent/docker.sock', ipv4Pool: '198.18.64.0/24', env: { IP: '198.18.200.7/24' } });
 });
 
 test.after.always(async () => {
@@ -42,6 +42,16 @@ test.serial('pool add, list in every format, and remove', async (t) => {
   t.is(removed.code, 0, removed.stderr);
   const after = JSON.parse((await calicoctl(plugin, ['pool', 'list', '-o', 'json'])).stdout) as { cidr: string }[];
   t.false(after.some((p) => p.cidr === '198.18.80.0/24'));
+});
+
+test.serial('node list: this host, its address, blocks and endpoints, alive while its daemon serves', async (t) => {
+  const json = await calicoctl(plugin, ['node', 'list', '-o', 'json']);
+  t.is(json.code, 0, json.stderr);
+  const nodes = JSON.parse(json.stdout) as Array<{ name: string; ipv4Address: string; ipv6Address: string; blocks: string[]; endpoints: number; alive: boolean }>;
+  t.like(nodes.find((n) => n.name === plugin.node), { ipv4Address: '198.18.200.7/24', ipv6Address: '', endpoints: 0, alive: true });
+  const table = await calicoctl(plugin, ['node', 'list']);
+  t.regex(table.stdout, /^NAME\s+IPV4\s+IPV6\s+BLOCKS\s+ENDPOINTS\s+ALIVE$/m);
+  t.regex(table.stdout, new RegExp(`^${plugin.node}\\s+198\\.18\\.200\\.7/24\\s+-\\s+\\d+\\s+0\\s+yes$`, 'm'));
 });
 
 test.serial('bad input is refused with a clear message and changes nothing', async (t) => {

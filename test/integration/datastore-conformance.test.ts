@@ -732,3 +732,33 @@ test('etcd: an unreachable endpoint fails fast without revealing credentials', a
   t.true(err?.message.includes('http://127.0.0.1:1'));
   t.false(err?.message.includes('hunter2-secret'));
 });
+
+test('etcd: a held key lives while its client does, and goes on release or after the TTL', async (t) => {
+  const { handle, admin } = etcdHandles();
+  const prefix = `/held/${randomUUID()}/`;
+  t.teardown(async () => {
+    await admin.delete().prefix(prefix);
+  });
+  const owner = await EtcdStore.open({ endpoints: handle.endpoints });
+  t.teardown(() => owner.close());
+  const reader = await EtcdStore.open({ endpoints: handle.endpoints });
+  t.teardown(() => reader.close());
+
+  const released = await owner.holdKey(`${prefix}a`, 'alive', 2);
+  await new Promise((resolve) => setTimeout(resolve, 3_000));
+  t.is((await reader.get(`${prefix}a`))?.value, 'alive', 'renewed past its TTL');
+  await released.release();
+  t.is(await reader.get(`${prefix}a`), undefined, 'gone at once on release');
+
+  // A client that dies without releasing: the key goes when the TTL runs out.
+  const dying = await EtcdStore.open({ endpoints: handle.endpoints });
+  await dying.holdKey(`${prefix}b`, 'alive', 2);
+  await dying.close();
+  t.is((await reader.get(`${prefix}b`))?.value, 'alive');
+  let gone = false;
+  for (let i = 0; i < 40 && !gone; i++) {
+    await new Promise((resolve) => setTimeout(resolve, 250));
+    gone = (await reader.get(`${prefix}b`)) === undefined;
+  }
+  t.true(gone, 'expired within 10 s of a 2 s TTL');
+});
