@@ -35,7 +35,7 @@ import {
   type StaticRoute,
 } from '../protocol/network-driver-api';
 import { route, type Route } from '../protocol/plugin-server';
-import { decode } from '../protocol/validate';
+import { decode } from '../lib/validate';
 import type { EndpointDataplane, NetworkNameLookup } from './endpoint-dataplane';
 
 /** What the driver needs from the policy side: who finds labels, and who programs the rules. */
