@@ -14,7 +14,6 @@ import { parseStored, serialize } from '../model/codec';
 import { Endpoint } from '../model/endpoint';
 import { Network } from '../model/network';
 import { CREATED_BY_ANNOTATION, PROFILE_NAME, decodeProfile, defaultProfile, encodeProfile } from '../model/profile';
-import { GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE } from '../ipam/ipam-driver';
 import {
   AllocateNetworkRequest,
   CreateEndpointRequest,
@@ -37,6 +36,7 @@ import {
 import { route, type Route } from '../protocol/plugin-server';
 import { decode } from '../lib/validate';
 import type { EndpointDataplane, NetworkNameLookup } from './endpoint-dataplane';
+import { GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE } from './ipam-driver';
 
 /** What the driver needs from the policy side: who finds labels, and who programs the rules. */
 export interface EndpointPolicy {
