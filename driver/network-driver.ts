@@ -13,7 +13,8 @@ import { logger } from '../lib/log';
 import { parseStored, serialize } from '../model/codec';
 import { Endpoint } from '../model/endpoint';
 import { Network } from '../model/network';
-import { CREATED_BY_ANNOTATION, PROFILE_NAME, decodeProfile, defaultProfile, encodeProfile } from '../model/profile';
+import { decodeProfile, encodeProfile } from '../model/profile';
+import { CREATED_BY_ANNOTATION, PROFILE_NAME, defaultProfile } from '../policy/profile-resource';
 import {
   AllocateNetworkRequest,
   CreateEndpointRequest,
