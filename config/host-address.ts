@@ -7,7 +7,10 @@
 //   IP_AUTODETECTION_METHOD /    first-found (default), interface=<regex>, skip-interface=<regex>,
 //   IP6_AUTODETECTION_METHOD     can-reach=<address>
 import { isIP } from 'node:net';
+import type { InterfaceAddresses } from '../dataplane/host-address';
 import { ConfigError } from '../lib/errors';
+
+export type { InterfaceAddresses };
 
 export type IpFamily = 4 | 6;
 
@@ -21,13 +24,6 @@ export type HostAddressSetting =
   | { readonly kind: 'none' }
   | { readonly kind: 'address'; readonly address: string; readonly prefix?: number }
   | { readonly kind: 'autodetect'; readonly method: AutodetectMethod };
-
-/** An interface and its addresses, as `ip -j addr show` reports them (the fields used here). */
-export interface InterfaceAddresses {
-  readonly name: string;
-  readonly up: boolean;
-  readonly addresses: ReadonlyArray<{ readonly address: string; readonly prefix: number; readonly scope: string }>;
-}
 
 export interface DetectedAddress {
   /** address/prefix, the prefix being the subnet of the interface that holds it. */

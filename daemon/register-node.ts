@@ -8,7 +8,7 @@ import type { Datastore } from '../datastore/datastore';
 import { EtcdStore } from '../datastore/etcd-store';
 import type { Keys } from '../datastore/keys';
 import type { DetectedAddress } from '../config/host-address';
-import { NoHostAddressError, detectHostAddress } from '../dataplane/host-address';
+import { NoHostAddressError, detectHostAddress } from './host-address';
 import type { NetnsOption } from '../dataplane/veth';
 import { serialize } from '../model/codec';
 import type { Node } from '../model/node';

@@ -1,20 +1,17 @@
 // Reads what host-address detection needs from the kernel: the interfaces with their addresses
-// (`ip -j addr show`) and, for can-reach, the source address of the route to a destination
-// (`ip -j route get`, which asks the routing table and sends no packet).
-import {
-  type DetectedAddress,
-  type HostAddressSetting,
-  type InterfaceAddresses,
-  type IpFamily,
-  chooseHostAddress,
-  completeHostAddress,
-} from '../config/host-address';
-import { ConfigError, DataplaneError, errorMessage } from '../lib/errors';
+// (`ip -j addr show`) and the source address of the route to a destination (`ip -j route get`,
+// which asks the routing table and sends no packet). The choice is config/host-address.ts's.
+import { DataplaneError, errorMessage } from '../lib/errors';
 import { run } from './exec';
 import { assertNetnsName } from './names';
 import type { NetnsOption } from './veth';
 
-export class NoHostAddressError extends ConfigError {}
+/** An interface and its addresses, as `ip -j addr show` reports them (the fields used here). */
+export interface InterfaceAddresses {
+  readonly name: string;
+  readonly up: boolean;
+  readonly addresses: ReadonlyArray<{ readonly address: string; readonly prefix: number; readonly scope: string }>;
+}
 
 interface IpAddrJson {
   ifname?: string;
@@ -25,46 +22,6 @@ interface IpAddrJson {
 interface IpRouteJson {
   dev?: string;
   prefsrc?: string;
-}
-
-/** The host's address for `family` per its setting; undefined for 'none'. Detection that finds
- * nothing is a NoHostAddressError: the caller decides whether a host without an address between
- * hosts can go on (a single host can). */
-export async function detectHostAddress(
-  setting: HostAddressSetting,
-  family: IpFamily,
-  opts: NetnsOption = {},
-): Promise<DetectedAddress | undefined> {
-  if (setting.kind === 'none') return undefined;
-  const interfaces = await listInterfaces(opts);
-  if (setting.kind === 'address') {
-    return setting.prefix === undefined
-      ? completeHostAddress(interfaces, setting.address, family)
-      : { cidr: `${setting.address}/${setting.prefix}`, interface: undefined };
-  }
-  const method = setting.method;
-  const source = method.kind === 'can-reach' ? await routeSource(method.destination, opts) : undefined;
-  const found = chooseHostAddress(interfaces, family, method, source);
-  if (found === undefined) {
-    const name = family === 4 ? 'IP_AUTODETECTION_METHOD' : 'IP6_AUTODETECTION_METHOD';
-    throw new NoHostAddressError(
-      `no IPv${family} address found for this host with ${name}=${describe(setting)}; set ${family === 4 ? 'IP' : 'IP6'} to the address, another method, or 'none'`,
-    );
-  }
-  return found;
-}
-
-function describe(setting: Extract<HostAddressSetting, { kind: 'autodetect' }>): string {
-  const m = setting.method;
-  switch (m.kind) {
-    case 'first-found':
-      return 'first-found';
-    case 'interface':
-    case 'skip-interface':
-      return `${m.kind}=${m.pattern.source}`;
-    case 'can-reach':
-      return `can-reach=${m.destination}`;
-  }
 }
 
 export async function listInterfaces(opts: NetnsOption = {}): Promise<InterfaceAddresses[]> {
@@ -78,7 +35,8 @@ export async function listInterfaces(opts: NetnsOption = {}): Promise<InterfaceA
   }));
 }
 
-async function routeSource(destination: string, opts: NetnsOption): Promise<{ address: string; interface: string } | undefined> {
+/** Source address and interface of the route to `destination`; undefined when there is none. */
+export async function routeSource(destination: string, opts: NetnsOption): Promise<{ address: string; interface: string } | undefined> {
   try {
     const { stdout } = await run('ip', [...ns(opts), '-j', 'route', 'get', destination], `find the route to ${destination}`);
     const r = parse<IpRouteJson[]>(stdout, `find the route to ${destination}`)?.[0];

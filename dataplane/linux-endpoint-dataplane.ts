@@ -1,8 +1,8 @@
 // The Linux implementation of the driver's EndpointDataplane: veths, host routes and sysctls via
 // iproute2 (dataplane/veth.ts).
-import type { AttachedVeth, EndpointDataplane, VethSpec } from '../driver/endpoint-dataplane';
 import { errorMessage } from '../lib/errors';
 import { logger } from '../lib/log';
+import type { AttachedVeth, EndpointDataplane, VethSpec } from './endpoint-dataplane';
 import { createEndpointVeth, ensureHostForwarding, removeEndpointVeth, type NetnsOption } from './veth';
 
 const log = logger('dataplane');

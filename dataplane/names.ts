@@ -1,34 +1,17 @@
 // Pure naming and validation for the dataplane. Interface names are derived from the endpoint ID so
 // Leave/DeleteEndpoint find the veth without stored state, and every name or address is checked
-// here before it can reach a kernel tool.
+// here (interface names by lib/interface-names.ts) before it can reach a kernel tool.
 
 import { isIPv4, isIPv6 } from 'node:net';
 import { InvalidRequestError } from '../lib/errors.js';
+import { assertIfName } from '../lib/interface-names.js';
 
-export const HOST_IF_PREFIX = 'cali';
 export const TEMP_PEER_PREFIX = 'tmp';
 /** Characters of the endpoint ID used in interface names (Calico's convention). */
 export const ENDPOINT_ID_CHARS = 11;
-/** IFNAMSIZ is 16 including the terminating NUL. */
-export const MAX_IF_NAME_LENGTH = 15;
 
-const IF_NAME_RE = /^[A-Za-z0-9_.-]{1,15}$/;
 const ENDPOINT_ID_RE = /^[0-9a-fA-F]{12,256}$/;
 const MAC_RE = /^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/;
-
-export function isValidIfName(name: string): boolean {
-  return IF_NAME_RE.test(name) && name !== '.' && name !== '..';
-}
-
-export function assertIfName(name: string, what = 'interface name'): string {
-  if (typeof name !== 'string' || !isValidIfName(name)) {
-    throw new InvalidRequestError(
-      `invalid ${what} ${JSON.stringify(name)}: expected 1-${MAX_IF_NAME_LENGTH} characters of ` +
-        `A-Z a-z 0-9 _ . - (not "." or "..")`,
-    );
-  }
-  return name;
-}
 
 /** Docker endpoint IDs are 64 hex characters; at least 12 are required here. */
 export function isValidEndpointId(id: string): boolean {

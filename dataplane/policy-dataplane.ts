@@ -31,8 +31,9 @@ import {
   type PlanStats,
   type PolicyPlan,
 } from '../policy/diff.js';
+import { HOST_IF_PREFIX } from '../policy/names.js';
 import { CommandError, run, runWithInput } from './exec.js';
-import { assertNetnsName, HOST_IF_PREFIX } from './names.js';
+import { assertNetnsName } from './names.js';
 import type { NetnsOption } from './veth.js';
 
 /** iptables-restore of a large ruleset can take a while on a busy host. */

@@ -19,9 +19,9 @@
 import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { DataplaneError, errorMessage, InvalidRequestError } from '../lib/errors.js';
+import { assertIfName } from '../lib/interface-names.js';
 import { CommandError, run, runWithInput } from './exec.js';
 import {
-  assertIfName,
   assertNetnsName,
   assertUnicastMac,
   type HostAddress,

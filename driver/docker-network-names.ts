@@ -4,7 +4,7 @@
 import Docker from 'dockerode';
 import { errorMessage } from '../lib/errors';
 import { logger } from '../lib/log';
-import type { NetworkNameLookup } from './endpoint-dataplane';
+import type { NetworkNameLookup } from './network-driver';
 
 const log = logger('docker');
 const LOOKUP_TIMEOUT_MS = 5_000;

@@ -5,6 +5,7 @@
 import type { Datastore } from '../datastore/datastore';
 import type { Keys } from '../datastore/keys';
 import { hostVethName, parseHostAddress, tempPeerName } from '../dataplane/names';
+import type { EndpointDataplane } from '../dataplane/endpoint-dataplane';
 import { CONTAINER_GATEWAY_V4 } from '../dataplane/veth';
 import type { Allocator } from '../ipam/allocator';
 import { addressPart, normalizeCidr, parseCidr, type IpFamily } from '../ipam/cidr';
@@ -13,8 +14,8 @@ import { logger } from '../lib/log';
 import { parseStored, serialize } from '../model/codec';
 import { Endpoint } from '../model/endpoint';
 import { Network } from '../model/network';
-import { CREATED_BY_ANNOTATION, PROFILE_NAME, decodeProfile, defaultProfile, encodeProfile } from '../model/profile';
-import { GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE } from '../ipam/ipam-driver';
+import { decodeProfile, encodeProfile } from '../model/profile';
+import { CREATED_BY_ANNOTATION, PROFILE_NAME, defaultProfile } from '../policy/profile-resource';
 import {
   AllocateNetworkRequest,
   CreateEndpointRequest,
@@ -35,8 +36,8 @@ import {
   type StaticRoute,
 } from '../protocol/network-driver-api';
 import { route, type Route } from '../protocol/plugin-server';
-import { decode } from '../protocol/validate';
-import type { EndpointDataplane, NetworkNameLookup } from './endpoint-dataplane';
+import { decode } from '../lib/validate';
+import { GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE } from './ipam-driver';
 
 /** What the driver needs from the policy side: who finds labels, and who programs the rules. */
 export interface EndpointPolicy {
@@ -44,6 +45,11 @@ export interface EndpointPolicy {
   resolveLabelsLater(endpointId: string, networkId: string): void;
   /** Resolves true once the endpoint's full policy is in the kernel (false on timeout). */
   waitProgrammed(endpointId: string, timeoutMs: number): Promise<boolean>;
+}
+
+/** Looks up Docker's name for a network (CreateNetwork carries only the ID). */
+export interface NetworkNameLookup {
+  networkName(networkId: string): Promise<string | undefined>;
 }
 
 const log = logger('driver');

@@ -2,7 +2,7 @@
 // so a hand-edited or foreign record is reported with its key instead of crashing a handler.
 import type { KeyValue } from '../datastore/datastore';
 import { CorruptDataError, InvalidRequestError } from '../lib/errors';
-import { decode, type Decoder } from '../protocol/validate';
+import { decode, type Decoder } from '../lib/validate';
 
 export function parseStored<T>(decoder: Decoder<T>, kv: KeyValue): T {
   let raw: unknown;

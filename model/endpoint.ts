@@ -1,7 +1,7 @@
 // A workload endpoint: one container's attachment to one network on one host. Stored under its
 // node so a host lists only its own endpoints, and so policy agents on other hosts can find the
 // addresses behind a profile or label.
-import { array, bool, object, optional, record, str, withDefault } from '../protocol/validate';
+import { array, bool, object, optional, record, str, withDefault } from '../lib/validate';
 
 export const Endpoint = object({
   id: str,

@@ -1,7 +1,7 @@
 // A Docker network served by this plugin, recorded at CreateNetwork. The profile name is known
 // only once Docker has stored the network (CreateNetwork carries no name), so it is filled in by
 // the first CreateEndpoint.
-import { array, bool, object, optional, record, str, unknownValue, withDefault } from '../protocol/validate';
+import { array, bool, object, optional, record, str, unknownValue, withDefault } from '../lib/validate';
 
 export const Network = object({
   id: str,

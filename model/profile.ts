@@ -7,9 +7,6 @@ import { CorruptDataError, InvalidRequestError } from '../lib/errors';
 import { parseProfileResource, profileToResource } from '../policy/profile-resource';
 import type { Profile } from '../policy/types';
 
-export { CREATED_BY_ANNOTATION, PROFILE_NAME, defaultProfile } from '../policy/profile-resource';
-export type { Profile } from '../policy/types';
-
 /** The stored value. Round-trips through the parser first, so nothing is ever written that a
  * reader would refuse (throws InvalidRequestError for a hand-built Profile that is invalid). */
 export function encodeProfile(p: Profile): string {

@@ -15,6 +15,9 @@ export const MAX_SET_NAME_LENGTH = 31;
 const CHAIN_HASH_CHARS = 14;
 const SET_HASH_CHARS = 16;
 
+/** Default host interface prefix: the host ends of the veths are `cali<11 of endpoint ID>`. */
+export const HOST_IF_PREFIX = 'cali';
+
 const PREFIX_RE = /^[a-z][a-z0-9]{0,7}$/;
 const IF_PREFIX_RE = /^[A-Za-z0-9_.-]{1,14}$/;
 /** Profile names that may appear literally in a chain name; others are hashed. A literal name

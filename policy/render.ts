@@ -42,11 +42,11 @@
 // assembles them; it re-exports what importers use, so they need not know the layout.
 
 import { InvalidRequestError } from '../lib/errors.js';
-import { assertIfName, HOST_IF_PREFIX, isValidIfName } from '../dataplane/names.js';
+import { assertIfName, isValidIfName } from '../lib/interface-names.js';
 import { canonicalHostAddresses, parseNet, setMembers } from './addresses.js';
 import { renderDispatch, type DispatchEntry } from './dispatch.js';
 import { comment, cmp } from './iptables-text.js';
-import { assertIfPrefix, assertMarkBit, assertPolicyPrefix, endpointChainName, natSetNames, profileChainName, topChainNames } from './names.js';
+import { assertIfPrefix, assertMarkBit, assertPolicyPrefix, endpointChainName, HOST_IF_PREFIX, natSetNames, profileChainName, topChainNames } from './names.js';
 import {
   CACHE_SLACK,
   endpointRulesRoot,

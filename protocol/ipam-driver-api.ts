@@ -1,5 +1,5 @@
 // IpamDriver wire types, named as libnetwork names them, with their request decoders.
-import { bool, object, record, str, withDefault } from './validate';
+import { bool, object, record, str, withDefault } from '../lib/validate';
 
 export const IPAM_DRIVER = 'IpamDriver';
 

@@ -1,7 +1,10 @@
 // NetworkDriver wire types, named as libnetwork names them, with their request decoders.
-import { array, dockerId, num, object, optional, record, str, unknownValue, withDefault, type Decoder } from './validate';
+import { array, num, object, optional, pattern, record, str, unknownValue, withDefault, type Decoder } from '../lib/validate';
 
 export const NETWORK_DRIVER = 'NetworkDriver';
+
+/** Docker's network and endpoint IDs: 64 hex characters (we accept 12+ for hand-made requests). */
+export const dockerId = pattern(/^[0-9a-f]{12,64}$/, 'a Docker ID (12 to 64 lower-case hex characters)');
 
 const options = withDefault(record(unknownValue), {});
 

@@ -10,7 +10,7 @@ import express, { type NextFunction, type Request, type Response } from 'express
 import { InvalidRequestError, errorMessage } from '../lib/errors';
 import { logger } from '../lib/log';
 import { toWireError, type ErrorKey } from './error-funnel';
-import { decode, type Decoder } from './validate';
+import { decode, type Decoder } from '../lib/validate';
 
 const log = logger('server');
 

@@ -7,11 +7,10 @@ import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { DataplaneError, InvalidRequestError } from '../../lib/errors.js';
+import { assertIfName, isValidIfName } from '../../lib/interface-names.js';
 import {
-  assertIfName,
   hostVethName,
   isValidEndpointId,
-  isValidIfName,
   parseHostAddress,
   tempPeerName,
 } from '../../dataplane/names.js';

@@ -1,7 +1,7 @@
 // Host-address detection against a real kernel: a throwaway namespace with dummy interfaces.
 import test, { type ExecutionContext } from 'ava';
 import { parseHostAddressSetting } from '../../config/host-address';
-import { NoHostAddressError, detectHostAddress } from '../../dataplane/host-address';
+import { NoHostAddressError, detectHostAddress } from '../../daemon/host-address';
 import { run } from '../../dataplane/exec';
 import { createNetns, deleteNetns } from '../harness/netns';
 

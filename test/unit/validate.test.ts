@@ -2,7 +2,7 @@ import test from 'ava';
 import { InvalidRequestError } from '../../lib/errors';
 import { CreateEndpointRequest, CreateNetworkRequest, JoinRequest } from '../../protocol/network-driver-api';
 import { RequestAddressRequest, RequestPoolRequest } from '../../protocol/ipam-driver-api';
-import { decode } from '../../protocol/validate';
+import { decode } from '../../lib/validate';
 
 const NET = '33e8c3ffd93bb1588888b07ef41c7bfd7bae094675c6b6fff644993d149b1523';
 const EP = '22e5b9dd1c9566f75df28f03d3fa107f3ba89a442e658d265191988f71a2a48d';

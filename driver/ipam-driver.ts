@@ -1,6 +1,10 @@
 // The IpamDriver: Docker's view of our pools. Without --subnet a network is served by every
 // enabled pool of its family (Docker sees 0.0.0.0/0 or ::/0); with --subnet it is served by
 // exactly that pool. Addresses are /32 (/128): containers are routed, not bridged.
+import type { Allocator } from '../ipam/allocator';
+import type { Owner, Requester } from '../ipam/block';
+import { addressPart, containsIp, familyBits, formatIp, normalizeCidr, parseCidr, parseIp, type IpFamily } from '../ipam/cidr';
+import { type Pool, poolFamily } from '../ipam/pool';
 import { ConflictError, InvalidRequestError, NotFoundError } from '../lib/errors';
 import {
   GATEWAY_DATA_KEY,
@@ -13,10 +17,6 @@ import {
   type RequestPoolResponse,
 } from '../protocol/ipam-driver-api';
 import { route, type Route } from '../protocol/plugin-server';
-import type { Allocator } from './allocator';
-import type { Owner, Requester } from './block';
-import { addressPart, containsIp, familyBits, formatIp, normalizeCidr, parseCidr, parseIp, type IpFamily } from './cidr';
-import { type Pool, poolFamily } from './pool';
 
 export const LOCAL_ADDRESS_SPACE = 'CalicoLocalAddressSpace';
 export const GLOBAL_ADDRESS_SPACE = 'CalicoGlobalAddressSpace';

@@ -1,5 +1,5 @@
 // What the network driver needs from the kernel, as an interface: the driver decides *what* an
-// endpoint looks like, the Linux adapter (dataplane/linux-endpoint-dataplane.ts) does it.
+// endpoint looks like, the Linux adapter (linux-endpoint-dataplane.ts) does it.
 
 export interface VethSpec {
   readonly hostIf: string;
@@ -25,9 +25,4 @@ export interface EndpointDataplane {
   /** Starts removing the veth without waiting for it (the kernel takes ~20 ms to delete a veth
    * pair); attach and detach of the same interface wait for it to finish. */
   startDetach(hostIf: string): void;
-}
-
-/** Looks up Docker's name for a network (CreateNetwork carries only the ID). */
-export interface NetworkNameLookup {
-  networkName(networkId: string): Promise<string | undefined>;
 }

@@ -1,7 +1,8 @@
-// A small schema checker for request bodies. Docker's payloads are simple (strings, booleans,
-// maps, arrays of small objects), so a few composable decoders are clearer than a schema library,
-// and they produce typed values plus an error that names the offending field.
-import { InvalidRequestError } from '../lib/errors';
+// A small schema checker for JSON: Docker's request bodies (protocol/) and stored documents
+// (model/). Both are simple (strings, booleans, maps, arrays of small objects), so a few composable
+// decoders are clearer than a schema library, and they produce typed values plus an error that
+// names the offending field.
+import { InvalidRequestError } from './errors';
 
 export type Decoder<T> = (value: unknown, path: string) => T;
 
@@ -67,9 +68,6 @@ export function pattern(re: RegExp, what: string): Decoder<string> {
     return s;
   };
 }
-
-/** Docker's network and endpoint IDs: 64 hex characters (we accept 12+ for hand-made requests). */
-export const dockerId = pattern(/^[0-9a-f]{12,64}$/, 'a Docker ID (12 to 64 lower-case hex characters)');
 
 export function decode<T>(d: Decoder<T>, value: unknown): T {
   return d(value, '');
