@@ -1,0 +1,135 @@
+// The agent's sync loop and policy manager without a kernel: fake managers and a fake policy
+// applier over a real (embedded, temporary) datastore.
+import test, { type ExecutionContext } from 'ava';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Agent } from '../../agent/agent';
+import type { Manager } from '../../agent/sync-loop';
+import { SyncLoop } from '../../agent/sync-loop';
+import type { KeyValue } from '../../datastore/datastore';
+import { EmbeddedStore } from '../../datastore/embedded-store';
+import { Keys } from '../../datastore/keys';
+import { logger } from '../../lib/log';
+import type { PolicyModel } from '../../policy/render';
+
+const keys = new Keys('/agent-test');
+const log = logger('agent-test');
+
+async function openStore(t: ExecutionContext): Promise<EmbeddedStore> {
+  const dir = await mkdtemp(join(tmpdir(), 'calico-agent-'));
+  const store = await EmbeddedStore.open(dir);
+  t.teardown(async () => {
+    await store.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+  return store;
+}
+
+/** Records what the loop asks of it; cares about keys under its prefix; fails on demand. */
+class FakeManager implements Manager {
+  readonly calls: string[] = [];
+  readonly known = new Map<string, string>();
+  failNext = false;
+  applied = 0;
+  private notify: (() => void) | undefined;
+  constructor(
+    readonly name: string,
+    private readonly prefix: string,
+  ) {}
+  update(key: string, kv: KeyValue | undefined): boolean {
+    if (!key.startsWith(this.prefix)) return false;
+    if (kv === undefined) this.known.delete(key);
+    else this.known.set(key, kv.value);
+    this.calls.push(`update ${key.slice(this.prefix.length)}`);
+    return true;
+  }
+  clear(): void {
+    this.known.clear();
+    this.calls.push('clear');
+  }
+  resync(): void {
+    this.calls.push('resync');
+  }
+  async apply(): Promise<void> {
+    this.calls.push(`apply ${[...this.known.values()].join(',')}`);
+    if (this.failNext) {
+      this.failNext = false;
+      throw new Error('kernel said no');
+    }
+    this.applied++;
+    this.notify?.();
+  }
+  /** Resolves once apply has succeeded `n` times in all. */
+  appliedTimes(n: number): Promise<void> {
+    return new Promise((resolve) => {
+      const check = (): void => {
+        if (this.applied >= n) resolve();
+      };
+      this.notify = check;
+      check();
+    });
+  }
+}
+
+test('the loop lists, feeds each manager what it cares about, then follows the watch', async (t) => {
+  const store = await openStore(t);
+  await store.create(`${keys.root}/a/1`, 'x');
+  await store.create(`${keys.root}/b/1`, 'y');
+  const a = new FakeManager('a', `${keys.root}/a/`);
+  const b = new FakeManager('b', `${keys.root}/b/`);
+  const loop = new SyncLoop(store, keys, [a, b], log);
+  t.teardown(() => loop.stop());
+  await loop.start();
+  t.deepEqual(a.calls, ['clear', 'update 1', 'resync', 'apply x']);
+  t.deepEqual(b.calls, ['clear', 'update 1', 'resync', 'apply y']);
+
+  a.calls.length = 0;
+  b.calls.length = 0;
+  await store.create(`${keys.root}/a/2`, 'z');
+  await a.appliedTimes(2);
+  t.deepEqual(a.calls, ['update 2', 'apply x,z']);
+  t.deepEqual(b.calls, [], 'a change no manager of b cares about leaves b alone');
+});
+
+test('a failed apply resyncs every manager from a fresh listing', async (t) => {
+  const store = await openStore(t);
+  const a = new FakeManager('a', `${keys.root}/a/`);
+  const loop = new SyncLoop(store, keys, [a], log);
+  t.teardown(() => loop.stop());
+  await loop.start();
+  a.failNext = true;
+  a.calls.length = 0;
+  await store.create(`${keys.root}/a/1`, 'x');
+  await a.appliedTimes(2);
+  t.deepEqual(a.calls, ['update 1', 'apply x', 'clear', 'update 1', 'resync', 'apply x']);
+});
+
+test('policy: Join can wait until an endpoint is programmed', async (t) => {
+  const store = await openStore(t);
+  const applied: PolicyModel[] = [];
+  const agent = new Agent(store, keys, 'node-a', {
+    apply: async (input) => {
+      applied.push(input);
+    },
+    resync: () => undefined,
+  });
+  t.teardown(() => agent.stop());
+  await agent.start();
+  t.false(await agent.waitProgrammed('ep1', 50), 'unknown endpoint: not programmed');
+  const waiting = agent.waitProgrammed('ep1', 5_000);
+  const endpoint = {
+    id: 'ep1',
+    networkId: 'net1',
+    node: 'node-a',
+    hostInterface: 'caliep1',
+    ipv4: ['198.18.0.5/32'],
+    profiles: [],
+    ready: true,
+    createdAt: '2026-11-30T00:00:00.000Z',
+  };
+  await store.create(keys.endpoint('node-a', 'ep1'), JSON.stringify(endpoint));
+  t.true(await waiting);
+  t.deepEqual(applied.at(-1)?.localEndpoints.map((e) => e.id), ['ep1']);
+  t.true(await agent.waitProgrammed('ep1', 50), 'already programmed: at once');
+});
