@@ -1,12 +1,14 @@
-// The agent: one sync loop (sync-loop.ts) feeding this host's kernel managers. Today: policy
-// (iptables and ipsets). Each manager owns its kernel state and its resync.
+// The agent: one sync loop (sync-loop.ts) feeding this host's kernel managers: policy (iptables
+// and ipsets) and routes between hosts. Each manager owns its kernel state and its resync.
 import type { Datastore } from '../datastore/datastore';
 import type { Keys } from '../datastore/keys';
 import { logger } from '../lib/log';
 import { type PolicyApplier, PolicyManager } from './policy-manager';
+import { type RoutesApplier, RoutesManager } from './routes-manager';
 import { SyncLoop } from './sync-loop';
 
 export type { PolicyApplier } from './policy-manager';
+export type { RoutesApplier } from './routes-manager';
 
 const log = logger('agent');
 
@@ -14,9 +16,10 @@ export class Agent {
   private readonly policy: PolicyManager;
   private readonly loop: SyncLoop;
 
-  constructor(store: Datastore, keys: Keys, node: string, policy: PolicyApplier) {
-    this.policy = new PolicyManager(keys, node, policy, log);
-    this.loop = new SyncLoop(store, keys, [this.policy], log);
+  constructor(store: Datastore, keys: Keys, node: string, appliers: { readonly policy: PolicyApplier; readonly routes?: RoutesApplier }) {
+    this.policy = new PolicyManager(keys, node, appliers.policy, log);
+    const routes = appliers.routes === undefined ? [] : [new RoutesManager(keys, node, appliers.routes, log)];
+    this.loop = new SyncLoop(store, keys, [this.policy, ...routes], log);
   }
 
   /** Lists the datastore and programs the kernel before resolving; throws if it cannot. */

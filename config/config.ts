@@ -43,6 +43,8 @@ export interface Config {
   /** This host's addresses between hosts (IP / IP6 and their autodetection methods). */
   readonly hostIpv4: HostAddressSetting;
   readonly hostIpv6: HostAddressSetting;
+  /** Routing protocol number that marks the routes the agent writes (ip route ... proto N). */
+  readonly routeProtocol: number;
 }
 
 export const DEFAULTS = {
@@ -56,6 +58,8 @@ export const DEFAULTS = {
   ipv4Pool: '192.168.0.0/16',
   ipv6Pool: 'fd80:24e2:f998:72d6::/64',
   dockerSocket: '/var/run/docker.sock',
+  /** Not one of the kernel's own (0-4) nor a routing daemon's in /etc/iproute2/rt_protos. */
+  routeProtocol: 80,
 } as const;
 
 type Env = Readonly<Record<string, string | undefined>>;
@@ -200,5 +204,13 @@ export function parseConfig(env: Env, defaultNodeName: string = hostname()): Con
     dockerSocket: dockerSocket(env),
     hostIpv4: parseHostAddressSetting(env, 4),
     hostIpv6: parseHostAddressSetting(env, 6),
+    routeProtocol: integer(env, 'CALICO_ROUTE_PROTOCOL', DEFAULTS.routeProtocol, 5, 255),
   };
+}
+
+function integer(env: Env, name: string, fallback: number, min: number, max: number): number {
+  const v = value(env, name);
+  if (v === undefined) return fallback;
+  if (!/^\d{1,5}$/.test(v) || Number(v) < min || Number(v) > max) throw new ConfigError(`${name} must be an integer from ${min} to ${max}, got '${v}'`);
+  return Number(v);
 }

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import type { Config } from '../config/config';
 import { LinuxEndpointDataplane } from '../dataplane/linux-endpoint-dataplane';
 import { PolicyDataplane } from '../dataplane/policy-dataplane';
+import { RoutesDataplane } from '../dataplane/routes';
 import { Agent } from '../agent/agent';
 import { LabelResolver } from '../driver/label-resolver';
 import { parseStored } from '../model/codec';
@@ -88,7 +89,10 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
     );
     await ensureHostForwarding({ ipv6: false }, ns);
     // The agent owns our iptables chains; it programs everything before Docker can reach us.
-    const agent = new Agent(store, keys, config.nodeName, new PolicyDataplane({ prefix: config.iptablesChainPrefix, markBit: POLICY_MARK_BIT, ifPrefix: config.hostIfPrefix, ...ns }));
+    const agent = new Agent(store, keys, config.nodeName, {
+      policy: new PolicyDataplane({ prefix: config.iptablesChainPrefix, markBit: POLICY_MARK_BIT, ifPrefix: config.hostIfPrefix, ...ns }),
+      routes: new RoutesDataplane({ protocol: config.routeProtocol, warn: (m) => log.warn('%s', m), ...ns }),
+    });
     await agent.start();
     closers.push(() => agent.stop());
     const labels = new LabelResolver({ dockerSocket: config.dockerSocket, store, keys, node: config.nodeName });

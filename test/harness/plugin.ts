@@ -61,7 +61,11 @@ export async function startPlugin(opts: PluginOptions): Promise<Plugin> {
   // Each instance has its own interface prefix: policy matches `<prefix>+`, and instances sharing
   // one would drop each other's (to them unknown) interfaces.
   const ifPrefix = `q${id.slice(0, 3)}`;
+  // Likewise its own route protocol: the routes manager removes every route of its protocol that
+  // it did not plan, so instances sharing one would delete each other's.
+  const routeProtocol = 100 + (parseInt(id, 16) % 150);
   const env: Record<string, string> = {
+    CALICO_ROUTE_PROTOCOL: String(routeProtocol),
     CALICO_NETWORK_DRIVER_NAME: networkDriver,
     CALICO_IPAM_DRIVER_NAME: ipamDriver,
     CALICO_DATA_DIR: dataDir,
@@ -126,6 +130,7 @@ export async function startPlugin(opts: PluginOptions): Promise<Plugin> {
       await plugin.stop();
       clearTimeout(timer);
       await new PolicyDataplane({ prefix: chainPrefix, markBit: 0x100000, ifPrefix }).removeAll();
+      for (const family of ['-4', '-6']) await run('ip', [family, 'route', 'flush', 'proto', String(routeProtocol)], 'flush test routes');
       // Safety net: a test that removed its containers after stopping the plugin would leave
       // their veths behind (Docker moves them back to the host); the prefix is this instance's.
       for (const link of await linksWithPrefix(ifPrefix)) await removeEndpointVeth(link);

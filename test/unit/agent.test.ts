@@ -109,10 +109,12 @@ test('policy: Join can wait until an endpoint is programmed', async (t) => {
   const store = await openStore(t);
   const applied: PolicyModel[] = [];
   const agent = new Agent(store, keys, 'node-a', {
-    apply: async (input) => {
-      applied.push(input);
+    policy: {
+      apply: async (input) => {
+        applied.push(input);
+      },
+      resync: () => undefined,
     },
-    resync: () => undefined,
   });
   t.teardown(() => agent.stop());
   await agent.start();
