@@ -24,6 +24,8 @@ Commands:
   endpoint list                                                      list workload endpoints
   ipam show                                                          show blocks, owners, used/free
   node list                                                          hosts: addresses, blocks, endpoints, alive
+  node remove <name> [--force]                                       forget a host that is gone: its blocks,
+                                                                     addresses and (--force) endpoint records
   apply -f <file.yaml|file.json|->                                   create or replace profiles
   get profile [name]                                                 show profiles
   delete profile <name>                                              delete a profile
@@ -56,6 +58,7 @@ export async function runCalicoctl(argv: string[], env: NodeJS.ProcessEnv, io: C
       filename: { type: 'string', short: 'f' },
       disabled: { type: 'boolean', default: false },
       'nat-outgoing': { type: 'boolean', default: false },
+      force: { type: 'boolean', default: false },
       'block-size': { type: 'string' },
       protocol: { type: 'string' },
       port: { type: 'string' },
@@ -79,6 +82,7 @@ export async function runCalicoctl(argv: string[], env: NodeJS.ProcessEnv, io: C
     const flags = {
       disabled: values.disabled ?? false,
       natOutgoing: values['nat-outgoing'] ?? false,
+      force: values.force ?? false,
       ...(values['block-size'] !== undefined && { blockSize: values['block-size'] }),
       ...(values.filename !== undefined && { filename: values.filename }),
       ...(values.protocol !== undefined && { protocol: values.protocol }),

@@ -14,6 +14,7 @@ export interface CliIo {
 export interface Flags {
   readonly disabled: boolean;
   readonly natOutgoing: boolean;
+  readonly force: boolean;
   readonly blockSize?: string;
   readonly filename?: string;
   readonly protocol?: string;

@@ -1,8 +1,10 @@
 // calicoctl node list: every host that registered, its addresses between hosts, the blocks it
 // holds, its endpoints, and whether it is alive (on etcd: its daemon's lease is held; on the
 // embedded store, which serves one host: its daemon answers on the store socket).
+import { NODE_NAME } from '../config/config';
 import { segmentToCidr } from '../datastore/keys';
 import { RemoteStore } from '../datastore/remote-store';
+import { ConflictError, InvalidRequestError, NotFoundError } from '../lib/errors';
 import { parseStored } from '../model/codec';
 import { Node } from '../model/node';
 import { exactArgs, type Handler } from './context';
@@ -68,6 +70,33 @@ export const nodeCommands: Record<string, Handler> = {
         { header: 'ENDPOINTS', value: (r) => String(r.endpoints) },
         { header: 'ALIVE', value: (r) => (r.alive ? 'yes' : 'no') },
       ], rows),
+    );
+  },
+
+  async 'node remove'(ctx, args) {
+    exactArgs(args, 1, 'node remove <name> [--force]');
+    const name = args[0] ?? '';
+    if (!NODE_NAME.test(name)) throw new InvalidRequestError(`'${name}' is not a node name`);
+    const [info, alive, endpoints] = await Promise.all([
+      ctx.store.get(ctx.keys.node(name)),
+      ctx.store.get(ctx.keys.nodeAlive(name)),
+      ctx.store.list(ctx.keys.endpointsPrefix(name)),
+    ]);
+    if (info === undefined && endpoints.items.length === 0) throw new NotFoundError(`node ${name} is not registered`);
+    if (!ctx.flags.force) {
+      if (alive !== undefined) throw new ConflictError(`node ${name} is alive (its daemon runs); stop it first, or use --force`);
+      const n = endpoints.items.length;
+      if (n > 0) {
+        throw new ConflictError(`node ${name} still has ${n} endpoint${n === 1 ? '' : 's'}; remove its containers first, or use --force to remove their records too`);
+      }
+    }
+    for (const kv of endpoints.items) await ctx.store.delete(kv.key);
+    const { blocksReleased, addressesReleased } = await ctx.allocator.releaseHost(name);
+    await ctx.store.delete(ctx.keys.nodeAlive(name));
+    await ctx.store.delete(ctx.keys.node(name));
+    ctx.io.out(
+      `removed node ${name}: ${blocksReleased} block${blocksReleased === 1 ? '' : 's'} released, ` +
+        `${addressesReleased} address${addressesReleased === 1 ? '' : 'es'} freed, ${endpoints.items.length} endpoint record${endpoints.items.length === 1 ? '' : 's'} removed`,
     );
   },
 };

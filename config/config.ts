@@ -69,7 +69,7 @@ const DRIVER_NAME = /^[a-z0-9][a-z0-9._-]{0,62}$/;
 const HOST_IF_PREFIX = /^[a-z][a-z0-9]{0,3}$/;
 const IF_PREFIX = /^[a-z][a-z0-9]{0,9}$/;
 // Node names end up in datastore keys and in owner records; keep them DNS-like.
-const NODE_NAME = /^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$/;
+export const NODE_NAME = /^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$/;
 const PREFIX = /^(\/[A-Za-z0-9._-]+)+$/;
 
 function value(env: Env, name: string): string | undefined {

@@ -47,6 +47,7 @@ import {
   usedCount,
   validateOwner,
   validateRequester,
+  withoutHost,
 } from './block';
 import {
   type IpAddress,
@@ -488,6 +489,36 @@ export class Allocator {
     const owner = ownerAt(block, text);
     if (owner === undefined) return undefined;
     return { ip: text, block: block.cidr, affinity: block.affinity, pool: pool?.pool.cidr, owner };
+  }
+
+  /** Removes every trace of a host that is gone for good (calicoctl node remove): frees the
+   * addresses it holds in any block, deletes its empty blocks and leaves its others to no host.
+   * Reads every block: an operator's command, never a request path. */
+  async releaseHost(node: string): Promise<{ readonly blocksReleased: number; readonly addressesReleased: number }> {
+    return this.exclusive(async () => {
+      let blocksReleased = 0;
+      let addressesReleased = 0;
+      for (const b of await this.ipam.listAllBlocks()) {
+        if (b.block === undefined) continue;
+        await this.retrying(`release host ${node} from block ${b.block.cidr}`, async (): Promise<Attempt<void>> => {
+          const current = await this.ipam.getBlock(b.pool, b.cidr);
+          if (current?.block === undefined) return undefined;
+          const { block, released } = withoutHost(current.block, node);
+          if (block === current.block) return undefined;
+          if (block.affinity === null && current.block.affinity === node && isEmpty(block)) {
+            if (!(await this.ipam.deleteBlock(current))) return RETRY;
+            blocksReleased++;
+          } else {
+            if ((await this.ipam.updateBlock(current, block)) === undefined) return RETRY;
+            if (current.block.affinity === node) blocksReleased++;
+          }
+          addressesReleased += released;
+          return undefined;
+        });
+      }
+      if (node === this.node) this.view = undefined;
+      return { blocksReleased, addressesReleased };
+    });
   }
 
   /** Every readable block with its revision, pool and counts (for `ipam show`), in key order.

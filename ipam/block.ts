@@ -286,6 +286,23 @@ export function release(block: Block, ip: string, requester: Requester): Release
 }
 
 /** Records the endpoint on an existing allocation; undefined when ip is not allocated. */
+/** The block without anything of `node`: its addresses freed, and its affinity dropped if the
+ * block was `node`'s (the block then belongs to no host; an empty one can be deleted). */
+export function withoutHost(block: Block, node: string): { block: Block; released: number } {
+  let out = block;
+  let released = 0;
+  for (const a of listAllocations(block)) {
+    if (a.owner.node !== node) continue;
+    const r = release(out, a.ip, { node, handle: a.owner.handle });
+    if (r.status === 'released') {
+      out = r.block;
+      released++;
+    }
+  }
+  if (out.affinity === node) out = { ...out, affinity: null };
+  return { block: out, released };
+}
+
 export function setEndpoint(block: Block, ip: string, endpointId: string): Block | undefined {
   if (endpointId === '') throw new InvalidRequestError('endpoint id must be a non-empty string');
   const ordinal = ordinalOf(block, ip);

@@ -219,3 +219,28 @@ test('what a host knows never outlives a change made elsewhere', async (t) => {
   await admin.setPoolDisabled('10.0.0.0/24', false);
   t.is((await a.autoAssign({ family: 4, owner: owner('h') })).ip, '10.0.0.3');
 });
+
+test('releasing a host that is gone frees its addresses everywhere and its blocks', async (t) => {
+  const real = await openStore(t);
+  const a = new Allocator({ store: real, keys, node: 'node-a' });
+  const b = new Allocator({ store: real, keys, node: 'node-b' });
+  await a.addPool({ cidr: '10.0.0.0/28', blockSize: 30 });
+  await assignAll(a, 8, 'ha'); // node-a: 10.0.0.0/30 and 10.0.0.4/30, full
+  await assignAll(b, 8, 'hb'); // node-b: 10.0.0.8/30 and 10.0.0.12/30, full
+  t.like(await b.release({ ip: '10.0.0.13', requester: { handle: 'hb' } }), { status: 'released' });
+  t.is((await a.autoAssign({ family: 4, owner: owner('ha') })).ip, '10.0.0.13', 'node-a borrows from node-b');
+  t.like(await a.release({ ip: '10.0.0.1', requester: { handle: 'ha' } }), { status: 'released' });
+  t.is((await b.autoAssign({ family: 4, owner: owner('hb') })).ip, '10.0.0.1', 'node-b borrows from node-a');
+
+  t.deepEqual(await b.releaseHost('node-a'), { blocksReleased: 2, addressesReleased: 8 });
+  const blocks = (await b.listBlocks()).map((x) => [x.block.cidr, x.block.affinity, x.used]);
+  t.deepEqual(blocks, [
+    ['10.0.0.0/30', null, 1], // node-b's borrowed address keeps the block, now no host's
+    ['10.0.0.12/30', 'node-b', 3],
+    ['10.0.0.8/30', 'node-b', 4],
+  ]);
+  t.deepEqual(await real.list(keys.hostAffinityPrefix('node-a')).then((l) => l.items), [], 'no index entry left');
+  // Its freed addresses and block serve the others again.
+  t.is((await b.autoAssign({ family: 4, owner: owner('hb') })).ip, '10.0.0.13');
+  t.like(await b.autoAssign({ family: 4, owner: owner('hb') }), { block: '10.0.0.4/30' });
+});

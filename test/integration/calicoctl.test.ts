@@ -6,6 +6,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { calicoctl, startPlugin, type Plugin } from '../harness/plugin';
 import { post } from '../harness/plugin-client';
+import { Keys } from '../../datastore/keys';
+import { RemoteStore, storeSocketPath } from '../../datastore/store-socket';
 
 let plugin: Plugin;
 
@@ -52,6 +54,26 @@ test.serial('node list: this host, its address, blocks and endpoints, alive whil
   const table = await calicoctl(plugin, ['node', 'list']);
   t.regex(table.stdout, /^NAME\s+IPV4\s+IPV6\s+BLOCKS\s+ENDPOINTS\s+ALIVE$/m);
   t.regex(table.stdout, new RegExp(`^${plugin.node}\\s+198\\.18\\.200\\.7/24\\s+-\\s+\\d+\\s+0\\s+yes$`, 'm'));
+});
+
+test.serial('node remove: refused while the host has endpoints, --force removes them too', async (t) => {
+  const store = new RemoteStore(storeSocketPath(plugin.env['CALICO_DATA_DIR'] ?? ''));
+  t.teardown(() => store.close());
+  const keys = new Keys(plugin.env['CALICO_DATASTORE_PREFIX']);
+  const gone = 'gone-host';
+  await store.create(keys.node(gone), JSON.stringify({ name: gone, version: 'x', datastore: 'embedded', startedAt: '2026-11-30T00:00:00Z', ipv4Address: '198.18.200.9/24' }));
+  await store.create(keys.endpoint(gone, 'ep1'), '{}');
+  const refused = await calicoctl(plugin, ['node', 'remove', gone]);
+  t.is(refused.code, 1);
+  t.regex(refused.stderr, /node gone-host still has 1 endpoint; remove its containers first, or use --force/);
+  t.truthy(await store.get(keys.node(gone)), 'nothing changed');
+  const forced = await calicoctl(plugin, ['node', 'remove', gone, '--force']);
+  t.is(forced.code, 0, forced.stderr);
+  t.regex(forced.stdout, /removed node gone-host: 0 blocks released, 0 addresses freed, 1 endpoint record removed/);
+  t.is(await store.get(keys.node(gone)), undefined);
+  t.deepEqual((await store.list(keys.endpointsPrefix(gone))).items, []);
+  const unknown = await calicoctl(plugin, ['node', 'remove', gone]);
+  t.regex(unknown.stderr, /node gone-host is not registered/);
 });
 
 test.serial('bad input is refused with a clear message and changes nothing', async (t) => {
