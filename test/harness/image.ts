@@ -59,16 +59,22 @@ export async function buildBusyboxRootfsTar(): Promise<{ tarPath: string; cleanu
  * `socketPath`. Resolves with the image reference.
  */
 export async function importTestImage(socketPath: string, tag: string = TEST_IMAGE): Promise<string> {
-  const { repo, tag: t } = splitRef(tag);
   const { tarPath, cleanup } = await buildBusyboxRootfsTar();
   try {
-    const q = new URLSearchParams({ fromSrc: '-', repo, tag: t });
-    q.append('changes', 'CMD ["/bin/sh"]');
-    q.append('changes', 'ENV PATH=/bin:/sbin:/usr/bin:/usr/sbin');
-    await postStream(socketPath, `/images/create?${q.toString()}`, tarPath);
+    return await importRootfsTar(socketPath, tarPath, tag);
   } finally {
     await cleanup();
   }
+}
+
+/** Import an already built rootfs tarball (buildBusyboxRootfsTar) as `tag`: one tarball for many
+ * dockerds. Resolves with the image reference. */
+export async function importRootfsTar(socketPath: string, tarPath: string, tag: string = TEST_IMAGE): Promise<string> {
+  const { repo, tag: t } = splitRef(tag);
+  const q = new URLSearchParams({ fromSrc: '-', repo, tag: t });
+  q.append('changes', 'CMD ["/bin/sh"]');
+  q.append('changes', 'ENV PATH=/bin:/sbin:/usr/bin:/usr/sbin');
+  await postStream(socketPath, `/images/create?${q.toString()}`, tarPath);
   return `${repo}:${t}`;
 }
 
