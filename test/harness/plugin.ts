@@ -147,8 +147,8 @@ export async function startPlugin(opts: PluginOptions): Promise<Plugin> {
   return plugin;
 }
 
-/** Runs calicoctl against the plugin's datastore; resolves with exit code and output. */
-export function calicoctl(plugin: Plugin, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+/** Runs calicoctl against a plugin's (or a cluster's) datastore; resolves with exit code and output. */
+export function calicoctl(plugin: { readonly env: Readonly<Record<string, string>> }, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((res) => {
     const child = spawn(process.execPath, [CTL, ...args], { env: { PATH: process.env['PATH'] ?? '', ...plugin.env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
