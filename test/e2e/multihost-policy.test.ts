@@ -41,18 +41,35 @@ async function ipsetsHold(h: Host, address: string): Promise<boolean> {
   return (await h.run(['ipset', 'list'])).stdout.split('\n').some((l) => l.trim() === address);
 }
 
-test('a selector rule on host2 admits a labelled container of host1 on one port only, and forgets it when it goes', async (t) => {
+test('a selector rule on host2 admits a Mesos task of host1 by its label on one port only, and forgets it when it goes', async (t) => {
   t.timeout(150_000);
   const c = await cluster(t, { hosts: 2, subnets: ['a', 'a'] });
   const [h1, h2] = c.hosts as [Host, Host];
   for (const h of c.hosts) {
     for (const net of ['front', 'back']) await h.run(['docker', 'network', 'create', '-d', 'calico', '--ipam-driver', 'calico-ipam', net]);
   }
-  const fe = await runContainer(h1.docker, { image: c.image, network: 'front', labels: { 'org.projectcalico.label.role': 'frontend' } });
+  // The frontend is started the way a Mesos agent's Docker containerizer does (Marathon passes
+  // the label through container.docker.parameters), with the docker CLI on host1.
+  const mesosName = `mesos-${randomBytes(8).toString('hex')}`;
+  await h1.run([
+    'docker', 'run', '-d', '--name', mesosName, '--net', 'front',
+    '-e', 'MESOS_TASK_ID=web.1234', '-e', 'MESOS_SANDBOX=/mnt/mesos/sandbox', '-e', 'MESOS_CONTAINER_NAME=' + mesosName,
+    '--label', 'org.projectcalico.label.role=frontend', '--label', 'MESOS_TASK_ID=web.1234',
+    c.image, 'sleep', '3600',
+  ]);
+  const fe = h1.docker.getContainer(mesosName);
   const plain = await runContainer(h1.docker, { image: c.image, network: 'front' });
   const srv = await runContainer(h2.docker, { image: c.image, network: 'back', cmd: SERVER });
   const [feAddr, srvAddr] = (await Promise.all([addressOn(fe, 'front'), addressOn(srv, 'back')])).map((a) => a.ipv4) as [string, string];
 
+  type Listed = { node: string; ipv4: string[]; profiles: string[]; labels: Record<string, string>; ready: boolean };
+  let mine: Listed | undefined;
+  await eventually(async () => {
+    const r = await calicoctl({ env: c.ctlEnv }, ['endpoint', 'list', '-o', 'json']);
+    mine = (JSON.parse(r.stdout) as Listed[]).find((e) => e.ipv4.some((a) => a.startsWith(`${feAddr}/`)));
+    return mine?.ready === true;
+  });
+  t.like(mine, { node: 'host1', profiles: ['front'], labels: { role: 'frontend' }, ready: true }, 'the Mesos task: address, labels, profile');
   t.false(await connects(fe, srvAddr, 8080), 'two networks: isolated across hosts as on one');
   const file = join(c.dir, `${randomBytes(3).toString('hex')}.yaml`);
   await writeFile(file, `apiVersion: projectcalico.org/v3
