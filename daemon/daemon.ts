@@ -32,7 +32,7 @@ const log = logger('daemon');
  * endpoint chain. Chosen clear of the bits Docker and kube-proxy use. */
 const POLICY_MARK_BIT = 0x100000;
 
-/** Endpoints whose labels were still unknown when the daemon last stopped. */
+/** Endpoints whose labels (or network name) were still unknown when the daemon last stopped. */
 async function resumePendingLabels(store: Datastore, keys: Keys, node: string, labels: LabelResolver): Promise<void> {
   const { items } = await store.list(keys.endpointsPrefix(node));
   for (const kv of items) {
@@ -95,9 +95,9 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
     });
     await agent.start();
     closers.push(() => agent.stop());
-    const labels = new LabelResolver({ dockerSocket: config.dockerSocket, store, keys, node: config.nodeName });
+    const labels = new LabelResolver({ dockerSocket: config.dockerSocket, store, keys, node: config.nodeName, copyLabels: config.labelEndpoints });
     closers.push(async () => labels.close());
-    if (config.labelEndpoints) await resumePendingLabels(store, keys, config.nodeName, labels);
+    await resumePendingLabels(store, keys, config.nodeName, labels);
     if (config.etcd === undefined) {
       const server = await serveStore(store, storeSocketPath(config.dataDir));
       closers.push(() => server.close());

@@ -1,6 +1,7 @@
 // Resolves a Docker network's name through the Docker API (dockerode), so each network's profile
-// can carry the name users know. Docker is calling us while it creates the endpoint, so the
-// lookup is short-timed and its failure is not fatal: the profile is then named by network ID.
+// can carry the name users know (and that ties one network together across hosts). Docker is
+// calling us while it creates the endpoint, so the lookup is short-timed and its failure is not
+// fatal: the endpoint then stays isolated until the label resolver learns the name.
 import Docker from 'dockerode';
 import { errorMessage } from '../lib/errors';
 import { logger } from '../lib/log';

@@ -5,7 +5,9 @@
 // therefore created not ready (isolated by the policy agent: fail closed) and this resolver looks
 // the container up right after Join returns: the container list (a lock-free snapshot) shows the
 // endpoint ID once Docker has finished connecting it. When the labels are on the record, the
-// endpoint is marked ready and the agent programs its full policy.
+// endpoint is marked ready and the agent programs its full policy. The same listing names the
+// container's networks, which is how an endpoint whose network name Docker could not tell at
+// CreateEndpoint gets its profile.
 import Docker from 'dockerode';
 import type { Datastore } from '../datastore/datastore';
 import type { Keys } from '../datastore/keys';
@@ -14,7 +16,9 @@ import { errorMessage } from '../lib/errors';
 import { logger } from '../lib/log';
 import { parseStored, serialize } from '../model/codec';
 import { Endpoint } from '../model/endpoint';
+import { PROFILE_NAME } from '../policy/profile-resource';
 import { containerLabelsToEndpointLabels } from './container-labels';
+import { recordNetworkProfile } from './network-profile';
 
 const log = logger('labels');
 /** Docker connects the container within a few hundred milliseconds of Join: poll briskly for a
@@ -37,6 +41,9 @@ export interface LabelResolverOptions {
   readonly store: Datastore;
   readonly keys: Keys;
   readonly node: string;
+  /** Copy the container's Calico labels (CALICO_LIBNETWORK_LABEL_ENDPOINTS); without, the
+   * resolver only learns a pending network name. Default true. */
+  readonly copyLabels?: boolean;
 }
 
 export class LabelResolver {
@@ -86,11 +93,25 @@ export class LabelResolver {
     const containers = (await this.docker.listContainers({ all: true, filters: { network: [networkId] } })) as ListedContainer[];
     const container = containers.find((c) => Object.values(c.NetworkSettings?.Networks ?? {}).some((n) => n?.EndpointID === endpointId));
     if (container === undefined) return false;
-    const labels = containerLabelsToEndpointLabels(container.Labels ?? {});
+    // The network's name, when CreateEndpoint could not learn it: the container's network entry
+    // for this endpoint is keyed by it.
+    let profiles: string[] | undefined;
+    if (parseStored(Endpoint, kv).profilesPending) {
+      const name = Object.entries(container.NetworkSettings?.Networks ?? {}).find(([, n]) => n?.EndpointID === endpointId)?.[0];
+      if (name === undefined || !PROFILE_NAME.test(name)) return false;
+      profiles = [await recordNetworkProfile(this.o.store, this.o.keys, this.o.node, networkId, name)];
+    }
+    const labels = this.o.copyLabels === false ? undefined : containerLabelsToEndpointLabels(container.Labels ?? {});
     await modifyKey(this.o.store, key, `record labels of endpoint ${endpointId.slice(0, 12)}`, (current) => {
       if (current === undefined) return undefined; // the endpoint went away meanwhile: nothing to label
       const ep = parseStored(Endpoint, current);
-      return serialize({ ...ep, labels, ready: true, ...(container.Id !== undefined && { containerId: container.Id }) });
+      return serialize({
+        ...ep,
+        ...(labels !== undefined && { labels }),
+        ...(profiles !== undefined && { profiles, profilesPending: false }),
+        ready: true,
+        ...(container.Id !== undefined && { containerId: container.Id }),
+      });
     });
     log.debug('endpoint %s ready with labels %o', endpointId.slice(0, 12), labels);
     return true;

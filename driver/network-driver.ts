@@ -14,8 +14,9 @@ import { logger } from '../lib/log';
 import { parseStored, serialize } from '../model/codec';
 import { Endpoint } from '../model/endpoint';
 import { Network } from '../model/network';
-import { decodeProfile, encodeProfile } from '../model/profile';
-import { CREATED_BY_ANNOTATION, PROFILE_NAME, defaultProfile } from '../policy/profile-resource';
+import { decodeProfile } from '../model/profile';
+import { CREATED_BY_ANNOTATION, PROFILE_NAME } from '../policy/profile-resource';
+import { recordNetworkProfile } from './network-profile';
 import {
   AllocateNetworkRequest,
   CreateEndpointRequest,
@@ -153,26 +154,23 @@ export class NetworkDriver {
     await this.o.store.delete(kv.key, kv.revision);
   }
 
-  private async getNetwork(networkId: string): Promise<{ network: Network; revision: string }> {
+  private async getNetwork(networkId: string): Promise<{ network: Network }> {
     const kv = await this.o.store.get(this.o.keys.network(networkId));
     if (kv === undefined) {
       throw new NotFoundError(`network ${networkId.slice(0, 12)} is not known to ${this.o.pluginName}: create it with docker network create -d ${this.o.pluginName} --ipam-driver ${this.o.ipamPluginName}`);
     }
-    return { network: parseStored(Network, kv), revision: kv.revision };
+    return { network: parseStored(Network, kv) };
   }
 
   /** The network's profile, created with the defaults on first use. Docker stores the network
-   * (and so its name) only after CreateNetwork returns, which is why this runs at CreateEndpoint. */
-  private async ensureProfile(networkId: string, network: Network, revision: string): Promise<string[]> {
+   * (and so its name) only after CreateNetwork returns, which is why this runs at CreateEndpoint.
+   * undefined: Docker cannot tell the name now (the endpoint then waits for it, isolated). */
+  private async ensureProfile(networkId: string, network: Network): Promise<string[] | undefined> {
     if (!this.o.createProfiles) return [];
     if (network.profile !== '') return [network.profile];
     const dockerName = await this.o.names.networkName(networkId);
-    const name = dockerName !== undefined && PROFILE_NAME.test(dockerName) ? dockerName : networkId;
-    const created = await this.o.store.create(this.o.keys.profile(name), encodeProfile(defaultProfile(name, this.o.node)));
-    const updated: Network = { ...network, profile: name, profileCreated: created !== undefined, ...(dockerName !== undefined && { name: dockerName }) };
-    // A lost race means another CreateEndpoint recorded the same name first: nothing to do.
-    await this.o.store.update(this.o.keys.network(networkId), serialize(updated), revision);
-    return [name];
+    if (dockerName === undefined || !PROFILE_NAME.test(dockerName)) return undefined;
+    return [await recordNetworkProfile(this.o.store, this.o.keys, this.o.node, networkId, dockerName)];
   }
 
   async createEndpoint(req: CreateEndpointRequest): Promise<object> {
@@ -183,8 +181,8 @@ export class NetworkDriver {
     const ipv4 = iface.Address === '' ? [] : [hostAddress(iface.Address, 4, 'Interface.Address')];
     const ipv6 = iface.AddressIPv6 === '' ? [] : [hostAddress(iface.AddressIPv6, 6, 'Interface.AddressIPv6')];
     // Known network first, also without profiles: an endpoint of a foreign network is refused.
-    const { network, revision } = await this.getNetwork(req.NetworkID);
-    const profiles = await this.ensureProfile(req.NetworkID, network, revision);
+    const { network } = await this.getNetwork(req.NetworkID);
+    const profiles = await this.ensureProfile(req.NetworkID, network);
     const endpoint: Endpoint = {
       id: req.EndpointID,
       networkId: req.NetworkID,
@@ -193,9 +191,10 @@ export class NetworkDriver {
       ipv4,
       ipv6,
       mac: iface.MacAddress,
-      profiles,
+      profiles: profiles ?? [],
       labels: {},
-      ready: !this.o.labelEndpoints,
+      ready: !this.o.labelEndpoints && profiles !== undefined,
+      profilesPending: profiles === undefined,
       createdAt: new Date().toISOString(),
     };
     const key = this.o.keys.endpoint(this.o.node, req.EndpointID);

@@ -20,6 +20,10 @@ export const Endpoint = object({
    * keep a not-ready endpoint isolated: its interface gets no dispatch rule, so the final drop
    * applies (fail closed). */
   ready: withDefault(bool, true),
+  /** The network's name (and so its profile) could not be learnt from Docker yet: the endpoint
+   * stays not ready, and so isolated, until the label resolver learns it. Falling back to the
+   * network ID instead would split one network into one profile per host. */
+  profilesPending: withDefault(bool, false),
   containerId: optional(str),
   createdAt: str,
 });

@@ -4,6 +4,7 @@
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { createServer } from 'node:http';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -142,6 +143,47 @@ test.serial('replays a docker network create / run / rm sequence', async (t) => 
   t.deepEqual((await net('/NetworkDriver.DeleteNetwork', fixture('/NetworkDriver.DeleteNetwork'))).body, {});
   const { items } = await daemon.store.list('/');
   t.false(items.some((kv) => kv.key.includes(NETWORK_ID) || kv.key.includes(ENDPOINT_ID)), 'no network or endpoint record left');
+});
+
+// A network's profile is named after the network, the one thing that ties it together across
+// hosts: while Docker cannot tell the name, the endpoint waits for it, isolated, rather than
+// taking a per-host network ID. Here Docker is absent at CreateEndpoint and answers later.
+test.serial('an endpoint whose network name Docker cannot tell yet stays isolated until it can', async (t) => {
+  const networkId = randomBytes(32).toString('hex');
+  const endpointId = randomBytes(32).toString('hex');
+  const createNet = { ...fixture('/NetworkDriver.CreateNetwork'), NetworkID: networkId, IPv4Data: [{ AddressSpace: 'CalicoLocalAddressSpace', Gateway: '0.0.0.0/0', Pool: POOL }] };
+  t.deepEqual((await net('/NetworkDriver.CreateNetwork', createNet)).body, {});
+  const addr = String((await ipam('/IpamDriver.RequestAddress', { ...fixture('/IpamDriver.RequestAddress', 1), PoolID: POOL })).body['Address']);
+  const createEp = { ...fixture('/NetworkDriver.CreateEndpoint'), NetworkID: networkId, EndpointID: endpointId, Interface: { Address: addr, AddressIPv6: '', MacAddress: '' } };
+  t.deepEqual((await net('/NetworkDriver.CreateEndpoint', createEp)).body, {});
+  const key = `/calico/libnetwork/v1/nodes/contract-node/endpoints/${endpointId}`;
+  const record = async (): Promise<Record<string, unknown>> => JSON.parse((await daemon.store.get(key))?.value ?? '{}') as Record<string, unknown>;
+  t.like(await record(), { profiles: [], ready: false, profilesPending: true });
+
+  // Docker answers now: the container list names the network this endpoint is on.
+  const docker = createServer((req, res) => {
+    res.setHeader('content-type', 'application/json');
+    if ((req.url ?? '').includes('/containers/json')) {
+      res.end(JSON.stringify([{ Id: 'c0ffee', Labels: { 'org.projectcalico.label.role': 'api' }, NetworkSettings: { Networks: { front: { EndpointID: endpointId } } } }]));
+    } else {
+      res.statusCode = 404;
+      res.end('{"message":"not here"}');
+    }
+  });
+  await new Promise<void>((done) => docker.listen(join(dataDir, 'no-docker.sock'), done));
+  t.teardown(() => new Promise<void>((done) => docker.close(() => done())));
+  const joined = await net('/NetworkDriver.Join', { ...fixture('/NetworkDriver.Join'), NetworkID: networkId, EndpointID: endpointId });
+  t.is(joined.body['Gateway'], '169.254.1.1');
+  const deadline = Date.now() + 10_000;
+  while ((await record())['ready'] !== true && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  t.like(await record(), { profiles: ['front'], ready: true, profilesPending: false, labels: { role: 'api' }, containerId: 'c0ffee' });
+  t.truthy(await daemon.store.get('/calico/libnetwork/v1/profiles/front'), 'the profile named after the network');
+
+  const ep = { NetworkID: networkId, EndpointID: endpointId };
+  t.deepEqual((await net('/NetworkDriver.Leave', ep)).body, {});
+  t.deepEqual((await net('/NetworkDriver.DeleteEndpoint', ep)).body, {});
+  t.deepEqual((await ipam('/IpamDriver.ReleaseAddress', { PoolID: POOL, Address: addr.replace('/32', '') })).body, {});
+  t.deepEqual((await net('/NetworkDriver.DeleteNetwork', { NetworkID: networkId })).body, {});
 });
 
 test.serial('unknown paths answer 404 with the interface error key', async (t) => {
