@@ -18,6 +18,7 @@ import http from 'node:http';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { run } from '../../dataplane/exec.js';
+import { isAlive } from './multihost/procs';
 
 export const DOCKERD = '/usr/sbin/dockerd';
 const START_TIMEOUT_MS = 60_000;
@@ -205,17 +206,6 @@ function deleteContainer(socketPath: string, id: string): Promise<void> {
   });
 }
 
-function isAlive(pid: number | undefined): boolean {
-  if (pid === undefined || pid <= 0) return false;
-  try {
-    // A zombie still "exists" for kill(0); look at its state.
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
-    return state !== 'Z' && state !== 'X';
-  } catch {
-    return false;
-  }
-}
 
 /** SIGTERM, wait, then SIGKILL. */
 async function terminate(pid: number | undefined, timeoutMs: number): Promise<void> {
