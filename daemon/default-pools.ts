@@ -12,18 +12,18 @@ const log = logger('daemon');
 /** The configured default pools, validated: pure, so a bad value stops the daemon before it
  * touches anything. */
 export function defaultPools(config: Config): Pool[] {
-  const wanted: [string, 4 | 6, string | undefined][] = [
-    ['CALICO_IPV4POOL_CIDR', 4, config.defaultIpv4Pool],
-    ['CALICO_IPV6POOL_CIDR', 6, config.defaultIpv6Pool],
+  const wanted: [string, 4 | 6, string | undefined, string][] = [
+    ['CALICO_IPV4POOL_CIDR', 4, config.defaultIpv4Pool, config.defaultIpv4PoolVxlanMode],
+    ['CALICO_IPV6POOL_CIDR', 6, config.defaultIpv6Pool, 'Never'],
   ];
   const pools: Pool[] = [];
-  for (const [variable, family, cidr] of wanted) {
+  for (const [variable, family, cidr, vxlanMode] of wanted) {
     if (cidr === undefined) continue;
     let pool: Pool;
     try {
-      pool = makePool({ cidr });
+      pool = makePool({ cidr, vxlanMode });
     } catch (err) {
-      if (err instanceof InvalidRequestError) throw new ConfigError(`${variable}: ${err.message}`);
+      if (err instanceof InvalidRequestError) throw new ConfigError(`${err.message.includes('vxlanMode') ? 'CALICO_IPV4POOL_VXLAN' : variable}: ${err.message}`);
       throw err;
     }
     if (parseCidr(pool.cidr).family !== family) throw new ConfigError(`${variable} must be an IPv${family} CIDR, got '${cidr}'`);
