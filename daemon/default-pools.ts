@@ -3,7 +3,7 @@
 import type { Config } from '../config/config';
 import type { Allocator } from '../ipam/allocator';
 import { parseCidr } from '../ipam/cidr';
-import { makePool, type Pool } from '../ipam/pool';
+import { makePool, type Pool, type VxlanMode } from '../ipam/pool';
 import { ConfigError, ConflictError, InvalidRequestError } from '../lib/errors';
 import { logger } from '../lib/log';
 
@@ -12,7 +12,7 @@ const log = logger('daemon');
 /** The configured default pools, validated: pure, so a bad value stops the daemon before it
  * touches anything. */
 export function defaultPools(config: Config): Pool[] {
-  const wanted: [string, 4 | 6, string | undefined, string][] = [
+  const wanted: [string, 4 | 6, string | undefined, VxlanMode][] = [
     ['CALICO_IPV4POOL_CIDR', 4, config.defaultIpv4Pool, config.defaultIpv4PoolVxlanMode],
     ['CALICO_IPV6POOL_CIDR', 6, config.defaultIpv6Pool, 'Never'],
   ];
@@ -23,7 +23,7 @@ export function defaultPools(config: Config): Pool[] {
     try {
       pool = makePool({ cidr, vxlanMode });
     } catch (err) {
-      if (err instanceof InvalidRequestError) throw new ConfigError(`${err.message.includes('vxlanMode') ? 'CALICO_IPV4POOL_VXLAN' : variable}: ${err.message}`);
+      if (err instanceof InvalidRequestError) throw new ConfigError(`${variable}: ${err.message}`);
       throw err;
     }
     if (parseCidr(pool.cidr).family !== family) throw new ConfigError(`${variable} must be an IPv${family} CIDR, got '${cidr}'`);
