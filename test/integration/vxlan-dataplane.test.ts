@@ -53,7 +53,7 @@ async function ping(ns: string, from: string, to: string): Promise<boolean> {
   }
 }
 
-async function link(ns: string): Promise<{ mtu: number; address: string; linkinfo: { info_data: { id: number; port: number; local: string; learning: boolean } }; stats64?: { tx: { packets: number } } } | undefined> {
+async function link(ns: string): Promise<{ ifindex: number; mtu: number; address: string; linkinfo: { info_data: { id: number; port: number; local: string; learning: boolean } }; stats64?: { tx: { packets: number } } } | undefined> {
   try {
     return (JSON.parse((await ipIn(ns, ['-j', '-d', '-s', 'link', 'show', 'dev', DEV])).stdout) as [never])[0];
   } catch {
@@ -89,9 +89,11 @@ test('two hosts: device, static entries and routes carry traffic between their c
   t.true(await ping(b, CONTAINER.b, CONTAINER.a), 'and back');
   t.true(((await link(a))?.stats64?.tx.packets ?? 0) > before, 'over the VXLAN device');
 
-  // A resync reads its own routes back (the VXLAN route is recognised, not a stray).
+  // A resync reads its own routes back (the VXLAN route is recognised, not a stray) and keeps the
+  // device that fits (no blip: same interface).
   dpA.routes.resync();
   await dpA.routes.apply(plan('a').routes, plan('a').vxlan);
+  t.is((await link(a))?.ifindex, l?.ifindex, 'device kept');
   t.true(await ping(a, CONTAINER.a, CONTAINER.b));
 });
 
