@@ -8,9 +8,19 @@
 //   - a /32 (/128) to the host where an address is in use when that is not the host whose block it
 //     came from (a borrowed address): routes follow the endpoint, not the block.
 // Routes follow blocks and endpoints, not liveness: a host whose daemon stopped keeps its routes
-// (its containers may still run). Hosts on another subnet need encapsulation, which comes with the
-// pools' VXLAN mode; until then they are reported, not routed.
-import { type Cidr, type IpAddress, type IpFamily, blockContaining, containsIp, formatCidr, formatIp, parseCidr, parseIp } from '../ipam/cidr';
+// (its containers may still run).
+//
+// VXLAN (IPv4 pools, the pool's vxlanMode): traffic to another host's block of a pool with
+// `Always`, or with `CrossSubnet` when that host is on another subnet, goes over this host's VXLAN
+// device: `<block> via <their address> dev <vxlan> onlink`, with a static neighbour entry (their
+// address → their device's MAC) and forwarding entry (their MAC → their address) on the device.
+// The next hop is the other host's own address between hosts, so no tunnel address has to be
+// allocated or recorded; each device's MAC is derived from its host's name (vxlanMac), so every
+// host knows every other's without writing it anywhere. With `Never`, a host on another subnet is
+// reported as unreachable, not routed.
+import { createHash } from 'node:crypto';
+import { type Cidr, type IpAddress, type IpFamily, blockContaining, containsCidr, containsIp, formatCidr, formatIp, parseCidr, parseIp } from '../ipam/cidr';
+import type { VxlanMode } from '../ipam/pool';
 
 export interface PlanNode {
   readonly name: string;
@@ -24,6 +34,11 @@ export interface PlanBlock {
   readonly affinity: string | null;
 }
 
+export interface PlanPool {
+  readonly cidr: string;
+  readonly vxlanMode: VxlanMode;
+}
+
 export interface PlanEndpoint {
   readonly node: string;
   /** Addresses with their /32 or /128. */
@@ -35,16 +50,46 @@ export interface PlanInput {
   readonly nodes: readonly PlanNode[];
   readonly blocks: readonly PlanBlock[];
   readonly endpoints: readonly PlanEndpoint[];
+  /** Pools, for their VXLAN mode (absent or not listed: Never). */
+  readonly pools?: readonly PlanPool[];
 }
 
 export type Route =
   | { readonly kind: 'blackhole'; readonly dst: string; readonly family: IpFamily }
-  | { readonly kind: 'via'; readonly dst: string; readonly via: string; readonly family: IpFamily };
+  | { readonly kind: 'via'; readonly dst: string; readonly via: string; readonly family: IpFamily }
+  /** Over this host's VXLAN device, to the other host's address (onlink). IPv4 only. */
+  | { readonly kind: 'vxlan'; readonly dst: string; readonly via: string; readonly family: 4 };
+
+export interface VxlanPeer {
+  readonly node: string;
+  /** Its address between hosts: the VXLAN next hop and the outer destination. */
+  readonly address: string;
+  readonly mac: string;
+}
+
+/** This host's VXLAN device: its outer source address, its MAC, and every other host it may
+ * exchange VXLAN with (static neighbour and forwarding entries). */
+export interface VxlanPlan {
+  readonly local: string;
+  readonly mac: string;
+  readonly peers: VxlanPeer[];
+}
 
 export interface RoutePlan {
   readonly routes: Route[];
-  /** Hosts with blocks this host cannot route to (no address, or on another subnet). */
+  /** Hosts with blocks this host cannot route to (no address, or on another subnet without VXLAN). */
   readonly unreachable: string[];
+  /** The VXLAN device, when a pool encapsulates and there is another host with an IPv4 address;
+   * undefined: no device. */
+  readonly vxlan?: VxlanPlan;
+}
+
+/** The MAC of host `node`'s VXLAN device: locally administered, unicast, from a hash of its name,
+ * so every host computes every other's. */
+export function vxlanMac(node: string): string {
+  const b = createHash('sha256').update(`calico-vxlan:${node}`).digest().subarray(0, 6);
+  b[0] = ((b[0] ?? 0) & 0xfe) | 0x02;
+  return [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
 }
 
 export function planRoutes(input: PlanInput): RoutePlan {
@@ -52,16 +97,31 @@ export function planRoutes(input: PlanInput): RoutePlan {
   const unreachable = new Set<string>();
   const me = input.nodes.find((n) => n.name === input.node);
   const nodes = new Map(input.nodes.map((n) => [n.name, n]));
-
-  /** Where to send traffic for host `name`'s containers in `family`, if it can be reached directly. */
-  const nextHop = (name: string, family: IpFamily): string | undefined => {
-    const mine = hostCidr(me, family);
-    const theirs = hostCidr(nodes.get(name), family);
-    if (mine === undefined || theirs === undefined || !containsIp(mine.subnet, theirs.address)) {
-      unreachable.add(name);
-      return undefined;
+  const pools: Array<{ cidr: Cidr; mode: VxlanMode }> = [];
+  for (const p of input.pools ?? []) {
+    try {
+      pools.push({ cidr: parseCidr(p.cidr), mode: p.vxlanMode });
+    } catch {
+      // a malformed pool encapsulates nothing
     }
-    return formatIp(theirs.address);
+  }
+  const modeOf = (dst: Cidr): VxlanMode => (dst.family === 4 ? pools.find((p) => containsCidr(p.cidr, dst))?.mode : undefined) ?? 'Never';
+
+  /** How to send traffic for host `name`'s containers in `dst` (a block or an address), if at all. */
+  const hopTo = (name: string, dst: Cidr): Route | undefined => {
+    const mine = hostCidr(me, dst.family);
+    const theirs = hostCidr(nodes.get(name), dst.family);
+    const mode = modeOf(dst);
+    if (mine !== undefined && theirs !== undefined) {
+      const sameSubnet = containsIp(mine.subnet, theirs.address);
+      const via = formatIp(theirs.address);
+      if (dst.family === 4 && (mode === 'Always' || (mode === 'CrossSubnet' && !sameSubnet))) {
+        return { kind: 'vxlan', dst: formatCidr(dst), via, family: 4 };
+      }
+      if (sameSubnet) return { kind: 'via', dst: formatCidr(dst), via, family: dst.family };
+    }
+    unreachable.add(name);
+    return undefined;
   };
 
   // Blocks by family and size, so an address's block is a lookup per size, not a scan.
@@ -80,8 +140,8 @@ export function planRoutes(input: PlanInput): RoutePlan {
     if (b.affinity === input.node) {
       add(routes, { kind: 'blackhole', dst: formatCidr(cidr), family: cidr.family });
     } else if (b.affinity !== null) {
-      const via = nextHop(b.affinity, cidr.family);
-      if (via !== undefined) add(routes, { kind: 'via', dst: formatCidr(cidr), via, family: cidr.family });
+      const hop = hopTo(b.affinity, cidr);
+      if (hop !== undefined) add(routes, hop);
     }
   }
 
@@ -104,12 +164,34 @@ export function planRoutes(input: PlanInput): RoutePlan {
         continue;
       }
       if (affinityOf(ip) === ep.node) continue; // covered by the block route
-      const via = nextHop(ep.node, ip.family);
-      if (via !== undefined) add(routes, { kind: 'via', dst: `${formatIp(ip)}/${ip.family === 4 ? 32 : 128}`, via, family: ip.family });
+      const hop = hopTo(ep.node, blockContaining(ip, ip.family === 4 ? 32 : 128));
+      if (hop !== undefined) add(routes, hop);
     }
   }
   unreachable.delete(input.node);
-  return { routes: [...routes.values()].sort((a, b) => (a.dst < b.dst ? -1 : a.dst > b.dst ? 1 : 0)), unreachable: [...unreachable].sort() };
+  const vxlan = planVxlan(input, me, pools.some((p) => p.mode !== 'Never'));
+  return {
+    routes: [...routes.values()].sort((a, b) => (a.dst < b.dst ? -1 : a.dst > b.dst ? 1 : 0)),
+    unreachable: [...unreachable].sort(),
+    ...(vxlan !== undefined && { vxlan }),
+  };
+}
+
+/** The device exists when a pool encapsulates, this host has an IPv4 address, and another host
+ * has one too (a single host needs no tunnel). Every other host with an IPv4 address is a peer,
+ * whatever the modes: entries for a peer reached by plain routes are harmless, and the device
+ * must decapsulate whatever a peer sends. */
+function planVxlan(input: PlanInput, me: PlanNode | undefined, encapsulates: boolean): VxlanPlan | undefined {
+  const local = hostCidr(me, 4);
+  if (!encapsulates || local === undefined) return undefined;
+  const peers: VxlanPeer[] = [];
+  for (const n of input.nodes) {
+    const theirs = n.name === input.node ? undefined : hostCidr(n, 4);
+    if (theirs !== undefined) peers.push({ node: n.name, address: formatIp(theirs.address), mac: vxlanMac(n.name) });
+  }
+  if (peers.length === 0) return undefined;
+  peers.sort((a, b) => (a.node < b.node ? -1 : a.node > b.node ? 1 : 0));
+  return { local: formatIp(local.address), mac: vxlanMac(input.node), peers };
 }
 
 function add(routes: Map<string, Route>, route: Route): void {

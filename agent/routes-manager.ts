@@ -1,18 +1,21 @@
 // The routes manager: nodes, blocks and every host's endpoints from the datastore, planned by
-// route-plan.ts and written by the routes dataplane (dataplane/routes.ts).
+// route-plan.ts and written by the routes dataplane (dataplane/routes.ts), with the pools' VXLAN
+// modes (the VXLAN device and its entries: dataplane/vxlan.ts).
 import type { KeyValue } from '../datastore/datastore';
 import type { Keys } from '../datastore/keys';
+import { decodePool } from '../ipam/pool';
 import { errorMessage } from '../lib/errors';
 import type { Logger } from '../lib/log';
 import { parseStored } from '../model/codec';
 import { Endpoint } from '../model/endpoint';
 import { Node } from '../model/node';
-import { type PlanBlock, type PlanEndpoint, type PlanNode, type Route, planRoutes } from './route-plan';
+import { type PlanBlock, type PlanEndpoint, type PlanNode, type PlanPool, type Route, type VxlanPlan, planRoutes } from './route-plan';
 import type { Manager } from './sync-loop';
 
 /** The kernel side (dataplane/routes.ts), reduced to what the manager drives. */
 export interface RoutesApplier {
-  apply(routes: readonly Route[]): Promise<void>;
+  /** `vxlan` undefined: no VXLAN device (removed if there is one). */
+  apply(routes: readonly Route[], vxlan: VxlanPlan | undefined): Promise<void>;
   resync(): void;
 }
 
@@ -21,6 +24,7 @@ export class RoutesManager implements Manager {
   private readonly nodes = new Map<string, PlanNode>();
   private readonly blocks = new Map<string, PlanBlock>();
   private readonly endpoints = new Map<string, PlanEndpoint>();
+  private readonly pools = new Map<string, PlanPool>();
   private lastUnreachable = '';
 
   constructor(
@@ -33,10 +37,13 @@ export class RoutesManager implements Manager {
   update(key: string, kv: KeyValue | undefined): boolean {
     const kind = this.kindOf(key);
     if (kind === undefined) return false;
-    const map: Map<string, unknown> = kind === 'node' ? this.nodes : kind === 'block' ? this.blocks : this.endpoints;
+    const map: Map<string, unknown> = kind === 'node' ? this.nodes : kind === 'block' ? this.blocks : kind === 'pool' ? this.pools : this.endpoints;
     if (kv === undefined) return map.delete(key);
     try {
-      if (kind === 'node') {
+      if (kind === 'pool') {
+        const p = decodePool(kv.value, key);
+        this.pools.set(key, { cidr: p.cidr, vxlanMode: p.vxlanMode });
+      } else if (kind === 'node') {
         const n = parseStored(Node, kv);
         this.nodes.set(key, { name: n.name, ...(n.ipv4Address !== undefined && { ipv4Address: n.ipv4Address }), ...(n.ipv6Address !== undefined && { ipv6Address: n.ipv6Address }) });
       } else if (kind === 'endpoint') {
@@ -56,6 +63,7 @@ export class RoutesManager implements Manager {
     this.nodes.clear();
     this.blocks.clear();
     this.endpoints.clear();
+    this.pools.clear();
   }
 
   resync(): void {
@@ -68,17 +76,19 @@ export class RoutesManager implements Manager {
       nodes: [...this.nodes.values()],
       blocks: [...this.blocks.values()],
       endpoints: [...this.endpoints.values()],
+      pools: [...this.pools.values()],
     });
     const unreachable = plan.unreachable.join(', ');
     if (unreachable !== this.lastUnreachable && unreachable !== '') {
-      this.log.warn('no route to the containers of %s: no address, or on another subnet (needs VXLAN)', unreachable);
+      this.log.warn('no route to the containers of %s: no address, or on another subnet (needs a pool with vxlanMode CrossSubnet or Always)', unreachable);
     }
     this.lastUnreachable = unreachable;
-    await this.applier.apply(plan.routes);
+    await this.applier.apply(plan.routes, plan.vxlan);
   }
 
-  private kindOf(key: string): 'node' | 'block' | 'endpoint' | undefined {
+  private kindOf(key: string): 'node' | 'block' | 'endpoint' | 'pool' | undefined {
     if (key.startsWith(this.keys.blocksPrefix())) return 'block';
+    if (key.startsWith(this.keys.poolsPrefix())) return 'pool';
     if (!key.startsWith(this.keys.nodesPrefix())) return undefined;
     if (key.endsWith('/info')) return 'node';
     if (key.includes('/endpoints/')) return 'endpoint';

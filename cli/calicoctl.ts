@@ -18,7 +18,8 @@ export type { CliIo } from './context';
 export const USAGE = `Usage: calicoctl <command> [options]
 
 Commands:
-  pool add <cidr> [--disabled] [--nat-outgoing] [--block-size N]   add an IP pool
+  pool add <cidr> [--disabled] [--nat-outgoing] [--block-size N] [--vxlan-mode Always|CrossSubnet|Never]
+                                                                   add an IP pool
   pool list                                                          list IP pools and their use
   pool remove <cidr>                                                 remove an unused IP pool
   endpoint list                                                      list workload endpoints
@@ -60,6 +61,7 @@ export async function runCalicoctl(argv: string[], env: NodeJS.ProcessEnv, io: C
       'nat-outgoing': { type: 'boolean', default: false },
       force: { type: 'boolean', default: false },
       'block-size': { type: 'string' },
+      'vxlan-mode': { type: 'string' },
       protocol: { type: 'string' },
       port: { type: 'string' },
       'src-port': { type: 'string' },
@@ -84,6 +86,7 @@ export async function runCalicoctl(argv: string[], env: NodeJS.ProcessEnv, io: C
       natOutgoing: values['nat-outgoing'] ?? false,
       force: values.force ?? false,
       ...(values['block-size'] !== undefined && { blockSize: values['block-size'] }),
+      ...(values['vxlan-mode'] !== undefined && { vxlanMode: values['vxlan-mode'] }),
       ...(values.filename !== undefined && { filename: values.filename }),
       ...(values.protocol !== undefined && { protocol: values.protocol }),
       ...(values.port !== undefined && { port: values.port }),

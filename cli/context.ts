@@ -16,6 +16,7 @@ export interface Flags {
   readonly natOutgoing: boolean;
   readonly force: boolean;
   readonly blockSize?: string;
+  readonly vxlanMode?: string;
   readonly filename?: string;
   readonly protocol?: string;
   readonly port?: string;

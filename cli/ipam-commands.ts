@@ -14,7 +14,7 @@ export async function listEndpoints(ctx: Context): Promise<Endpoint[]> {
 
 export const ipamCommands: Record<string, Handler> = {
   async 'pool add'(ctx, args) {
-    exactArgs(args, 1, 'pool add <cidr> [--disabled] [--nat-outgoing] [--block-size N]');
+    exactArgs(args, 1, 'pool add <cidr> [--disabled] [--nat-outgoing] [--block-size N] [--vxlan-mode Always|CrossSubnet|Never]');
     const blockSize = intFlag(ctx.flags.blockSize, '--block-size', 0, 128);
     const pool = makePool({
       cidr: args[0] as string,
@@ -22,9 +22,10 @@ export const ipamCommands: Record<string, Handler> = {
       natOutgoing: ctx.flags.natOutgoing,
       createdAt: new Date().toISOString(),
       ...(blockSize !== undefined && { blockSize }),
+      ...(ctx.flags.vxlanMode !== undefined && { vxlanMode: ctx.flags.vxlanMode }),
     });
     const { created } = await ctx.allocator.addPool(pool);
-    ctx.io.out(created ? `added pool ${pool.cidr} (block size /${pool.blockSize}${pool.disabled ? ', disabled' : ''})` : `pool ${pool.cidr} already exists`);
+    ctx.io.out(created ? `added pool ${pool.cidr} (block size /${pool.blockSize}${pool.disabled ? ', disabled' : ''}${pool.vxlanMode === 'Never' ? '' : `, VXLAN ${pool.vxlanMode}`})` : `pool ${pool.cidr} already exists`);
   },
 
   async 'pool list'(ctx, args) {
@@ -38,6 +39,7 @@ export const ipamCommands: Record<string, Handler> = {
         { header: 'BLOCK SIZE', value: (r) => `/${r.blockSize}` },
         { header: 'DISABLED', value: (r) => String(r.disabled) },
         { header: 'NAT OUTGOING', value: (r) => String(r.natOutgoing) },
+        { header: 'VXLAN', value: (r) => r.vxlanMode },
         { header: 'ALLOCATED', value: (r) => String(r.allocated) },
       ], rows),
     );

@@ -4,6 +4,7 @@
 import { hostname } from 'node:os';
 import { isAbsolute } from 'node:path';
 import { ConfigError, errorMessage } from '../lib/errors';
+import { VXLAN_MODES, type VxlanMode, isVxlanMode } from '../ipam/pool';
 import { assertPolicyPrefix } from '../policy/names';
 import { type HostAddressSetting, parseHostAddressSetting } from './host-address';
 
@@ -45,6 +46,11 @@ export interface Config {
   readonly hostIpv6: HostAddressSetting;
   /** Routing protocol number that marks the routes the agent writes (ip route ... proto N). */
   readonly routeProtocol: number;
+  /** vxlanMode of the default IPv4 pool (CALICO_IPV4POOL_VXLAN), validated with the pool. */
+  readonly defaultIpv4PoolVxlanMode: VxlanMode;
+  /** This host's VXLAN device: VNI and UDP port (Calico's defaults 4096 and 4789). */
+  readonly vxlanVni: number;
+  readonly vxlanPort: number;
 }
 
 export const DEFAULTS = {
@@ -60,6 +66,8 @@ export const DEFAULTS = {
   dockerSocket: '/var/run/docker.sock',
   /** Not one of the kernel's own (0-4) nor a routing daemon's in /etc/iproute2/rt_protos. */
   routeProtocol: 80,
+  vxlanVni: 4096,
+  vxlanPort: 4789,
 } as const;
 
 type Env = Readonly<Record<string, string | undefined>>;
@@ -205,12 +213,21 @@ export function parseConfig(env: Env, defaultNodeName: string = hostname()): Con
     hostIpv4: parseHostAddressSetting(env, 4),
     hostIpv6: parseHostAddressSetting(env, 6),
     routeProtocol: integer(env, 'CALICO_ROUTE_PROTOCOL', DEFAULTS.routeProtocol, 5, 255),
+    defaultIpv4PoolVxlanMode: vxlanMode(env),
+    vxlanVni: integer(env, 'CALICO_VXLAN_VNI', DEFAULTS.vxlanVni, 1, 16_777_215),
+    vxlanPort: integer(env, 'CALICO_VXLAN_PORT', DEFAULTS.vxlanPort, 1, 65_535),
   };
+}
+
+function vxlanMode(env: Env): VxlanMode {
+  const v = value(env, 'CALICO_IPV4POOL_VXLAN') ?? 'Never';
+  if (!isVxlanMode(v)) throw new ConfigError(`CALICO_IPV4POOL_VXLAN must be one of ${VXLAN_MODES.join(', ')}, got '${v}'`);
+  return v;
 }
 
 function integer(env: Env, name: string, fallback: number, min: number, max: number): number {
   const v = value(env, name);
   if (v === undefined) return fallback;
-  if (!/^\d{1,5}$/.test(v) || Number(v) < min || Number(v) > max) throw new ConfigError(`${name} must be an integer from ${min} to ${max}, got '${v}'`);
+  if (!/^\d{1,8}$/.test(v) || Number(v) < min || Number(v) > max) throw new ConfigError(`${name} must be an integer from ${min} to ${max}, got '${v}'`);
   return Number(v);
 }

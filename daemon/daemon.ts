@@ -6,6 +6,8 @@ import type { Config } from '../config/config';
 import { LinuxEndpointDataplane } from '../dataplane/linux-endpoint-dataplane';
 import { PolicyDataplane } from '../dataplane/policy-dataplane';
 import { RoutesDataplane } from '../dataplane/routes';
+import { VxlanDataplane } from '../dataplane/vxlan';
+import { VXLAN_OVERHEAD } from '../ipam/pool';
 import { Agent } from '../agent/agent';
 import { LabelResolver } from '../driver/label-resolver';
 import { parseStored } from '../model/codec';
@@ -31,6 +33,8 @@ const log = logger('daemon');
 /** The packet mark bit policy chains use to carry "allowed" from a profile chain back to the
  * endpoint chain. Chosen clear of the bits Docker and kube-proxy use. */
 const POLICY_MARK_BIT = 0x100000;
+/** This host's VXLAN device (interface autodetection skips vxlan*). */
+const VXLAN_DEVICE = 'vxlan.calico';
 
 /** Endpoints whose labels (or network name) were still unknown when the daemon last stopped. */
 async function resumePendingLabels(store: Datastore, keys: Keys, node: string, labels: LabelResolver): Promise<void> {
@@ -91,7 +95,12 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
     // The agent owns our iptables chains; it programs everything before Docker can reach us.
     const agent = new Agent(store, keys, config.nodeName, {
       policy: new PolicyDataplane({ prefix: config.iptablesChainPrefix, markBit: POLICY_MARK_BIT, ifPrefix: config.hostIfPrefix, ...ns }),
-      routes: new RoutesDataplane({ protocol: config.routeProtocol, warn: (m) => log.warn('%s', m), ...ns }),
+      routes: new RoutesDataplane({
+        protocol: config.routeProtocol,
+        warn: (m) => log.warn('%s', m),
+        vxlan: new VxlanDataplane({ device: VXLAN_DEVICE, vni: config.vxlanVni, port: config.vxlanPort, mtu: config.vethMtu - VXLAN_OVERHEAD, ...ns }),
+        ...ns,
+      }),
     });
     await agent.start();
     closers.push(() => agent.stop());

@@ -3,7 +3,7 @@
 import type { Config } from '../config/config';
 import type { Allocator } from '../ipam/allocator';
 import { parseCidr } from '../ipam/cidr';
-import { makePool, type Pool } from '../ipam/pool';
+import { makePool, type Pool, type VxlanMode } from '../ipam/pool';
 import { ConfigError, ConflictError, InvalidRequestError } from '../lib/errors';
 import { logger } from '../lib/log';
 
@@ -12,16 +12,16 @@ const log = logger('daemon');
 /** The configured default pools, validated: pure, so a bad value stops the daemon before it
  * touches anything. */
 export function defaultPools(config: Config): Pool[] {
-  const wanted: [string, 4 | 6, string | undefined][] = [
-    ['CALICO_IPV4POOL_CIDR', 4, config.defaultIpv4Pool],
-    ['CALICO_IPV6POOL_CIDR', 6, config.defaultIpv6Pool],
+  const wanted: [string, 4 | 6, string | undefined, VxlanMode][] = [
+    ['CALICO_IPV4POOL_CIDR', 4, config.defaultIpv4Pool, config.defaultIpv4PoolVxlanMode],
+    ['CALICO_IPV6POOL_CIDR', 6, config.defaultIpv6Pool, 'Never'],
   ];
   const pools: Pool[] = [];
-  for (const [variable, family, cidr] of wanted) {
+  for (const [variable, family, cidr, vxlanMode] of wanted) {
     if (cidr === undefined) continue;
     let pool: Pool;
     try {
-      pool = makePool({ cidr });
+      pool = makePool({ cidr, vxlanMode });
     } catch (err) {
       if (err instanceof InvalidRequestError) throw new ConfigError(`${variable}: ${err.message}`);
       throw err;

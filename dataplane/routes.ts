@@ -8,21 +8,28 @@ import { DataplaneError, errorMessage } from '../lib/errors';
 import { run, runWithInput } from './exec';
 import { assertNetnsName } from './names';
 import type { NetnsOption } from './veth';
+import type { KernelVxlan, VxlanDataplane } from './vxlan';
 
 export type KernelRoute =
   | { readonly kind: 'blackhole'; readonly dst: string; readonly family: IpFamily }
-  | { readonly kind: 'via'; readonly dst: string; readonly via: string; readonly family: IpFamily };
+  | { readonly kind: 'via'; readonly dst: string; readonly via: string; readonly family: IpFamily }
+  /** Through the VXLAN device, to the other host's address (onlink: it is not on the device). */
+  | { readonly kind: 'vxlan'; readonly dst: string; readonly via: string; readonly family: 4 };
 
 export interface RoutesDataplaneOptions extends NetnsOption {
   /** Routing protocol number marking our routes (1-255, not one of the kernel's own 0-4). */
   readonly protocol: number;
   readonly warn?: (message: string) => void;
+  /** The VXLAN device, for routes of kind 'vxlan'; without it such routes are refused. */
+  readonly vxlan?: VxlanDataplane;
 }
 
 interface IpRouteJson {
   type?: string;
   dst?: string;
   gateway?: string;
+  dev?: string;
+  flags?: string[];
 }
 
 export class RoutesDataplane {
@@ -39,9 +46,22 @@ export class RoutesDataplane {
 
   resync(): void {
     this.written = undefined;
+    this.o.vxlan?.resync();
   }
 
-  async apply(routes: readonly KernelRoute[]): Promise<void> {
+  /** Writes `routes`; with `vxlan`, the VXLAN device and its entries first (routes go through it);
+   * without, the device is removed once no route needs it. */
+  async apply(routes: readonly KernelRoute[], vxlan?: KernelVxlan): Promise<void> {
+    if (vxlan !== undefined || routes.some((r) => r.kind === 'vxlan')) {
+      if (this.o.vxlan === undefined) throw new DataplaneError('VXLAN routes planned, but no VXLAN device is configured');
+      if (vxlan === undefined) throw new DataplaneError('VXLAN routes planned without the VXLAN device');
+      await this.o.vxlan.apply(vxlan);
+    }
+    await this.applyRoutes(routes);
+    if (vxlan === undefined) await this.o.vxlan?.remove();
+  }
+
+  private async applyRoutes(routes: readonly KernelRoute[]): Promise<void> {
     const current = this.written ?? (await this.readKernel());
     const desired = new Map(routes.map((r) => [r.dst, this.spec(r)]));
     const lines: string[] = [];
@@ -77,7 +97,9 @@ export class RoutesDataplane {
         const dst = r.dst.includes('/') ? r.dst : `${r.dst}/${family === '-4' ? 32 : 128}`;
         const f: IpFamily = family === '-4' ? 4 : 6;
         if (r.type === 'blackhole') out.set(dst, this.spec({ kind: 'blackhole', dst, family: f }));
-        else if (r.gateway !== undefined) out.set(dst, this.spec({ kind: 'via', dst, via: r.gateway, family: f }));
+        else if (f === 4 && r.gateway !== undefined && this.o.vxlan !== undefined && r.dev === this.o.vxlan.device && (r.flags ?? []).includes('onlink')) {
+          out.set(dst, this.spec({ kind: 'vxlan', dst, via: r.gateway, family: 4 }));
+        } else if (r.gateway !== undefined) out.set(dst, this.spec({ kind: 'via', dst, via: r.gateway, family: f }));
         else out.set(dst, `${dst} proto ${this.o.protocol}`); // ours but of a shape we never write: a stray
       }
     }
@@ -86,6 +108,9 @@ export class RoutesDataplane {
 
   /** Addresses in routes come from formatCidr/formatIp (canonical, validated): safe batch lines. */
   private spec(r: KernelRoute): string {
-    return r.kind === 'blackhole' ? `blackhole ${r.dst} proto ${this.o.protocol}` : `${r.dst} via ${r.via} proto ${this.o.protocol}`;
+    if (r.kind === 'blackhole') return `blackhole ${r.dst} proto ${this.o.protocol}`;
+    if (r.kind === 'via') return `${r.dst} via ${r.via} proto ${this.o.protocol}`;
+    // The device name was validated by VxlanDataplane (an interface name: no spaces).
+    return `${r.dst} via ${r.via} dev ${this.o.vxlan?.device ?? '?'} onlink proto ${this.o.protocol}`;
   }
 }

@@ -9,6 +9,7 @@ import type { EndpointDataplane } from '../dataplane/endpoint-dataplane';
 import { CONTAINER_GATEWAY_V4 } from '../dataplane/veth';
 import type { Allocator } from '../ipam/allocator';
 import { addressPart, normalizeCidr, parseCidr, type IpFamily } from '../ipam/cidr';
+import { VXLAN_OVERHEAD } from '../ipam/pool';
 import { ConflictError, InvalidRequestError, NotFoundError, errorMessage } from '../lib/errors';
 import { logger } from '../lib/log';
 import { parseStored, serialize } from '../model/codec';
@@ -242,6 +243,13 @@ export class NetworkDriver {
     return kv === undefined ? hostVethName(this.o.hostIfPrefix, endpointId) : parseStored(Endpoint, kv).hostInterface;
   }
 
+  /** The configured MTU, less VXLAN's overhead when any pool encapsulates (as Calico: one MTU for
+   * every workload, so a container's packets fit whichever way they leave). */
+  private async vethMtu(): Promise<number> {
+    const pools = await this.o.allocator.listPools();
+    return pools.some((p) => p.vxlanMode !== 'Never') ? this.o.mtu - VXLAN_OVERHEAD : this.o.mtu;
+  }
+
   async join(req: JoinRequest): Promise<JoinResponse> {
     const ep = await this.getEndpoint(req.EndpointID);
     // The recorded name is the one policy programs, even if the prefix changed since.
@@ -249,7 +257,7 @@ export class NetworkDriver {
     const attached = await this.o.dataplane.attach({
       hostIf,
       peerIf: tempPeerName(req.EndpointID),
-      mtu: this.o.mtu,
+      mtu: await this.vethMtu(),
       ipv4: ep.ipv4.map(addressPart),
       ipv6: ep.ipv6.map(addressPart),
     });

@@ -27,6 +27,18 @@ export const BLOCK_SIZE_BOUNDS: Readonly<Record<IpFamily, { readonly min: number
   6: { min: 116, max: 128 },
 };
 
+/** Calico's per-pool VXLAN setting: encapsulate traffic to other hosts' blocks of this pool
+ * always, only to hosts on another subnet, or never (hosts on another subnet are then
+ * unreachable). IPv4 pools only. */
+export const VXLAN_MODES = ['Never', 'CrossSubnet', 'Always'] as const;
+export type VxlanMode = (typeof VXLAN_MODES)[number];
+/** Bytes VXLAN adds to each packet (outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14). */
+export const VXLAN_OVERHEAD = 50;
+
+export function isVxlanMode(v: unknown): v is VxlanMode {
+  return typeof v === 'string' && (VXLAN_MODES as readonly string[]).includes(v);
+}
+
 export interface Pool {
   /** Canonical CIDR (see cidr.ts); also the key segment. */
   readonly cidr: string;
@@ -36,6 +48,8 @@ export interface Pool {
   readonly disabled: boolean;
   /** Masquerade traffic from the pool to destinations outside all pools. */
   readonly natOutgoing: boolean;
+  /** Encapsulation of traffic to other hosts' blocks of this pool. */
+  readonly vxlanMode: VxlanMode;
   /** ISO 8601 time of creation, informational. */
   readonly createdAt?: string;
 }
@@ -46,6 +60,7 @@ export interface PoolInput {
   readonly blockSize?: number;
   readonly disabled?: boolean;
   readonly natOutgoing?: boolean;
+  readonly vxlanMode?: string;
   readonly createdAt?: string;
 }
 
@@ -91,12 +106,20 @@ export function makePool(input: PoolInput): Pool {
       throw new InvalidRequestError(`invalid pool ${input.cidr}: ${flag} must be true or false`);
     }
   }
+  const vxlanMode = input.vxlanMode ?? 'Never';
+  if (!isVxlanMode(vxlanMode)) {
+    throw new InvalidRequestError(`invalid pool ${input.cidr}: vxlanMode must be one of ${VXLAN_MODES.join(', ')}, got ${JSON.stringify(vxlanMode)}`);
+  }
+  if (vxlanMode !== 'Never' && cidr.family === 6) {
+    throw new InvalidRequestError(`invalid pool ${input.cidr}: VXLAN is built for IPv4 pools only; vxlanMode must be Never`);
+  }
   return withOptionalCreatedAt(
     {
       cidr: formatCidr(cidr),
       blockSize,
       disabled: input.disabled ?? false,
       natOutgoing: input.natOutgoing ?? false,
+      vxlanMode,
     },
     input.createdAt,
   );
@@ -109,7 +132,7 @@ function withOptionalCreatedAt(pool: Pool, createdAt: string | undefined): Pool 
 export function encodePool(pool: Pool): string {
   return JSON.stringify(
     withOptionalCreatedAt(
-      { cidr: pool.cidr, blockSize: pool.blockSize, disabled: pool.disabled, natOutgoing: pool.natOutgoing },
+      { cidr: pool.cidr, blockSize: pool.blockSize, disabled: pool.disabled, natOutgoing: pool.natOutgoing, vxlanMode: pool.vxlanMode },
       pool.createdAt,
     ),
   );
@@ -142,12 +165,16 @@ export function decodePool(text: string, source: string, expectedCidr?: string):
   for (const flag of ['disabled', 'natOutgoing']) {
     if (typeof v[flag] !== 'boolean') return fail(`${flag} must be true or false`);
   }
+  // Pools stored before VXLAN existed have no vxlanMode: they never encapsulated.
+  const vxlanMode = v['vxlanMode'] ?? 'Never';
+  if (!isVxlanMode(vxlanMode)) return fail(`vxlanMode must be one of ${VXLAN_MODES.join(', ')}, got ${JSON.stringify(vxlanMode)}`);
   return withOptionalCreatedAt(
     {
       cidr: cidrText,
       blockSize: v['blockSize'] as number,
       disabled: v['disabled'] as boolean,
       natOutgoing: v['natOutgoing'] as boolean,
+      vxlanMode,
     },
     v['createdAt'] as string | undefined,
   );

@@ -35,8 +35,15 @@ test.serial('pool add, list in every format, and remove', async (t) => {
   t.truthy(pools.find((p) => p.cidr === '198.18.64.0/24'), 'the default pool from CALICO_IPV4POOL_CIDR');
 
   const table = await calicoctl(plugin, ['pool', 'list']);
-  t.regex(table.stdout, /^CIDR\s+BLOCK SIZE\s+DISABLED\s+NAT OUTGOING\s+ALLOCATED$/m);
-  t.regex(table.stdout, /^198\.18\.80\.0\/24\s+\/28\s+false\s+true\s+0$/m);
+  t.regex(table.stdout, /^CIDR\s+BLOCK SIZE\s+DISABLED\s+NAT OUTGOING\s+VXLAN\s+ALLOCATED$/m);
+  t.regex(table.stdout, /^198\.18\.80\.0\/24\s+\/28\s+false\s+true\s+Never\s+0$/m);
+  const vx = await calicoctl(plugin, ['pool', 'add', '198.18.96.0/24', '--vxlan-mode', 'CrossSubnet']);
+  t.is(vx.code, 0, vx.stderr);
+  t.regex(vx.stdout, /added pool 198\.18\.96\.0\/24 \(block size \/26, VXLAN CrossSubnet\)/);
+  t.regex((await calicoctl(plugin, ['pool', 'list'])).stdout, /^198\.18\.96\.0\/24\s+\/26\s+false\s+false\s+CrossSubnet\s+0$/m);
+  const badMode = await calicoctl(plugin, ['pool', 'add', '198.18.97.0/24', '--vxlan-mode', 'sometimes']);
+  t.not(badMode.code, 0);
+  t.regex(badMode.stderr, /vxlanMode must be one of Never, CrossSubnet, Always/);
   const yaml = await calicoctl(plugin, ['pool', 'list', '-o', 'yaml']);
   t.regex(yaml.stdout, /- cidr: 198\.18\.80\.0\/24\n\s+blockSize: 28/);
 

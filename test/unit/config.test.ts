@@ -15,6 +15,16 @@ test('defaults: embedded store, Calico names, default pools', (t) => {
   t.is(c.defaultIpv4Pool, '192.168.0.0/16');
   t.is(c.containerIfPrefix, 'eth');
   t.is(c.hostIfPrefix, 'cali');
+  t.is(c.defaultIpv4PoolVxlanMode, 'Never');
+  t.is(c.vxlanVni, 4096);
+  t.is(c.vxlanPort, 4789);
+});
+
+test('VXLAN settings', (t) => {
+  const c = parseConfig({ CALICO_IPV4POOL_VXLAN: 'CrossSubnet', CALICO_VXLAN_VNI: '16777215', CALICO_VXLAN_PORT: '8472' }, 'h');
+  t.is(c.defaultIpv4PoolVxlanMode, 'CrossSubnet');
+  t.is(c.vxlanVni, 16_777_215);
+  t.is(c.vxlanPort, 8472);
 });
 
 test('etcd settings are read and TLS files are kept', (t) => {
@@ -58,6 +68,10 @@ const invalid: [string, Record<string, string>, RegExp][] = [
   ['if prefix', { CALICO_LIBNETWORK_IFPREFIX: 'eth-0-long-prefix' }, /CALICO_LIBNETWORK_IFPREFIX/],
   ['pool', { CALICO_IPV4POOL_CIDR: '10.0.0.0' }, /CALICO_IPV4POOL_CIDR must be a CIDR/],
   ['node name', { NODENAME: 'a b' }, /NODENAME/],
+  ['VXLAN mode', { CALICO_IPV4POOL_VXLAN: 'always' }, /CALICO_IPV4POOL_VXLAN must be one of Never, CrossSubnet, Always, got 'always'/],
+  ['VXLAN VNI', { CALICO_VXLAN_VNI: '16777216' }, /CALICO_VXLAN_VNI must be an integer from 1 to 16777215/],
+  ['VXLAN VNI zero', { CALICO_VXLAN_VNI: '0' }, /CALICO_VXLAN_VNI must be an integer from 1/],
+  ['VXLAN port', { CALICO_VXLAN_PORT: '65536' }, /CALICO_VXLAN_PORT must be an integer from 1 to 65535/],
   ['docker host', { DOCKER_HOST: 'tcp://1.2.3.4:2375' }, /DOCKER_HOST must be a unix:\/\/ socket/],
   ['chain prefix', { CALICO_IPTABLES_CHAIN_PREFIX: 'way-too-long-prefix' }, /CALICO_IPTABLES_CHAIN_PREFIX/],
   ['interface prefix too long', { CALICO_INTERFACE_PREFIX: 'calico' }, /CALICO_INTERFACE_PREFIX must be one to four/],

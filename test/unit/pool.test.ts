@@ -5,18 +5,21 @@ import { CorruptDataError, InvalidRequestError } from '../../lib/errors';
 
 test('makePool: defaults and normalization', (t) => {
   const cases: Array<[PoolInput, Pool]> = [
-    [{ cidr: '192.168.0.0/16' }, { cidr: '192.168.0.0/16', blockSize: 26, disabled: false, natOutgoing: false }],
-    [{ cidr: 'FD00:0::/64' }, { cidr: 'fd00::/64', blockSize: 122, disabled: false, natOutgoing: false }],
+    [{ cidr: '192.168.0.0/16' }, { cidr: '192.168.0.0/16', blockSize: 26, disabled: false, natOutgoing: false, vxlanMode: 'Never' }],
+    [{ cidr: 'FD00:0::/64' }, { cidr: 'fd00::/64', blockSize: 122, disabled: false, natOutgoing: false, vxlanMode: 'Never' }],
     // A pool smaller than the default block is one block.
-    [{ cidr: '10.0.0.0/28' }, { cidr: '10.0.0.0/28', blockSize: 28, disabled: false, natOutgoing: false }],
-    [{ cidr: 'fd00::/125' }, { cidr: 'fd00::/125', blockSize: 125, disabled: false, natOutgoing: false }],
+    [{ cidr: '10.0.0.0/28' }, { cidr: '10.0.0.0/28', blockSize: 28, disabled: false, natOutgoing: false, vxlanMode: 'Never' }],
+    [{ cidr: 'fd00::/125' }, { cidr: 'fd00::/125', blockSize: 125, disabled: false, natOutgoing: false, vxlanMode: 'Never' }],
     [
       { cidr: '10.0.0.0/28', blockSize: 30, disabled: true, natOutgoing: true, createdAt: '2024-01-02T03:04:05.000Z' },
-      { cidr: '10.0.0.0/28', blockSize: 30, disabled: true, natOutgoing: true, createdAt: '2024-01-02T03:04:05.000Z' },
+      { cidr: '10.0.0.0/28', blockSize: 30, disabled: true, natOutgoing: true, vxlanMode: 'Never', createdAt: '2024-01-02T03:04:05.000Z' },
     ],
-    [{ cidr: '10.0.0.0/8', blockSize: 20 }, { cidr: '10.0.0.0/8', blockSize: 20, disabled: false, natOutgoing: false }],
-    [{ cidr: '10.0.0.0/8', blockSize: 32 }, { cidr: '10.0.0.0/8', blockSize: 32, disabled: false, natOutgoing: false }],
-    [{ cidr: 'fd00::/48', blockSize: 116 }, { cidr: 'fd00::/48', blockSize: 116, disabled: false, natOutgoing: false }],
+    [{ cidr: '10.0.0.0/8', vxlanMode: 'CrossSubnet' }, { cidr: '10.0.0.0/8', blockSize: 26, disabled: false, natOutgoing: false, vxlanMode: 'CrossSubnet' }],
+    [{ cidr: '10.0.0.0/8', vxlanMode: 'Always' }, { cidr: '10.0.0.0/8', blockSize: 26, disabled: false, natOutgoing: false, vxlanMode: 'Always' }],
+    [{ cidr: 'fd00::/64', vxlanMode: 'Never' }, { cidr: 'fd00::/64', blockSize: 122, disabled: false, natOutgoing: false, vxlanMode: 'Never' }],
+    [{ cidr: '10.0.0.0/8', blockSize: 20 }, { cidr: '10.0.0.0/8', blockSize: 20, disabled: false, natOutgoing: false, vxlanMode: 'Never' }],
+    [{ cidr: '10.0.0.0/8', blockSize: 32 }, { cidr: '10.0.0.0/8', blockSize: 32, disabled: false, natOutgoing: false, vxlanMode: 'Never' }],
+    [{ cidr: 'fd00::/48', blockSize: 116 }, { cidr: 'fd00::/48', blockSize: 116, disabled: false, natOutgoing: false, vxlanMode: 'Never' }],
   ];
   for (const [input, expected] of cases) t.deepEqual(makePool(input), expected, input.cidr);
   t.is(poolFamily(makePool({ cidr: 'fd00::/64' })), 6);
@@ -33,6 +36,8 @@ test('makePool: invalid input', (t) => {
     [{ cidr: 'fd00::/64', blockSize: 26 }, 'invalid pool fd00::/64: block size must be a prefix length from 116 to 128 for fd00::/64, got 26'],
     [{ cidr: '10.0.0.0/8', createdAt: 'yesterday' }, 'invalid pool 10.0.0.0/8: createdAt must be an ISO 8601 time, got "yesterday"'],
     [{ cidr: '10.0.0.0/8', disabled: 'yes' as unknown as boolean }, 'invalid pool 10.0.0.0/8: disabled must be true or false'],
+    [{ cidr: '10.0.0.0/8', vxlanMode: 'always' }, 'invalid pool 10.0.0.0/8: vxlanMode must be one of Never, CrossSubnet, Always, got "always"'],
+    [{ cidr: 'fd00::/64', vxlanMode: 'Always' }, 'invalid pool fd00::/64: VXLAN is built for IPv4 pools only; vxlanMode must be Never'],
   ];
   for (const [input, message] of cases) {
     t.throws(() => makePool(input), { instanceOf: InvalidRequestError, message }, JSON.stringify(input));
@@ -43,12 +48,13 @@ test('encodePool / decodePool round trip', (t) => {
   const pools = [
     makePool({ cidr: '192.168.0.0/16', natOutgoing: true }),
     makePool({ cidr: 'fd00::/64', disabled: true, createdAt: '2024-01-02T03:04:05.000Z' }),
+    makePool({ cidr: '10.0.0.0/8', vxlanMode: 'CrossSubnet' }),
   ];
   for (const pool of pools) t.deepEqual(decodePool(encodePool(pool), 'k', pool.cidr), pool, pool.cidr);
   // Fields a newer version adds are ignored.
   t.deepEqual(
     decodePool('{"cidr":"10.0.0.0/8","blockSize":26,"disabled":false,"natOutgoing":false,"ipip":"always"}', 'k'),
-    { cidr: '10.0.0.0/8', blockSize: 26, disabled: false, natOutgoing: false },
+    { cidr: '10.0.0.0/8', blockSize: 26, disabled: false, natOutgoing: false, vxlanMode: 'Never' },
   );
 });
 
@@ -56,6 +62,7 @@ test('decodePool: corrupt data gets a CorruptDataError naming the key', (t) => {
   const cases: Array<[string, string]> = [
     ['not json', 'corrupt IP pool at /k: not valid JSON'],
     ['[]', 'corrupt IP pool at /k: not a JSON object'],
+    ['{"cidr":"10.0.0.0/8","blockSize":26,"disabled":false,"natOutgoing":false,"vxlanMode":"sometimes"}', 'corrupt IP pool at /k: vxlanMode must be one of Never, CrossSubnet, Always, got "sometimes"'],
     ['{"cidr":"10.0.0.1/8","blockSize":26,"disabled":false,"natOutgoing":false}', 'corrupt IP pool at /k: cidr must be a canonical CIDR string, got "10.0.0.1/8"'],
     ['{"cidr":"10.1.0.0/16","blockSize":26,"disabled":false,"natOutgoing":false}', 'corrupt IP pool at /k: cidr 10.1.0.0/16 does not match the key\'s 10.0.0.0/8'],
     ['{"cidr":"10.0.0.0/8","disabled":false,"natOutgoing":false}', 'corrupt IP pool at /k: block size must be a prefix length from 20 to 32 for 10.0.0.0/8, got undefined'],

@@ -1,0 +1,42 @@
+// The routes manager without a kernel: datastore keys in, plan out to a fake applier.
+import test from 'ava';
+import type { Route, VxlanPlan } from '../../agent/route-plan';
+import { RoutesManager } from '../../agent/routes-manager';
+import type { KeyValue } from '../../datastore/datastore';
+import { Keys } from '../../datastore/keys';
+import { encodePool, makePool } from '../../ipam/pool';
+import { logger } from '../../lib/log';
+
+const keys = new Keys('/rm-test');
+const kv = (key: string, value: string): KeyValue => ({ key, value, revision: '1' });
+const node = (name: string, ipv4Address: string) =>
+  kv(keys.node(name), JSON.stringify({ name, version: 'x', datastore: 'etcd', startedAt: '2024-01-01T00:00:00Z', ipv4Address }));
+
+test('pool modes from the datastore drive VXLAN routes and the device; a removed pool stops them', async (t) => {
+  const applied: Array<{ routes: readonly Route[]; vxlan: VxlanPlan | undefined }> = [];
+  const m = new RoutesManager(keys, 'h1', { apply: async (routes, vxlan) => void applied.push({ routes, vxlan }), resync: () => undefined }, logger('rm-test'));
+  const pool = (mode: 'Never' | 'CrossSubnet') => kv(keys.pool('10.0.0.0/16'), encodePool(makePool({ cidr: '10.0.0.0/16', vxlanMode: mode })));
+  t.true(m.update(node('h1', '198.18.1.11/24').key, node('h1', '198.18.1.11/24')));
+  t.true(m.update(node('h3', '198.18.2.13/24').key, node('h3', '198.18.2.13/24')));
+  const block = kv(keys.block('10.0.0.0/16', '10.0.0.128/26'), JSON.stringify({ cidr: '10.0.0.128/26', affinity: 'h3' }));
+  t.true(m.update(block.key, block));
+  t.true(m.update(pool('CrossSubnet').key, pool('CrossSubnet')), 'pools concern the routes manager');
+
+  await m.apply();
+  t.deepEqual(applied.at(-1)?.routes, [{ kind: 'vxlan', dst: '10.0.0.128/26', via: '198.18.2.13', family: 4 }]);
+  t.like(applied.at(-1)?.vxlan, { local: '198.18.1.11', peers: [{ node: 'h3', address: '198.18.2.13' }] });
+
+  m.update(pool('Never').key, pool('Never'));
+  await m.apply();
+  t.deepEqual(applied.at(-1), { routes: [], vxlan: undefined });
+
+  m.update(pool('CrossSubnet').key, pool('CrossSubnet'));
+  m.update(pool('CrossSubnet').key, undefined);
+  await m.apply();
+  t.deepEqual(applied.at(-1), { routes: [], vxlan: undefined }, 'a deleted pool encapsulates nothing');
+
+  // A corrupt pool is ignored (logged), not fatal.
+  t.true(m.update(pool('CrossSubnet').key, kv(pool('CrossSubnet').key, '{')));
+  await m.apply();
+  t.deepEqual(applied.at(-1), { routes: [], vxlan: undefined });
+});
