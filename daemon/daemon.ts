@@ -20,6 +20,7 @@ import { serveStore, storeSocketPath } from '../datastore/store-socket';
 import { DockerNetworkNames } from '../driver/docker-network-names';
 import { IpamDriver } from '../driver/ipam-driver';
 import { NetworkDriver } from '../driver/network-driver';
+import { EndpointService } from '../workload/endpoint-service';
 import { Allocator } from '../ipam/allocator';
 import { errorMessage } from '../lib/errors';
 import { logger } from '../lib/log';
@@ -111,24 +112,30 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
       const server = await serveStore(store, storeSocketPath(config.dataDir));
       closers.push(() => server.close());
     }
-    const driver = new NetworkDriver({
+    const endpoints = new EndpointService({
       store,
       keys,
       allocator,
       dataplane: new LinuxEndpointDataplane(ns),
-      names: new DockerNetworkNames(config.dockerSocket),
       node: config.nodeName,
-      pluginName: config.networkDriverName,
-      ipamPluginName: config.ipamDriverName,
       hostIfPrefix: config.hostIfPrefix,
-      containerIfPrefix: config.containerIfPrefix,
       mtu: config.vethMtu,
-      createProfiles: config.createProfiles,
       labelEndpoints: config.labelEndpoints,
       policy: {
         resolveLabelsLater: (endpointId, networkId) => labels.resolveLater(endpointId, networkId),
         waitProgrammed: (endpointId, timeoutMs) => agent.waitProgrammed(endpointId, timeoutMs),
       },
+    });
+    const driver = new NetworkDriver({
+      store,
+      keys,
+      endpoints,
+      names: new DockerNetworkNames(config.dockerSocket),
+      node: config.nodeName,
+      pluginName: config.networkDriverName,
+      ipamPluginName: config.ipamDriverName,
+      containerIfPrefix: config.containerIfPrefix,
+      createProfiles: config.createProfiles,
     });
     const ipam = new IpamDriver(allocator, config.nodeName, config.ipamDriverName);
     const networkServer = await startPluginServer({ name: config.networkDriverName, socketPath: sockets.network, implements: ['NetworkDriver'], errorKey: 'Err', routes: driver.routes() });

@@ -1,22 +1,17 @@
-// The NetworkDriver: records networks and endpoints in the datastore and plumbs each endpoint into
-// the host as a routed veth. Each request changes one thing at most, or undoes its own work when a
-// later step fails (the veth plumbing keeps an explicit undo list: dataplane/veth.ts), so a failed
-// request leaves nothing behind.
+// The NetworkDriver: Docker's side of networks and endpoints. It decodes libnetwork's requests,
+// records networks and their profiles, and hands endpoints to the endpoint service
+// (workload/endpoint-service.ts), which knows nothing of Docker: what is Docker's stays here.
 import type { Datastore } from '../datastore/datastore';
 import type { Keys } from '../datastore/keys';
-import { hostVethName, parseHostAddress, tempPeerName } from '../dataplane/names';
-import type { EndpointDataplane } from '../dataplane/endpoint-dataplane';
-import { CONTAINER_GATEWAY_V4 } from '../dataplane/veth';
-import type { Allocator } from '../ipam/allocator';
-import { addressPart, normalizeCidr, parseCidr, type IpFamily } from '../ipam/cidr';
-import { VXLAN_OVERHEAD } from '../ipam/pool';
-import { ConflictError, InvalidRequestError, NotFoundError, errorMessage } from '../lib/errors';
+import { parseHostAddress, tempPeerName } from '../dataplane/names';
+import { normalizeCidr, parseCidr, type IpFamily } from '../ipam/cidr';
+import { InvalidRequestError, NotFoundError, errorMessage } from '../lib/errors';
 import { logger } from '../lib/log';
 import { parseStored, serialize } from '../model/codec';
-import { Endpoint } from '../model/endpoint';
 import { Network } from '../model/network';
 import { decodeProfile } from '../model/profile';
 import { CREATED_BY_ANNOTATION, PROFILE_NAME } from '../policy/profile-resource';
+import type { EndpointService } from '../workload/endpoint-service';
 import { recordNetworkProfile } from './network-profile';
 import {
   AllocateNetworkRequest,
@@ -41,14 +36,6 @@ import { route, type Route } from '../protocol/plugin-server';
 import { decode } from '../lib/validate';
 import { GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE } from './ipam-driver';
 
-/** What the driver needs from the policy side: who finds labels, and who programs the rules. */
-export interface EndpointPolicy {
-  /** Look up the container's labels after Join; the endpoint stays isolated until then. */
-  resolveLabelsLater(endpointId: string, networkId: string): void;
-  /** Resolves true once the endpoint's full policy is in the kernel (false on timeout). */
-  waitProgrammed(endpointId: string, timeoutMs: number): Promise<boolean>;
-}
-
 /** Looks up Docker's name for a network (CreateNetwork carries only the ID). */
 export interface NetworkNameLookup {
   networkName(networkId: string): Promise<string | undefined>;
@@ -61,24 +48,14 @@ const SUPPORTED_NETWORK_OPTIONS: readonly string[] = [];
 export interface NetworkDriverOptions {
   readonly store: Datastore;
   readonly keys: Keys;
-  readonly allocator: Allocator;
-  readonly dataplane: EndpointDataplane;
+  readonly endpoints: EndpointService;
   readonly names: NetworkNameLookup;
   readonly node: string;
   readonly pluginName: string;
   readonly ipamPluginName: string;
-  readonly hostIfPrefix: string;
   readonly containerIfPrefix: string;
-  readonly mtu: number;
   readonly createProfiles: boolean;
-  /** Copy container labels to endpoints (they are resolved after Join; see label-resolver.ts). */
-  readonly labelEndpoints: boolean;
-  readonly policy: EndpointPolicy;
 }
-
-/** How long Join waits for the agent to program a ready endpoint before answering anyway (the
- * endpoint is isolated until programmed, so answering early is safe, just less convenient). */
-const PROGRAMMED_WAIT_MS = 5_000;
 
 /** A container address as the endpoint records it: canonical, with its full-length prefix. */
 function hostAddress(text: string, family: IpFamily, field: string): string {
@@ -184,101 +161,33 @@ export class NetworkDriver {
     // Known network first, also without profiles: an endpoint of a foreign network is refused.
     const { network } = await this.getNetwork(req.NetworkID);
     const profiles = await this.ensureProfile(req.NetworkID, network);
-    const endpoint: Endpoint = {
-      id: req.EndpointID,
-      networkId: req.NetworkID,
-      node: this.o.node,
-      hostInterface: hostVethName(this.o.hostIfPrefix, req.EndpointID),
-      ipv4,
-      ipv6,
-      mac: iface.MacAddress,
-      profiles: profiles ?? [],
-      labels: {},
-      ready: !this.o.labelEndpoints && profiles !== undefined,
-      profilesPending: profiles === undefined,
-      createdAt: new Date().toISOString(),
-    };
-    const key = this.o.keys.endpoint(this.o.node, req.EndpointID);
-    if ((await this.o.store.create(key, serialize(endpoint))) === undefined) {
-      throw new ConflictError(`endpoint ${req.EndpointID.slice(0, 12)} already exists on ${this.o.node}`);
-    }
-    // Naming the endpoint on its allocations is bookkeeping for operators (ipam show), not needed
-    // to serve Docker: it runs after the answer, off the container start path.
-    void this.recordEndpointOnAllocations(req.EndpointID, [...ipv4, ...ipv6]);
+    await this.o.endpoints.create({ id: req.EndpointID, networkId: req.NetworkID, ipv4, ipv6, mac: iface.MacAddress, profiles });
     return {};
   }
 
-  private async recordEndpointOnAllocations(endpointId: string, addresses: string[]): Promise<void> {
-    for (const cidr of addresses) {
-      try {
-        await this.o.allocator.setEndpoint(addressPart(cidr), endpointId);
-      } catch (err) {
-        // NotFound: the container is already gone and its address released.
-        if (!(err instanceof NotFoundError)) log.warn('recording endpoint %s on address %s: %s', endpointId.slice(0, 12), cidr, errorMessage(err));
-      }
-    }
-  }
-
-  private async getEndpoint(endpointId: string): Promise<Endpoint> {
-    const kv = await this.o.store.get(this.o.keys.endpoint(this.o.node, endpointId));
-    if (kv === undefined) throw new NotFoundError(`endpoint ${endpointId.slice(0, 12)} does not exist on ${this.o.node}`);
-    return parseStored(Endpoint, kv);
-  }
-
   async endpointOperInfo(req: EndpointRequest): Promise<EndpointOperInfoResponse> {
-    const ep = await this.getEndpoint(req.EndpointID);
+    const ep = await this.o.endpoints.get(req.EndpointID);
     return { Value: { hostInterface: ep.hostInterface, ipv4: ep.ipv4, ipv6: ep.ipv6, profiles: ep.profiles, node: ep.node } };
   }
 
   async deleteEndpoint(req: EndpointRequest): Promise<object> {
-    // Leave normally removed the veth already; a crash between the two must not leak it.
-    await this.o.dataplane.detach(await this.hostInterfaceOf(req.EndpointID));
-    await this.o.store.delete(this.o.keys.endpoint(this.o.node, req.EndpointID));
+    await this.o.endpoints.remove(req.EndpointID);
     return {};
   }
 
-  /** The recorded interface name; derived from the ID when the record is already gone. */
-  private async hostInterfaceOf(endpointId: string): Promise<string> {
-    const kv = await this.o.store.get(this.o.keys.endpoint(this.o.node, endpointId));
-    return kv === undefined ? hostVethName(this.o.hostIfPrefix, endpointId) : parseStored(Endpoint, kv).hostInterface;
-  }
-
-  /** The configured MTU, less VXLAN's overhead when any pool encapsulates (as Calico: one MTU for
-   * every workload, so a container's packets fit whichever way they leave). */
-  private async vethMtu(): Promise<number> {
-    const pools = await this.o.allocator.listPools();
-    return pools.some((p) => p.vxlanMode !== 'Never') ? this.o.mtu - VXLAN_OVERHEAD : this.o.mtu;
-  }
-
   async join(req: JoinRequest): Promise<JoinResponse> {
-    const ep = await this.getEndpoint(req.EndpointID);
-    // The recorded name is the one policy programs, even if the prefix changed since.
-    const hostIf = ep.hostInterface;
-    const attached = await this.o.dataplane.attach({
-      hostIf,
-      peerIf: tempPeerName(req.EndpointID),
-      mtu: await this.vethMtu(),
-      ipv4: ep.ipv4.map(addressPart),
-      ipv6: ep.ipv6.map(addressPart),
-    });
-    if (ep.ready) {
-      if (!(await this.o.policy.waitProgrammed(req.EndpointID, PROGRAMMED_WAIT_MS))) {
-        log.warn('endpoint %s: policy not programmed after %dms; it stays isolated until it is', req.EndpointID.slice(0, 12), PROGRAMMED_WAIT_MS);
-      }
-    } else {
-      this.o.policy.resolveLabelsLater(req.EndpointID, req.NetworkID);
-    }
+    const attached = await this.o.endpoints.attach(req.EndpointID, tempPeerName(req.EndpointID));
     const routes: StaticRoute[] = [];
     const response: JoinResponse = {
       InterfaceName: { SrcName: tempPeerName(req.EndpointID), DstPrefix: this.o.containerIfPrefix },
       StaticRoutes: routes,
       DisableGatewayService: true,
     };
-    if (ep.ipv4.length > 0) {
-      response.Gateway = CONTAINER_GATEWAY_V4;
-      routes.push({ Destination: `${CONTAINER_GATEWAY_V4}/32`, RouteType: 1, NextHop: '' });
+    if (attached.ipv4Gateway !== undefined) {
+      response.Gateway = attached.ipv4Gateway;
+      routes.push({ Destination: `${attached.ipv4Gateway}/32`, RouteType: 1, NextHop: '' });
     }
-    if (ep.ipv6.length > 0 && attached.ipv6Gateway !== undefined) {
+    if (attached.ipv6Gateway !== undefined) {
       response.GatewayIPv6 = attached.ipv6Gateway;
       routes.push({ Destination: `${attached.ipv6Gateway}/128`, RouteType: 1, NextHop: '' });
     }
@@ -288,7 +197,7 @@ export class NetworkDriver {
   /** Answers at once: the veth is removed in the background and DeleteEndpoint, which Docker
    * sends next, waits for the removal to be complete. */
   async leave(req: EndpointRequest): Promise<object> {
-    this.o.dataplane.startDetach(await this.hostInterfaceOf(req.EndpointID));
+    await this.o.endpoints.startDetach(req.EndpointID);
     return {};
   }
 

@@ -1,0 +1,162 @@
+// Workload endpoints, for whichever front end asks: Docker's NetworkDriver today, a CNI plugin or
+// swarm's tasks later. It records an endpoint, plumbs it into the host as a routed veth, waits for
+// (or starts resolving) its policy, and takes it away again; it knows nothing of Docker's or CNI's
+// wire types. Each step undoes its own work when a later one fails (the veth plumbing keeps an
+// explicit undo list: dataplane/veth.ts), so a failed request leaves nothing behind.
+import type { Datastore } from '../datastore/datastore';
+import type { Keys } from '../datastore/keys';
+import type { EndpointDataplane } from '../dataplane/endpoint-dataplane';
+import { hostVethName } from '../dataplane/names';
+import { CONTAINER_GATEWAY_V4 } from '../dataplane/veth';
+import type { Allocator } from '../ipam/allocator';
+import { addressPart } from '../ipam/cidr';
+import { VXLAN_OVERHEAD } from '../ipam/pool';
+import { ConflictError, NotFoundError, errorMessage } from '../lib/errors';
+import { logger } from '../lib/log';
+import { parseStored, serialize } from '../model/codec';
+import { Endpoint } from '../model/endpoint';
+
+const log = logger('endpoints');
+
+/** How long attach waits for the agent to program a ready endpoint before answering anyway (the
+ * endpoint is isolated until programmed, so answering early is safe, just less convenient). */
+const PROGRAMMED_WAIT_MS = 5_000;
+
+/** What the service needs from the policy side: who finds labels, and who programs the rules. */
+export interface EndpointPolicy {
+  /** Look up the workload's labels (and a pending network name) after it is attached; the
+   * endpoint stays isolated until then. */
+  resolveLabelsLater(endpointId: string, networkId: string): void;
+  /** Resolves true once the endpoint's full policy is in the kernel (false on timeout). */
+  waitProgrammed(endpointId: string, timeoutMs: number): Promise<boolean>;
+}
+
+export interface EndpointServiceOptions {
+  readonly store: Datastore;
+  readonly keys: Keys;
+  readonly allocator: Allocator;
+  readonly dataplane: EndpointDataplane;
+  readonly node: string;
+  readonly hostIfPrefix: string;
+  readonly mtu: number;
+  /** Copy workload labels to endpoints (resolved after attach; driver/label-resolver.ts). */
+  readonly labelEndpoints: boolean;
+  readonly policy: EndpointPolicy;
+}
+
+export interface NewEndpoint {
+  readonly id: string;
+  readonly networkId: string;
+  /** Canonical addresses with their full-length prefix (10.0.0.5/32, fd00::5/128). */
+  readonly ipv4: readonly string[];
+  readonly ipv6: readonly string[];
+  readonly mac: string;
+  /** The network's profiles; undefined while its name is not known (the endpoint then waits,
+   * isolated, for the label resolver to learn it). */
+  readonly profiles: readonly string[] | undefined;
+}
+
+export interface Attached {
+  readonly hostInterface: string;
+  /** The workload's IPv4 gateway (answered by proxy ARP), when it has an IPv4 address. */
+  readonly ipv4Gateway: string | undefined;
+  /** The host end's link-local address, the IPv6 gateway, when it has an IPv6 address. */
+  readonly ipv6Gateway: string | undefined;
+}
+
+export class EndpointService {
+  constructor(private readonly o: EndpointServiceOptions) {}
+
+  async create(spec: NewEndpoint): Promise<Endpoint> {
+    const endpoint: Endpoint = {
+      id: spec.id,
+      networkId: spec.networkId,
+      node: this.o.node,
+      hostInterface: hostVethName(this.o.hostIfPrefix, spec.id),
+      ipv4: [...spec.ipv4],
+      ipv6: [...spec.ipv6],
+      mac: spec.mac,
+      profiles: [...(spec.profiles ?? [])],
+      labels: {},
+      ready: !this.o.labelEndpoints && spec.profiles !== undefined,
+      profilesPending: spec.profiles === undefined,
+      createdAt: new Date().toISOString(),
+    };
+    const key = this.o.keys.endpoint(this.o.node, spec.id);
+    if ((await this.o.store.create(key, serialize(endpoint))) === undefined) {
+      throw new ConflictError(`endpoint ${spec.id.slice(0, 12)} already exists on ${this.o.node}`);
+    }
+    // Naming the endpoint on its allocations is bookkeeping for operators (ipam show), not needed
+    // to serve the workload: it runs after the answer, off the start path.
+    void this.recordEndpointOnAllocations(spec.id, [...spec.ipv4, ...spec.ipv6]);
+    return endpoint;
+  }
+
+  async get(endpointId: string): Promise<Endpoint> {
+    const kv = await this.o.store.get(this.o.keys.endpoint(this.o.node, endpointId));
+    if (kv === undefined) throw new NotFoundError(`endpoint ${endpointId.slice(0, 12)} does not exist on ${this.o.node}`);
+    return parseStored(Endpoint, kv);
+  }
+
+  /** Creates the veth (the workload end named `peerIf`, for the front end to move into the
+   * workload), routes the addresses to the host end, and waits for the endpoint's policy, or
+   * starts learning what it still lacks. */
+  async attach(endpointId: string, peerIf: string): Promise<Attached> {
+    const ep = await this.get(endpointId);
+    // The recorded name is the one policy programs, even if the prefix changed since.
+    const attached = await this.o.dataplane.attach({
+      hostIf: ep.hostInterface,
+      peerIf,
+      mtu: await this.vethMtu(),
+      ipv4: ep.ipv4.map(addressPart),
+      ipv6: ep.ipv6.map(addressPart),
+    });
+    if (ep.ready) {
+      if (!(await this.o.policy.waitProgrammed(endpointId, PROGRAMMED_WAIT_MS))) {
+        log.warn('endpoint %s: policy not programmed after %dms; it stays isolated until it is', endpointId.slice(0, 12), PROGRAMMED_WAIT_MS);
+      }
+    } else {
+      this.o.policy.resolveLabelsLater(endpointId, ep.networkId);
+    }
+    return {
+      hostInterface: ep.hostInterface,
+      ipv4Gateway: ep.ipv4.length > 0 ? CONTAINER_GATEWAY_V4 : undefined,
+      ipv6Gateway: ep.ipv6.length > 0 ? attached.ipv6Gateway : undefined,
+    };
+  }
+
+  /** Starts removing the veth; remove() waits for it. Both succeed when things are gone. */
+  async startDetach(endpointId: string): Promise<void> {
+    this.o.dataplane.startDetach(await this.hostInterfaceOf(endpointId));
+  }
+
+  async remove(endpointId: string): Promise<void> {
+    // Detach normally removed the veth already; a crash between the two must not leak it.
+    await this.o.dataplane.detach(await this.hostInterfaceOf(endpointId));
+    await this.o.store.delete(this.o.keys.endpoint(this.o.node, endpointId));
+  }
+
+  /** The recorded interface name; derived from the ID when the record is already gone. */
+  private async hostInterfaceOf(endpointId: string): Promise<string> {
+    const kv = await this.o.store.get(this.o.keys.endpoint(this.o.node, endpointId));
+    return kv === undefined ? hostVethName(this.o.hostIfPrefix, endpointId) : parseStored(Endpoint, kv).hostInterface;
+  }
+
+  /** The configured MTU, less VXLAN's overhead when any pool encapsulates (as Calico: one MTU for
+   * every workload, so a workload's packets fit whichever way they leave). */
+  private async vethMtu(): Promise<number> {
+    const pools = await this.o.allocator.listPools();
+    return pools.some((p) => p.vxlanMode !== 'Never') ? this.o.mtu - VXLAN_OVERHEAD : this.o.mtu;
+  }
+
+  private async recordEndpointOnAllocations(endpointId: string, addresses: string[]): Promise<void> {
+    for (const cidr of addresses) {
+      try {
+        await this.o.allocator.setEndpoint(addressPart(cidr), endpointId);
+      } catch (err) {
+        // NotFound: the workload is already gone and its address released.
+        if (!(err instanceof NotFoundError)) log.warn('recording endpoint %s on address %s: %s', endpointId.slice(0, 12), cidr, errorMessage(err));
+      }
+    }
+  }
+}
