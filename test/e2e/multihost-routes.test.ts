@@ -3,42 +3,11 @@
 // router, one etcd. Also host identity (calicoctl node list), a host that dies, and its removal.
 import test from 'ava';
 import type Docker from 'dockerode';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { addressOn, exec, runContainer } from '../harness/containers.js';
 import { startCluster, type Cluster, type Host } from '../harness/multihost.js';
 import { calicoctl } from '../harness/plugin.js';
+import { ourRoutes, pingUntil, until } from '../harness/multihost-probes.js';
 
-const ROUTE_PROTOCOL = '80';
-
-interface KernelRoute {
-  dst: string;
-  gateway?: string;
-  type?: string;
-  dev?: string;
-}
-
-async function ourRoutes(h: Host): Promise<KernelRoute[]> {
-  return JSON.parse((await h.run(['ip', '-j', '-4', 'route', 'show', 'proto', ROUTE_PROTOCOL])).stdout || '[]') as KernelRoute[];
-}
-
-async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs: number): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(200);
-  }
-}
-
-async function ping(container: Docker.Container, target: string): Promise<{ code: number; output: string }> {
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    const r = await exec(container, ['ping', '-c', '1', '-W', '1', target]);
-    if (r.code === 0 || Date.now() > deadline) return r;
-    await sleep(100);
-  }
-}
 
 interface NodeRow {
   name: string;
@@ -86,10 +55,10 @@ test('routes between hosts follow blocks; a dead host keeps its routes until it 
   t.is((await h1.run(['ip', '-j', 'link', 'show', 'type', 'vxlan'])).stdout.trim(), '[]');
 
   // Containers on host1 and host2 reach each other over those routes.
-  const p12 = await ping(c1, a2);
+  const p12 = await pingUntil(c1, a2);
   t.is(p12.code, 0, p12.output);
   t.regex(p12.output, /ttl=62/);
-  t.is((await ping(c2, a1)).code, 0);
+  t.is((await pingUntil(c2, a1)).code, 0);
   t.not((await exec(c1, ['ping', '-c', '1', '-W', '1', a3])).code, 0, 'no route to host3 without VXLAN');
 
   // host2 dies (dockerd and plugin gone): host1 keeps its route (its containers may still run),

@@ -7,44 +7,13 @@
 // The VNI and port come from the plugins' environment; veths lose VXLAN's 50 bytes of MTU.
 import test from 'ava';
 import type Docker from 'dockerode';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { addressOn, exec, runContainer } from '../harness/containers.js';
 import { startCluster, type Cluster, type Host } from '../harness/multihost.js';
 import { calicoctl } from '../harness/plugin.js';
+import { type KernelRoute, ourRoutes, pingUntil, until } from '../harness/multihost-probes.js';
 
-const ROUTE_PROTOCOL = '80';
 const POOLS = { cross: '198.19.0.0/20', always: '198.19.16.0/20', never: '198.19.32.0/20' } as const;
 type Net = keyof typeof POOLS;
-
-interface KernelRoute {
-  dst: string;
-  gateway?: string;
-  dev?: string;
-  flags?: string[];
-}
-
-async function ourRoutes(h: Host): Promise<KernelRoute[]> {
-  return JSON.parse((await h.run(['ip', '-j', '-4', 'route', 'show', 'proto', ROUTE_PROTOCOL])).stdout || '[]') as KernelRoute[];
-}
-
-async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs: number): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(200);
-  }
-}
-
-async function ping(container: Docker.Container, target: string, timeoutMs = 10_000): Promise<{ code: number; output: string }> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const r = await exec(container, ['ping', '-c', '1', '-W', '1', target]);
-    if (r.code === 0 || Date.now() > deadline) return r;
-    await sleep(100);
-  }
-}
 
 /** The /26 block (the pools' default block size) holding an address. */
 function block26(address: string): string {
@@ -101,12 +70,12 @@ test('VXLAN per pool: CrossSubnet across the router, Always everywhere, Never no
 
   // Traffic: over those routes, both ways.
   for (const [from, to, what] of [[x1, x3, 'cross 1→3'], [x3, x1, 'cross 3→1'], [x1, x2, 'cross 1→2'], [al1, al2, 'always 1→2'], [al2, al1, 'always 2→1']] as const) {
-    const p = await ping(from.container, to.address);
+    const p = await pingUntil(from.container, to.address);
     t.is(p.code, 0, `${what}: ${p.output}`);
   }
-  t.not((await ping(nv1.container, nv3.address, 2_000)).code, 0, 'Never: host3 unreachable');
+  t.not((await pingUntil(nv1.container, nv3.address, 2_000)).code, 0, 'Never: host3 unreachable');
   const txBefore = (await h1.run(['cat', '/sys/class/net/vxlan.calico/statistics/tx_packets'])).stdout.trim();
-  t.is((await ping(x1.container, x3.address)).code, 0);
+  t.is((await pingUntil(x1.container, x3.address)).code, 0);
   t.true(Number((await h1.run(['cat', '/sys/class/net/vxlan.calico/statistics/tx_packets'])).stdout.trim()) > Number(txBefore), 'through the VXLAN device');
 
   // Veths leave room for VXLAN's 50 bytes; a packet of the full veth MTU crosses.
