@@ -21,6 +21,8 @@
 import { createHash } from 'node:crypto';
 import { type Cidr, type IpAddress, type IpFamily, blockContaining, containsCidr, containsIp, formatCidr, formatIp, parseCidr, parseIp } from '../ipam/cidr';
 import type { VxlanMode } from '../ipam/pool';
+import type { KernelRoute } from '../dataplane/routes';
+import type { KernelVxlan, VxlanPeerEntry } from '../dataplane/vxlan';
 
 export interface PlanNode {
   readonly name: string;
@@ -54,24 +56,16 @@ export interface PlanInput {
   readonly pools?: readonly PlanPool[];
 }
 
-export type Route =
-  | { readonly kind: 'blackhole'; readonly dst: string; readonly family: IpFamily }
-  | { readonly kind: 'via'; readonly dst: string; readonly via: string; readonly family: IpFamily }
-  /** Over this host's VXLAN device, to the other host's address (onlink). IPv4 only. */
-  | { readonly kind: 'vxlan'; readonly dst: string; readonly via: string; readonly family: 4 };
+/** What the routes and VXLAN dataplanes write (their types: the plan is their input). */
+export type Route = KernelRoute;
 
-export interface VxlanPeer {
+export interface VxlanPeer extends VxlanPeerEntry {
   readonly node: string;
-  /** Its address between hosts: the VXLAN next hop and the outer destination. */
-  readonly address: string;
-  readonly mac: string;
 }
 
 /** This host's VXLAN device: its outer source address, its MAC, and every other host it may
  * exchange VXLAN with (static neighbour and forwarding entries). */
-export interface VxlanPlan {
-  readonly local: string;
-  readonly mac: string;
+export interface VxlanPlan extends Omit<KernelVxlan, 'peers'> {
   readonly peers: VxlanPeer[];
 }
 

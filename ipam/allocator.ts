@@ -225,6 +225,13 @@ export class Allocator {
     return (await this.ipam.listPools()).map((p) => p.pool);
   }
 
+  /** The pools as this host last read them, or read now if it has not: for choices that may lag a
+   * pool change by a request (a veth's MTU), off the datastore on Docker's container start path.
+   * A pool change makes this host's next allocation lose its write and read them again. */
+  async knownPools(): Promise<Pool[]> {
+    return this.view === undefined ? this.listPools() : this.view.pools.map((p) => p.pool);
+  }
+
   async getPool(cidr: string): Promise<Pool | undefined> {
     return (await this.ipam.getPool(normalizeCidr(cidr, 'pool CIDR')))?.pool;
   }

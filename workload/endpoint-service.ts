@@ -145,7 +145,7 @@ export class EndpointService {
   /** The configured MTU, less VXLAN's overhead when any pool encapsulates (as Calico: one MTU for
    * every workload, so a workload's packets fit whichever way they leave). */
   private async vethMtu(): Promise<number> {
-    const pools = await this.o.allocator.listPools();
+    const pools = await this.o.allocator.knownPools();
     return pools.some((p) => p.vxlanMode !== 'Never') ? this.o.mtu - VXLAN_OVERHEAD : this.o.mtu;
   }
 
