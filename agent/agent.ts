@@ -1,14 +1,17 @@
 // The agent: one sync loop (sync-loop.ts) feeding this host's kernel managers: policy (iptables
-// and ipsets) and routes between hosts. Each manager owns its kernel state and its resync.
+// and ipsets), routes between hosts, and routing inside workloads on several networks. Each
+// manager owns its kernel state and its resync.
 import type { Datastore } from '../datastore/datastore';
 import type { Keys } from '../datastore/keys';
 import { logger } from '../lib/log';
 import { type PolicyApplier, PolicyManager } from './policy-manager';
 import { type RoutesApplier, RoutesManager } from './routes-manager';
+import { type SandboxApplier, SandboxManager } from './sandbox-manager';
 import { SyncLoop } from './sync-loop';
 
 export type { PolicyApplier } from './policy-manager';
 export type { RoutesApplier } from './routes-manager';
+export type { SandboxApplier } from './sandbox-manager';
 
 const log = logger('agent');
 
@@ -16,10 +19,16 @@ export class Agent {
   private readonly policy: PolicyManager;
   private readonly loop: SyncLoop;
 
-  constructor(store: Datastore, keys: Keys, node: string, appliers: { readonly policy: PolicyApplier; readonly routes?: RoutesApplier }) {
+  constructor(
+    store: Datastore,
+    keys: Keys,
+    node: string,
+    appliers: { readonly policy: PolicyApplier; readonly routes?: RoutesApplier; readonly sandboxes?: SandboxApplier },
+  ) {
     this.policy = new PolicyManager(keys, node, appliers.policy, log);
     const routes = appliers.routes === undefined ? [] : [new RoutesManager(keys, node, appliers.routes, log)];
-    this.loop = new SyncLoop(store, keys, [this.policy, ...routes], log);
+    const sandboxes = appliers.sandboxes === undefined ? [] : [new SandboxManager(keys, node, appliers.sandboxes, log)];
+    this.loop = new SyncLoop(store, keys, [this.policy, ...routes, ...sandboxes], log);
   }
 
   /** Lists the datastore and programs the kernel before resolving; throws if it cannot. */

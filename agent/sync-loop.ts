@@ -29,6 +29,9 @@ export interface Manager {
   apply(): Promise<void>;
   /** Forget what was written: the next apply reads the kernel, rewrites and removes strays. */
   resync(): void;
+  /** Given a function that schedules an apply of this manager, for work that must wait on
+   * something other than the datastore (an interface still on its way into a namespace). */
+  setWake?(wake: () => void): void;
 }
 
 export class SyncLoop {
@@ -44,7 +47,9 @@ export class SyncLoop {
     private readonly keys: Keys,
     private readonly managers: readonly Manager[],
     private readonly log: Logger,
-  ) {}
+  ) {
+    for (const m of managers) m.setWake?.(() => this.markDirty([m]));
+  }
 
   /** First full sync. Throws if the kernel cannot be programmed at all (e.g. no iptables), so the
    * daemon fails at start instead of serving endpoints it cannot protect. */

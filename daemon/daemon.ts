@@ -6,6 +6,7 @@ import type { Config } from '../config/config';
 import { LinuxEndpointDataplane } from '../dataplane/linux-endpoint-dataplane';
 import { PolicyDataplane } from '../dataplane/policy-dataplane';
 import { RoutesDataplane } from '../dataplane/routes';
+import { SandboxRoutingDataplane } from '../dataplane/sandbox-routing';
 import { VxlanDataplane } from '../dataplane/vxlan';
 import { VXLAN_OVERHEAD } from '../ipam/pool';
 import { Agent } from '../agent/agent';
@@ -102,6 +103,7 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
         vxlan: new VxlanDataplane({ device: VXLAN_DEVICE, vni: config.vxlanVni, port: config.vxlanPort, mtu: config.vethMtu - VXLAN_OVERHEAD, ...ns }),
         ...ns,
       }),
+      sandboxes: new SandboxRoutingDataplane({ protocol: config.routeProtocol, warn: (m) => log.warn('%s', m) }),
     });
     await agent.start();
     closers.push(() => agent.stop());

@@ -9,10 +9,13 @@ export interface VethSpec {
   /** Bare container addresses; each gets a /32 or /128 route to hostIf. */
   readonly ipv4: string[];
   readonly ipv6: string[];
+  /** The workload's interface number, which picks its gateways (veth.ts workloadGateways). */
+  readonly gatewayIndex: number;
 }
 
 export interface AttachedVeth {
-  /** The host end's fe80:: address: the container's IPv6 gateway (set when ipv6 is non-empty). */
+  /** The host end's fe80:: address for this interface number: the container's IPv6 gateway (set
+   * when ipv6 is non-empty). */
   readonly ipv6Gateway?: string;
 }
 

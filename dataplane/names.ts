@@ -102,3 +102,14 @@ export function assertNetnsName(name: string): string {
   }
   return name;
 }
+
+const NETNS_PATH_RE = /^(\/[A-Za-z0-9_.:-]{1,255}){1,16}$/;
+
+/** A workload's network namespace file (Docker's SandboxKey, e.g. /var/run/docker/netns/1f2e3d;
+ * CNI's netns): absolute, plain path characters, no `.` or `..` segments. */
+export function assertNetnsPath(path: string): string {
+  if (typeof path !== 'string' || path.length > 1024 || !NETNS_PATH_RE.test(path) || path.split('/').some((s) => s === '.' || s === '..')) {
+    throw new InvalidRequestError(`invalid network namespace path ${JSON.stringify(path)}: expected an absolute path such as /var/run/docker/netns/<id>`);
+  }
+  return path;
+}

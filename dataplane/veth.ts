@@ -39,6 +39,20 @@ export const HOST_VETH_MAC = 'ee:ee:ee:ee:ee:ee';
 export const HOST_LINK_LOCAL_V6 = 'fe80::ecee:eeff:feee:eeee';
 /** Proxy-ARP'd IPv4 gateway the containers route through. */
 export const CONTAINER_GATEWAY_V4 = '169.254.1.1';
+/** Interfaces one workload can have on our networks (its gateways are 169.254.1.1-.200). */
+export const MAX_WORKLOAD_INTERFACES = 200;
+
+/** The gateways of a workload's interface number `index` (0: its first network). A container on
+ * several networks routes each interface's gateway as a /32 (/128) through that interface, so each
+ * interface needs gateways of its own; index 0 keeps Calico's 169.254.1.1 and the host end's
+ * EUI-64 link-local. The host end answers the IPv4 one by proxy ARP and carries the IPv6 one. */
+export function workloadGateways(index: number): { readonly v4: string; readonly v6: string } {
+  if (!Number.isInteger(index) || index < 0 || index >= MAX_WORKLOAD_INTERFACES) {
+    throw new InvalidRequestError(`workload interface number ${index} is out of range 0-${MAX_WORKLOAD_INTERFACES - 1}`);
+  }
+  if (index === 0) return { v4: CONTAINER_GATEWAY_V4, v6: HOST_LINK_LOCAL_V6 };
+  return { v4: `169.254.1.${index + 1}`, v6: `fe80::ecee:eeff:fe00:${index.toString(16)}` };
+}
 
 const IP = 'ip';
 const SYSCTL = 'sysctl';
@@ -57,6 +71,8 @@ export interface EndpointVethSpec {
   ipv6?: string[];
   /** MAC for the container end. */
   mac?: string;
+  /** The workload's interface number (workloadGateways); 0 when omitted. */
+  gatewayIndex?: number;
 }
 
 export interface EndpointVeth {
@@ -95,6 +111,7 @@ export async function createEndpointVeth(
   const v4 = uniqueAddresses(spec.ipv4 ?? [], 4);
   const v6 = uniqueAddresses(spec.ipv6 ?? [], 6);
   const netns = opts.netns === undefined ? undefined : assertNetnsName(opts.netns);
+  const gateways = workloadGateways(spec.gatewayIndex ?? 0);
   const what = `veth ${hostIf} (peer ${peerIf})`;
 
   const linkLines = [
@@ -108,6 +125,7 @@ export async function createEndpointVeth(
   ];
   const v6Lines = v6.length === 0 ? [] : [
     `addr add ${HOST_LINK_LOCAL_V6}/64 dev ${hostIf} nodad`,
+    ...(gateways.v6 === HOST_LINK_LOCAL_V6 ? [] : [`addr add ${gateways.v6}/64 dev ${hostIf} nodad`]),
     ...v6.map((a) => `route add ${a.cidr} dev ${hostIf}`),
   ];
   const sysctls: Array<[string, string]> = [
@@ -149,7 +167,7 @@ export async function createEndpointVeth(
   } catch (err) {
     throw await rollback(err, undo);
   }
-  return { hostIf, peerIf, ...(v6.length > 0 ? { gatewayIPv6: HOST_LINK_LOCAL_V6 } : {}) };
+  return { hostIf, peerIf, ...(v6.length > 0 ? { gatewayIPv6: gateways.v6 } : {}) };
 }
 
 function uniqueAddresses(values: readonly string[], family: 4 | 6): HostAddress[] {

@@ -176,7 +176,10 @@ export class NetworkDriver {
   }
 
   async join(req: JoinRequest): Promise<JoinResponse> {
-    const attached = await this.o.endpoints.attach(req.EndpointID, tempPeerName(req.EndpointID));
+    // SandboxKey is the container's network namespace: with it, a second (third, ...) network of
+    // the same container gets gateways of its own instead of a clashing 169.254.1.1/32 route.
+    const sandbox = req.SandboxKey === '' ? undefined : req.SandboxKey;
+    const attached = await this.o.endpoints.attach(req.EndpointID, tempPeerName(req.EndpointID), sandbox);
     const routes: StaticRoute[] = [];
     const response: JoinResponse = {
       InterfaceName: { SrcName: tempPeerName(req.EndpointID), DstPrefix: this.o.containerIfPrefix },

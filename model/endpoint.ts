@@ -1,7 +1,7 @@
 // A workload endpoint: one container's attachment to one network on one host. Stored under its
 // node so a host lists only its own endpoints, and so policy agents on other hosts can find the
 // addresses behind a profile or label.
-import { array, bool, object, optional, record, str, withDefault } from '../lib/validate';
+import { array, bool, num, object, optional, record, str, withDefault } from '../lib/validate';
 
 export const Endpoint = object({
   id: str,
@@ -25,6 +25,12 @@ export const Endpoint = object({
    * network ID instead would split one network into one profile per host. */
   profilesPending: withDefault(bool, false),
   containerId: optional(str),
+  /** The workload's network namespace (Docker's SandboxKey), recorded when it is attached: a
+   * container on several of our networks has one endpoint per network in the same namespace. */
+  sandbox: optional(str),
+  /** The endpoint's interface number in its namespace, which picks its gateway addresses
+   * (dataplane/veth.ts workloadGateways): the lowest one no other endpoint there uses. */
+  gatewayIndex: withDefault(num, 0),
   createdAt: str,
 });
 export type Endpoint = ReturnType<typeof Endpoint>;

@@ -12,10 +12,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # procps: sysctl (`ip netns exec NS sysctl` in tests)
 # busybox-static: ping/ping6 in namespace tests, and the rootfs of the e2e test image
 # netcat-openbsd: `nc -U` health checks on the plugin socket
+# docker-compose: the compose front/back stack test (several networks per container)
 # ca-certificates, tar, util-linux (mount/umount): base tools the harnesses use
 PACKAGES=(
   docker.io etcd-server iptables ipset conntrack iproute2 procps busybox-static netcat-openbsd
-  ca-certificates tar util-linux
+  docker-compose ca-certificates tar util-linux
 )
 
 if [[ $(id -u) -ne 0 ]]; then

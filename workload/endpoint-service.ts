@@ -6,12 +6,13 @@
 import type { Datastore } from '../datastore/datastore';
 import type { Keys } from '../datastore/keys';
 import type { EndpointDataplane } from '../dataplane/endpoint-dataplane';
-import { hostVethName } from '../dataplane/names';
-import { CONTAINER_GATEWAY_V4 } from '../dataplane/veth';
+import { modifyKey } from '../datastore/cas';
+import { assertNetnsPath, hostVethName } from '../dataplane/names';
+import { MAX_WORKLOAD_INTERFACES, workloadGateways } from '../dataplane/veth';
 import type { Allocator } from '../ipam/allocator';
 import { addressPart } from '../ipam/cidr';
 import { VXLAN_OVERHEAD } from '../ipam/pool';
-import { ConflictError, NotFoundError, errorMessage } from '../lib/errors';
+import { ConflictError, InvalidRequestError, NotFoundError, errorMessage } from '../lib/errors';
 import { logger } from '../lib/log';
 import { parseStored, serialize } from '../model/codec';
 import { Endpoint } from '../model/endpoint';
@@ -80,6 +81,7 @@ export class EndpointService {
       labels: {},
       ready: !this.o.labelEndpoints && spec.profiles !== undefined,
       profilesPending: spec.profiles === undefined,
+      gatewayIndex: 0,
       createdAt: new Date().toISOString(),
     };
     const key = this.o.keys.endpoint(this.o.node, spec.id);
@@ -99,10 +101,12 @@ export class EndpointService {
   }
 
   /** Creates the veth (the workload end named `peerIf`, for the front end to move into the
-   * workload), routes the addresses to the host end, and waits for the endpoint's policy, or
-   * starts learning what it still lacks. */
-  async attach(endpointId: string, peerIf: string): Promise<Attached> {
-    const ep = await this.get(endpointId);
+   * workload's network namespace `sandbox`), routes the addresses to the host end, and waits for
+   * the endpoint's policy, or starts learning what it still lacks. A workload attached to several
+   * networks gets distinct gateways on each interface; the agent programs its routing
+   * (agent/sandbox-manager.ts) once the interfaces are in its namespace. */
+  async attach(endpointId: string, peerIf: string, sandbox?: string): Promise<Attached> {
+    const { ep, gatewayIndex } = sandbox === undefined ? { ep: await this.get(endpointId), gatewayIndex: 0 } : await this.placeInSandbox(endpointId, assertNetnsPath(sandbox));
     // The recorded name is the one policy programs, even if the prefix changed since.
     const attached = await this.o.dataplane.attach({
       hostIf: ep.hostInterface,
@@ -110,6 +114,7 @@ export class EndpointService {
       mtu: await this.vethMtu(),
       ipv4: ep.ipv4.map(addressPart),
       ipv6: ep.ipv6.map(addressPart),
+      gatewayIndex,
     });
     if (ep.ready) {
       if (!(await this.o.policy.waitProgrammed(endpointId, PROGRAMMED_WAIT_MS))) {
@@ -120,9 +125,31 @@ export class EndpointService {
     }
     return {
       hostInterface: ep.hostInterface,
-      ipv4Gateway: ep.ipv4.length > 0 ? CONTAINER_GATEWAY_V4 : undefined,
+      ipv4Gateway: ep.ipv4.length > 0 ? workloadGateways(gatewayIndex).v4 : undefined,
       ipv6Gateway: ep.ipv6.length > 0 ? attached.ipv6Gateway : undefined,
     };
+  }
+
+  /** Records the endpoint's namespace and picks its interface number there: the lowest one the
+   * namespace's other endpoints on this host leave free. Front ends attach one endpoint of a
+   * workload at a time (Docker serialises Join and Leave per sandbox), so two never pick alike. */
+  private async placeInSandbox(endpointId: string, sandbox: string): Promise<{ ep: Endpoint; gatewayIndex: number }> {
+    const { items } = await this.o.store.list(this.o.keys.endpointsPrefix(this.o.node));
+    const local = items.map((kv) => parseStored(Endpoint, kv));
+    const ep = local.find((e) => e.id === endpointId);
+    if (ep === undefined) throw new NotFoundError(`endpoint ${endpointId.slice(0, 12)} does not exist on ${this.o.node}`);
+    if (ep.sandbox === sandbox) return { ep, gatewayIndex: ep.gatewayIndex };
+    const used = new Set(local.filter((e) => e.id !== endpointId && e.sandbox === sandbox).map((e) => e.gatewayIndex));
+    let gatewayIndex = 0;
+    while (used.has(gatewayIndex)) gatewayIndex++;
+    if (gatewayIndex >= MAX_WORKLOAD_INTERFACES) {
+      throw new InvalidRequestError(`${sandbox} already has ${MAX_WORKLOAD_INTERFACES} interfaces on our networks`);
+    }
+    await modifyKey(this.o.store, this.o.keys.endpoint(this.o.node, endpointId), `record the namespace of endpoint ${endpointId.slice(0, 12)}`, (kv) => {
+      if (kv === undefined) throw new NotFoundError(`endpoint ${endpointId.slice(0, 12)} does not exist on ${this.o.node}`);
+      return serialize({ ...parseStored(Endpoint, kv), sandbox, gatewayIndex });
+    });
+    return { ep, gatewayIndex };
   }
 
   /** Starts removing the veth; remove() waits for it. Both succeed when things are gone. */

@@ -1,0 +1,148 @@
+// Writes a workload's own routing (agent/sandbox-plan.ts) inside its network namespace, entered by
+// path with nsenter (Docker's sandboxes are not `ip netns` names). Ours there: rules at
+// RULE_PRIORITY and routes with our routing protocol number; Docker's routes (its gateway /32s and
+// default route) are never touched. Each apply reads the namespace once per family and writes only
+// the difference, in one `ip -batch` per family.
+import { existsSync } from 'node:fs';
+import type { IpFamily } from '../ipam/cidr';
+import { DataplaneError, errorMessage } from '../lib/errors';
+import { runWithInput } from './exec';
+import { assertNetnsPath } from './names';
+
+/** Priority of our rules in a workload's namespace: before the main table (32766). */
+export const SANDBOX_RULE_PRIORITY = 100;
+
+export interface SandboxRule {
+  readonly family: IpFamily;
+  /** A workload address, with its full-length prefix. */
+  readonly from: string;
+  readonly table: number;
+}
+
+export interface SandboxRoute {
+  readonly family: IpFamily;
+  /** 'main', or one of our tables. */
+  readonly table: number | 'main';
+  /** 'default' or a CIDR. */
+  readonly dst: string;
+  readonly via: string;
+  /** The preferred source address (bare), for routes to members. */
+  readonly src?: string;
+  /** The interface, named by an address it carries: the front end names the interfaces. */
+  readonly deviceAddress: string;
+}
+
+export interface SandboxPlan {
+  readonly sandbox: string;
+  readonly rules: readonly SandboxRule[];
+  readonly routes: readonly SandboxRoute[];
+}
+
+/** done: in place; pending: some interface is not in the namespace yet (the front end moves it
+ * there after attach) or a write failed, so try again; gone: the namespace no longer exists. */
+export type SandboxOutcome = 'done' | 'pending' | 'gone';
+
+interface AddrJson { ifname?: string; addr_info?: { local?: string }[] }
+interface RuleJson { priority?: number; src?: string; srclen?: number; table?: string }
+interface RouteJson { dst?: string; gateway?: string; dev?: string; prefsrc?: string; table?: string }
+
+interface FamilyState {
+  readonly rules: Set<string>;
+  /** Route spec by `table dst`. */
+  readonly routes: Map<string, string>;
+}
+
+export class SandboxRoutingDataplane {
+  constructor(private readonly o: { readonly protocol: number; readonly warn?: (message: string) => void }) {}
+
+  /** Brings the namespace in line with `plan`; an empty plan removes everything of ours there. */
+  async apply(plan: SandboxPlan): Promise<SandboxOutcome> {
+    const path = assertNetnsPath(plan.sandbox);
+    if (!existsSync(path)) return 'gone';
+    let pending = false;
+    for (const family of [4, 6] as const) {
+      let state: { devices: Map<string, string>; current: FamilyState };
+      try {
+        state = await this.read(path, family);
+      } catch (err) {
+        if (!existsSync(path)) return 'gone';
+        throw err;
+      }
+      const desired = this.desired(plan, family, state.devices);
+      pending ||= desired.missingDevice;
+      const lines: string[] = [];
+      for (const rule of desired.rules) if (!state.current.rules.has(rule)) lines.push(`rule add ${rule}`);
+      for (const rule of state.current.rules) if (!desired.rules.has(rule)) lines.push(`rule del ${rule}`);
+      for (const [key, spec] of desired.routes) if (state.current.routes.get(key) !== spec) lines.push(`route replace ${spec}`);
+      for (const [key, spec] of state.current.routes) if (!desired.routes.has(key)) lines.push(`route del ${spec}`);
+      if (lines.length === 0) continue;
+      try {
+        // -force: one bad line (a member's route racing its interface) must not keep the rest out.
+        await runWithInput('nsenter', [`--net=${path}`, 'ip', `-${family}`, '-force', '-batch', '-'], `${lines.join('\n')}\n`, `route ${plan.sandbox}`);
+      } catch (err) {
+        if (!existsSync(path)) return 'gone';
+        this.o.warn?.(`routing in ${plan.sandbox}: ${errorMessage(err)}; retrying`);
+        pending = true;
+      }
+    }
+    return pending ? 'pending' : 'done';
+  }
+
+  private desired(plan: SandboxPlan, family: IpFamily, devices: ReadonlyMap<string, string>): { rules: Set<string>; routes: Map<string, string>; missingDevice: boolean } {
+    const rules = new Set(plan.rules.filter((r) => r.family === family).map((r) => ruleSpec(r.from, String(r.table))));
+    const routes = new Map<string, string>();
+    let missingDevice = false;
+    for (const r of plan.routes) {
+      if (r.family !== family) continue;
+      const dev = devices.get(r.deviceAddress);
+      if (dev === undefined) {
+        missingDevice = true;
+        continue;
+      }
+      routes.set(`${r.table} ${r.dst}`, this.routeSpec(family, String(r.table), r.dst, r.via, dev, r.src));
+    }
+    return { rules, routes, missingDevice };
+  }
+
+  /** Addresses, planned values and device names reach `ip` validated: addresses are canonical
+   * (the plan comes from parsed records) and device names come from the kernel itself. */
+  private routeSpec(family: IpFamily, table: string, dst: string, via: string, dev: string, src: string | undefined): string {
+    // onlink: the IPv4 gateway is proxy-ARP'd by the host end; no route on the device covers it.
+    return `${dst} via ${via} dev ${dev}${family === 4 ? ' onlink' : ''}${src === undefined ? '' : ` src ${src}`} table ${table} proto ${this.o.protocol}`;
+  }
+
+  private async read(path: string, family: IpFamily): Promise<{ devices: Map<string, string>; current: FamilyState }> {
+    const op = `read routing in ${path}`;
+    const { stdout } = await runWithInput('nsenter', [`--net=${path}`, 'ip', '-j', `-${family}`, '-batch', '-'], `addr show\nrule show\nroute show table all proto ${this.o.protocol}\n`, op);
+    const parts = stdout.split('\n').filter((l) => l.trim() !== '');
+    if (parts.length !== 3) throw new DataplaneError(`${op}: expected 3 JSON lists from ip, got ${parts.length}`);
+    let addrs: AddrJson[];
+    let rules: RuleJson[];
+    let routes: RouteJson[];
+    try {
+      [addrs, rules, routes] = parts.map((p) => JSON.parse(p) as unknown[]) as [AddrJson[], RuleJson[], RouteJson[]];
+    } catch (err) {
+      throw new DataplaneError(`${op}: unexpected output from ip: ${errorMessage(err)}`, { cause: err });
+    }
+    const full = family === 4 ? 32 : 128;
+    const devices = new Map<string, string>();
+    for (const link of addrs) for (const a of link.addr_info ?? []) if (link.ifname !== undefined && a.local !== undefined) devices.set(a.local, link.ifname);
+    const current: FamilyState = { rules: new Set(), routes: new Map() };
+    for (const r of rules) {
+      if (r.priority === SANDBOX_RULE_PRIORITY && r.src !== undefined && r.table !== undefined) current.rules.add(ruleSpec(`${r.src}/${r.srclen ?? full}`, r.table));
+    }
+    for (const r of routes) {
+      if (r.dst === undefined) continue;
+      const dst = r.dst === 'default' || r.dst.includes('/') ? r.dst : `${r.dst}/${full}`;
+      const table = r.table ?? 'main';
+      current.routes.set(`${table} ${dst}`, r.gateway === undefined || r.dev === undefined
+        ? `${dst} table ${table} proto ${this.o.protocol}` // ours, of a shape we never write: a stray
+        : this.routeSpec(family, table, dst, r.gateway, r.dev, r.prefsrc));
+    }
+    return { devices, current };
+  }
+}
+
+function ruleSpec(from: string, table: string): string {
+  return `from ${from} table ${table} priority ${SANDBOX_RULE_PRIORITY}`;
+}
