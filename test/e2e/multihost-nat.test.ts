@@ -7,7 +7,7 @@
 //     second pool, see the container's own address;
 //   - a pool added without --nat-outgoing is not masqueraded: the outside cannot answer it until
 //     the router is given a route back to that pool, and then sees the container's address.
-// IPv4 only: the fabric has no IPv6 (the IPv6 rule is the same, see test/unit/policy-render).
+// IPv4 only: the fabric has no IPv6 (IPv6: test/integration/policy-kernel.test.ts, "IPv6 natOutgoing").
 import test from 'ava';
 import type Docker from 'dockerode';
 import { once } from 'node:events';
