@@ -48,6 +48,10 @@ export interface Config {
   readonly routeProtocol: number;
   /** vxlanMode of the default IPv4 pool (CALICO_IPV4POOL_VXLAN), validated with the pool. */
   readonly defaultIpv4PoolVxlanMode: VxlanMode;
+  /** natOutgoing of the default pools when they are created (CALICO_IPV4POOL_NAT_OUTGOING,
+   * CALICO_IPV6POOL_NAT_OUTGOING; Calico's default: true). Existing pools keep theirs. */
+  readonly defaultIpv4PoolNatOutgoing: boolean;
+  readonly defaultIpv6PoolNatOutgoing: boolean;
   /** This host's VXLAN device: VNI and UDP port (Calico's defaults 4096 and 4789). */
   readonly vxlanVni: number;
   readonly vxlanPort: number;
@@ -214,6 +218,8 @@ export function parseConfig(env: Env, defaultNodeName: string = hostname()): Con
     hostIpv6: parseHostAddressSetting(env, 6),
     routeProtocol: integer(env, 'CALICO_ROUTE_PROTOCOL', DEFAULTS.routeProtocol, 5, 255),
     defaultIpv4PoolVxlanMode: vxlanMode(env),
+    defaultIpv4PoolNatOutgoing: natOutgoing(env, 'CALICO_IPV4POOL_NAT_OUTGOING'),
+    defaultIpv6PoolNatOutgoing: natOutgoing(env, 'CALICO_IPV6POOL_NAT_OUTGOING'),
     vxlanVni: integer(env, 'CALICO_VXLAN_VNI', DEFAULTS.vxlanVni, 1, 16_777_215),
     vxlanPort: integer(env, 'CALICO_VXLAN_PORT', DEFAULTS.vxlanPort, 1, 65_535),
   };
@@ -223,6 +229,15 @@ function vxlanMode(env: Env): VxlanMode {
   const v = value(env, 'CALICO_IPV4POOL_VXLAN') ?? 'Never';
   if (!isVxlanMode(v)) throw new ConfigError(`CALICO_IPV4POOL_VXLAN must be one of ${VXLAN_MODES.join(', ')}, got '${v}'`);
   return v;
+}
+
+/** Calico's spelling: `true` or `false` (any case); unset means true. Unlike the other booleans,
+ * no 1/yes/on: a pool flag should read the same here as in Calico's manifests. */
+function natOutgoing(env: Env, name: string): boolean {
+  const v = value(env, name) ?? 'true';
+  if (v.toLowerCase() === 'true') return true;
+  if (v.toLowerCase() === 'false') return false;
+  throw new ConfigError(`${name} must be true or false, got '${v}'`);
 }
 
 function integer(env: Env, name: string, fallback: number, min: number, max: number): number {

@@ -1,5 +1,8 @@
 // On first start a host with no pool of a family gets the configured default pool (Calico's
 // behaviour), so `docker network create -d calico --ipam-driver calico-ipam net1` works at once.
+// As in Calico, the default pools masquerade traffic to destinations outside every pool unless
+// CALICO_IPV4POOL_NAT_OUTGOING / CALICO_IPV6POOL_NAT_OUTGOING say false. A pool that exists
+// already is never touched: it keeps the natOutgoing it was created with.
 import type { Config } from '../config/config';
 import type { Allocator } from '../ipam/allocator';
 import { parseCidr } from '../ipam/cidr';
@@ -12,16 +15,16 @@ const log = logger('daemon');
 /** The configured default pools, validated: pure, so a bad value stops the daemon before it
  * touches anything. */
 export function defaultPools(config: Config): Pool[] {
-  const wanted: [string, 4 | 6, string | undefined, VxlanMode][] = [
-    ['CALICO_IPV4POOL_CIDR', 4, config.defaultIpv4Pool, config.defaultIpv4PoolVxlanMode],
-    ['CALICO_IPV6POOL_CIDR', 6, config.defaultIpv6Pool, 'Never'],
+  const wanted: [string, 4 | 6, string | undefined, VxlanMode, boolean][] = [
+    ['CALICO_IPV4POOL_CIDR', 4, config.defaultIpv4Pool, config.defaultIpv4PoolVxlanMode, config.defaultIpv4PoolNatOutgoing],
+    ['CALICO_IPV6POOL_CIDR', 6, config.defaultIpv6Pool, 'Never', config.defaultIpv6PoolNatOutgoing],
   ];
   const pools: Pool[] = [];
-  for (const [variable, family, cidr, vxlanMode] of wanted) {
+  for (const [variable, family, cidr, vxlanMode, natOutgoing] of wanted) {
     if (cidr === undefined) continue;
     let pool: Pool;
     try {
-      pool = makePool({ cidr, vxlanMode });
+      pool = makePool({ cidr, vxlanMode, natOutgoing });
     } catch (err) {
       if (err instanceof InvalidRequestError) throw new ConfigError(`${variable}: ${err.message}`);
       throw err;
@@ -32,7 +35,8 @@ export function defaultPools(config: Config): Pool[] {
   return pools;
 }
 
-export async function ensureDefaultPools(allocator: Allocator, pools: Pool[]): Promise<void> {
+/** Creates each pool whose family has no pool yet; pools that exist are left exactly as they are. */
+export async function ensureDefaultPools(allocator: Pick<Allocator, 'listPools' | 'addPool'>, pools: Pool[]): Promise<void> {
   const existing = await allocator.listPools();
   for (const pool of pools) {
     const family = parseCidr(pool.cidr).family;

@@ -15,7 +15,7 @@ export const TEST_IMAGE = 'calico-test/busybox:latest';
 /** Applets linked into /bin. */
 export const APPLETS = [
   'sh', 'ping', 'ping6', 'ip', 'nc', 'true', 'false', 'sleep', 'cat', 'ifconfig', 'route', 'wget',
-  'httpd', 'hostname', 'echo', 'ls', 'grep', 'ps', 'kill', 'env', 'nslookup', 'traceroute',
+  'httpd', 'hostname', 'echo', 'ls', 'grep', 'ps', 'kill', 'env', 'nslookup', 'traceroute', 'netstat',
 ] as const;
 
 /** Split `repo[:tag]` (a registry host may carry a port: the tag is after the last '/'). */

@@ -44,3 +44,36 @@ export async function pingUntil(container: Docker.Container, target: string, tim
     await sleep(100);
   }
 }
+
+/** What a listener started as `nc -ll -p <port> -e netstat -tn` (busybox) answers each connection
+ * with: the netstat of its namespace, which lists the connection it accepted. */
+export function sourceReporter(port: number, busybox = false): string[] {
+  const prefix = busybox ? ['busybox'] : [];
+  return [...prefix, 'nc', '-ll', '-p', String(port), '-e', ...prefix, 'netstat', '-tn'];
+}
+
+/** The peer of the connection accepted on local `port`, from a sourceReporter's answer: the
+ * address alone (IPv4-mapped IPv6 unwrapped); undefined if no open connection on that port is
+ * listed. Connections already closing on the listener's side (earlier clients) do not count. */
+export function acceptedPeer(netstat: string, port: number): string | undefined {
+  for (const line of netstat.split('\n')) {
+    const [proto, , , local, foreign, state] = line.trim().split(/\s+/);
+    if (proto?.startsWith('tcp') !== true || local === undefined || foreign === undefined) continue;
+    if (!local.endsWith(`:${port}`) || (state !== 'ESTABLISHED' && state !== 'CLOSE_WAIT')) continue;
+    const address = foreign.slice(0, foreign.lastIndexOf(':'));
+    return address.startsWith('::ffff:') ? address.slice('::ffff:'.length) : address;
+  }
+  return undefined;
+}
+
+/** Connects from the container to a sourceReporter until it answers (a new container's policy,
+ * a new route), or the deadline; `peer` is the source address the listener saw. */
+export async function sourceSeenBy(container: Docker.Container, address: string, port: number, timeoutMs = 10_000): Promise<{ peer: string | undefined; output: string }> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const r = await exec(container, ['nc', '-w', '2', address, String(port)]);
+    const peer = acceptedPeer(r.output, port);
+    if (peer !== undefined || Date.now() > deadline) return { peer, output: r.output };
+    await sleep(200);
+  }
+}

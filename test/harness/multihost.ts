@@ -14,10 +14,11 @@ export {
   type ClusterEtcd,
   type ClusterOptions,
   type NetnsHandle,
+  type Outside,
   type Router,
   type StopOptions,
 } from './multihost/cluster.js';
-export { ETCD_ADDRESS, SUBNETS, type Subnet } from './multihost/fabric.js';
+export { ETCD_ADDRESS, OUTSIDE, SUBNETS, type Subnet } from './multihost/fabric.js';
 export type { Host } from './multihost/host.js';
 export type { HostPlugin } from './multihost/host-plugin.js';
 export { NsExecError, type NsExecOptions, type NsExecResult } from './multihost/ns-exec.js';

@@ -18,6 +18,7 @@ import { createEndpointVeth } from '../../dataplane/veth.js';
 import { effectiveLabels, explainPacket } from '../../policy/evaluate.js';
 import { DISPATCH_FLAT_MAX, renderPolicy, type PolicyModel } from '../../policy/render.js';
 import type { Labels, Profile, Rule } from '../../policy/types.js';
+import { acceptedPeer } from '../harness/multihost-probes.js';
 import { execInNetns, ipIn, netnsRegistry, type NetnsRegistry, HOST_V4, HOST_V6, makeRoutedHost, plumbContainer } from '../harness/netns.js';
 
 const BUSYBOX = '/bin/busybox';
@@ -596,4 +597,50 @@ test('natOutgoing pools masquerade traffic to destinations outside every pool', 
   await w.dp.apply({ ...modelOf(w), natOutgoingPools: ['10.66.0.0/16'] });
   t.true(await ping(a.ns, '10.67.0.2', true), 'masqueraded to the host address');
   await check(t, w, a, b, { tcp: 8080 }, true);
+});
+
+/** The source address a listener in `toNs` sees for a TCP connection from `from` (busybox nc
+ * answering with netstat -tn); undefined when the connection does not complete. */
+async function sourceSeen(from: string, toNs: string, ip: string, port: number): Promise<string | undefined> {
+  const listener = spawn('ip', ['netns', 'exec', toNs, BUSYBOX, 'nc', '-l', '-p', String(port), '-e', BUSYBOX, 'netstat', '-tn'], { stdio: 'ignore' });
+  const exited = new Promise<void>((resolve) => listener.on('close', () => resolve()));
+  try {
+    for (let i = 0; ; i++) {
+      const { stdout } = await execInNetns(toNs, 'ss', ['-ltnH', `sport = :${port}`]);
+      if (stdout.trim() !== '') break;
+      if (i > 200) throw new Error(`listener on ${ip}:${port} never came up`);
+      await sleep(10);
+    }
+    try {
+      const { stdout } = await execInNetns(from, BUSYBOX, ['nc', '-w', TCP_TIMEOUT_S, ip, String(port)], { timeoutMs: 15_000 });
+      return acceptedPeer(stdout, port);
+    } catch {
+      return undefined;
+    }
+  } finally {
+    if (listener.exitCode === null && listener.pid !== undefined) listener.kill('SIGKILL');
+    await exited;
+  }
+}
+
+test('IPv6 natOutgoing: masqueraded to the outside, never to another pool; other pools keep their address', async (t) => {
+  const w = await world(t);
+  // The outside on a link of its own (fd67::/64), with no route back to any pool.
+  const outside = await w.reg.create('cpo');
+  await ipIn(w.h, ['link', 'add', 'ext0', 'type', 'veth', 'peer', 'name', 'ext1']);
+  await ipIn(w.h, ['link', 'set', 'dev', 'ext1', 'netns', outside]);
+  await ipIn(w.h, ['-6', 'addr', 'add', 'fd67::1/64', 'dev', 'ext0', 'nodad']);
+  await ipIn(w.h, ['link', 'set', 'dev', 'ext0', 'up']);
+  await ipIn(outside, ['-6', 'addr', 'add', 'fd67::2/64', 'dev', 'ext1', 'nodad']);
+  await ipIn(outside, ['link', 'set', 'dev', 'ext1', 'up']);
+  setProfiles(w, networkProfile('net'));
+  // a on the natOutgoing pool fd66::/64, b on fd68::/64, a pool without natOutgoing.
+  const a = await attach(w, { v4: '10.66.0.10', v6: 'fd66::10', profiles: ['net'] });
+  const b = await attach(w, { v4: '10.66.0.11', v6: 'fd68::11', profiles: ['net'] });
+  await w.dp.apply({ ...modelOf(w), natOutgoingPools: ['fd66::/64'], allPools: ['10.66.0.0/16', 'fd66::/64', 'fd68::/64'] });
+
+  t.is(await sourceSeen(a.ns, outside, 'fd67::2', 7001), 'fd67::1', 'to the outside: the host address');
+  t.is(await sourceSeen(a.ns, b.ns, 'fd68::11', 7002), 'fd66::10', 'to another pool: its own address');
+  t.is(await sourceSeen(b.ns, a.ns, 'fd66::10', 7003), 'fd68::11', 'and back');
+  t.is(await sourceSeen(b.ns, outside, 'fd67::2', 7004), undefined, 'the pool without natOutgoing: the outside cannot answer');
 });

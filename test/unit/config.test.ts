@@ -18,6 +18,19 @@ test('defaults: embedded store, Calico names, default pools', (t) => {
   t.is(c.defaultIpv4PoolVxlanMode, 'Never');
   t.is(c.vxlanVni, 4096);
   t.is(c.vxlanPort, 4789);
+  t.true(c.defaultIpv4PoolNatOutgoing);
+  t.true(c.defaultIpv6PoolNatOutgoing);
+});
+
+test('outgoing NAT of the default pools: true or false, any case; unset or empty is true', (t) => {
+  const parse = (env: Record<string, string>) => {
+    const c = parseConfig(env, 'h');
+    return [c.defaultIpv4PoolNatOutgoing, c.defaultIpv6PoolNatOutgoing];
+  };
+  t.deepEqual(parse({ CALICO_IPV4POOL_NAT_OUTGOING: 'false' }), [false, true]);
+  t.deepEqual(parse({ CALICO_IPV6POOL_NAT_OUTGOING: 'False' }), [true, false]);
+  t.deepEqual(parse({ CALICO_IPV4POOL_NAT_OUTGOING: 'TRUE', CALICO_IPV6POOL_NAT_OUTGOING: ' true ' }), [true, true]);
+  t.deepEqual(parse({ CALICO_IPV4POOL_NAT_OUTGOING: '', CALICO_IPV6POOL_NAT_OUTGOING: '' }), [true, true]);
 });
 
 test('VXLAN settings', (t) => {
@@ -69,6 +82,9 @@ const invalid: [string, Record<string, string>, RegExp][] = [
   ['pool', { CALICO_IPV4POOL_CIDR: '10.0.0.0' }, /CALICO_IPV4POOL_CIDR must be a CIDR/],
   ['node name', { NODENAME: 'a b' }, /NODENAME/],
   ['VXLAN mode', { CALICO_IPV4POOL_VXLAN: 'always' }, /CALICO_IPV4POOL_VXLAN must be one of Never, CrossSubnet, Always, got 'always'/],
+  ['IPv4 NAT outgoing', { CALICO_IPV4POOL_NAT_OUTGOING: 'yes' }, /CALICO_IPV4POOL_NAT_OUTGOING must be true or false, got 'yes'/],
+  ['IPv4 NAT outgoing number', { CALICO_IPV4POOL_NAT_OUTGOING: '0' }, /CALICO_IPV4POOL_NAT_OUTGOING must be true or false, got '0'/],
+  ['IPv6 NAT outgoing', { CALICO_IPV6POOL_NAT_OUTGOING: 'off' }, /CALICO_IPV6POOL_NAT_OUTGOING must be true or false, got 'off'/],
   ['VXLAN VNI', { CALICO_VXLAN_VNI: '16777216' }, /CALICO_VXLAN_VNI must be an integer from 1 to 16777215/],
   ['VXLAN VNI zero', { CALICO_VXLAN_VNI: '0' }, /CALICO_VXLAN_VNI must be an integer from 1/],
   ['VXLAN port', { CALICO_VXLAN_PORT: '65536' }, /CALICO_VXLAN_PORT must be an integer from 1 to 65535/],

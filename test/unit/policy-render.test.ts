@@ -217,6 +217,37 @@ test('golden: IPv6 endpoints, selector sets per family, natOutgoing for both', (
   t.true(state.filter[4].get('cali-to-wl-dispatch')?.some((r) => r.includes('cali09')));
 });
 
+test('NAT: only natOutgoing pools masquerade, and never to an address inside any pool, in both families', (t) => {
+  const state = renderPolicy(
+    input({
+      localEndpoints: [ep(1, ['a'])],
+      profiles: profiles(defaultProfile('a')),
+      // 10.66/16 and fd66::/64 do not masquerade, and 10.67/16 is disabled (its addresses may
+      // still be in use): all three are destinations that must never be masqueraded to.
+      natOutgoingPools: ['10.65.0.0/16', 'fd65::/64'],
+      allPools: ['10.65.0.0/16', '10.66.0.0/16', '10.67.0.0/16', 'fd65::/64', 'fd66::/64'],
+    }),
+  );
+  t.deepEqual(state.sets.get('cali-4-masq')?.members, ['10.65.0.0/16']);
+  t.deepEqual(state.sets.get('cali-4-pools')?.members, ['10.65.0.0/16', '10.66.0.0/16', '10.67.0.0/16']);
+  t.deepEqual(state.sets.get('cali-6-masq')?.members, ['fd65::/64']);
+  t.deepEqual(state.sets.get('cali-6-pools')?.members, ['fd65::/64', 'fd66::/64']);
+  for (const family of [4, 6] as const) {
+    t.deepEqual(state.nat[family].get('cali-POSTROUTING'), [
+      `-m set --match-set cali-${family}-masq src -m set ! --match-set cali-${family}-pools dst -m comment --comment "natOutgoing pool to outside all pools" -j MASQUERADE`,
+    ], `IPv${family}`);
+  }
+});
+
+test('NAT: no natOutgoing pool of a family, no rule and no sets for it', (t) => {
+  const state = renderPolicy(
+    input({ localEndpoints: [ep(1, ['a'])], profiles: profiles(defaultProfile('a')), natOutgoingPools: ['fd65::/64'], allPools: ['10.65.0.0/16', 'fd65::/64'] }),
+  );
+  t.deepEqual(state.nat[4].get('cali-POSTROUTING'), []);
+  t.false(state.sets.has('cali-4-masq'));
+  t.is(state.nat[6].get('cali-POSTROUTING')?.length, 1);
+});
+
 test('IPv6 can be turned off', (t) => {
   const state = renderPolicy({ ...input({ localEndpoints: [ep(1, ['a'])], profiles: profiles(defaultProfile('a')) }), ipv6: false });
   t.is(state.filter[6].size, 0);

@@ -13,7 +13,7 @@
 // remnants() lists anything still there (tests assert it is empty). If the test process dies
 // without stop(), an exit hook cleans up; if it is killed, the next startCluster() on the machine
 // reaps what is left (reap.ts).
-import { execFileSync } from 'node:child_process';
+import { execFileSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, rmSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
@@ -21,10 +21,10 @@ import { join } from 'node:path';
 import { startEtcd, type EtcdHandle } from '../etcd.js';
 import { buildBusyboxRootfsTar, importRootfsTar, TEST_IMAGE } from '../image.js';
 import { deleteNetns } from '../netns.js';
-import { createNamespaces, ETCD_ADDRESS, namespacesOf, planFabric, SUBNETS, type FabricPlan, type Subnet, wireFabric } from './fabric.js';
+import { createNamespaces, ETCD_ADDRESS, namespacesOf, OUTSIDE, planFabric, SUBNETS, type FabricPlan, type Subnet, wireFabric } from './fabric.js';
 import { newHostState, startHost, sweepSet, teardownHost, type Host, type HostState } from './host.js';
-import { HOST_PATH, nsExec, nsRun, type NsExecOptions, type NsExecResult } from './ns-exec.js';
-import { isAlive, members, nsInode, remnants, removeCgroupTrees, ticksNow } from './procs.js';
+import { HOST_PATH, nsExec, nsRun, nsSpawn, type NsExecOptions, type NsExecResult } from './ns-exec.js';
+import { isAlive, killMembers, members, nsInode, remnants, removeCgroupTrees, ticksNow, type Membership } from './procs.js';
 import { reapOrphans, recordEtcdDir, writeOwner } from './reap.js';
 import { allSettledOrThrow } from './settle.js';
 
@@ -33,6 +33,9 @@ export const CLUSTER_BASE_DIR = '/tmp';
 /** Docker as in the single-host e2e harness: no bridge and no iptables of its own (the host's
  * filter table is the plugin's alone), and it does not turn on forwarding (the plugin does). */
 export const DEFAULT_DOCKERD_ARGS: readonly string[] = ['--bridge=none', '--iptables=false', '--ip6tables=false', '--ip-masq=false', '--ip-forward=false'];
+/** Processes the test left in the fabric's own namespaces (router, fabric, outside) get this
+ * long to die at teardown. */
+const FABRIC_SWEEP_TIMEOUT_MS = 10_000;
 /** Container pool: a test range, clear of the fabric (198.18.1.0/24, 198.18.2.0/24). */
 export const DEFAULT_IPV4_POOL = '198.19.0.0/16';
 
@@ -51,6 +54,8 @@ export interface ClusterOptions {
   readonly dockerdArgs?: readonly string[];
   /** Default 'vfs' (the test image is tiny; works on any backing filesystem). */
   readonly storageDriver?: string;
+  /** Add the outside namespace behind the router (fabric.ts; `Cluster.outside`). Default false. */
+  readonly outside?: boolean;
 }
 
 export interface StopOptions {
@@ -71,11 +76,24 @@ export interface NetnsHandle {
   exec(argv: readonly string[], opts?: NsExecOptions): Promise<NsExecResult>;
   /** Like exec, but rejects unless the command exits 0. */
   run(argv: readonly string[], opts?: NsExecOptions): Promise<NsExecResult>;
+  /** Starts a long-running process in the namespace's network (a listener): the caller owns it;
+   * the cluster's stop() ends it at the latest. */
+  spawn(argv: readonly string[], opts?: { stdio?: 'ignore' | 'pipe' }): ChildProcess;
 }
 
 export interface Router extends NetnsHandle {
   /** Its address on each subnet (its interface is named like the subnet: 'a', 'b'). */
   readonly addresses: { readonly a: string; readonly b: string };
+}
+
+/** The world beyond the hosts: a namespace on its own leg of the router, at an address in no pool
+ * and on neither subnet (203.0.113.10 on 203.0.113.0/24; see fabric.ts). The router has no route
+ * to container addresses. */
+export interface Outside extends NetnsHandle {
+  readonly address: string;
+  readonly cidr: string;
+  /** The router's address on the outside's link. */
+  readonly gateway: string;
 }
 
 export interface ClusterEtcd extends EtcdHandle {
@@ -90,6 +108,8 @@ export interface Cluster {
   readonly dir: string;
   readonly hosts: readonly Host[];
   readonly router: Router;
+  /** Present when the cluster was started with `outside: true`. */
+  readonly outside?: Outside;
   readonly fabric: NetnsHandle & { readonly subnets: readonly Subnet[] };
   /** `endpoints` work from the test process, `netnsEndpoints` from inside the hosts. */
   readonly etcd: ClusterEtcd;
@@ -115,6 +135,7 @@ function netnsHandle(netns: string): NetnsHandle {
     netns,
     exec: (argv, o) => nsExec(enter, argv, env, o),
     run: (argv, o) => nsRun(netns, enter, argv, env, o),
+    spawn: (argv, o) => nsSpawn(enter, argv, env, { stdio: o?.stdio ?? 'ignore' }),
   };
 }
 
@@ -148,7 +169,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
   const dir = join(CLUSTER_BASE_DIR, id);
   mkdirSync(dir, { mode: 0o700 });
   writeOwner(dir);
-  const plan = planFabric(id, options.hosts ?? 3, options.subnets);
+  const plan = planFabric(id, options.hosts ?? 3, options.subnets, options.outside ?? false);
   const res: Resources = { id, dir, plan, createdNs: [], nsInodes: new Set(), hostStates: [], cgroupDirs: [], timings };
   live.add(res);
   const datastorePrefix = `/calico-test/${id}`;
@@ -223,6 +244,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
       dir,
       hosts,
       router: { ...netnsHandle(plan.routerNs), addresses: { a: SUBNETS[0].router, b: SUBNETS[1].router } },
+      ...(plan.outsideNs !== undefined && { outside: { ...netnsHandle(plan.outsideNs), address: OUTSIDE.address, cidr: OUTSIDE.cidr, gateway: OUTSIDE.router } }),
       fabric: { ...netnsHandle(plan.fabricNs), subnets: SUBNETS },
       etcd: { ...etcd, address: ETCD_ADDRESS },
       datastorePrefix,
@@ -295,6 +317,11 @@ async function teardown(res: Resources, graceful: boolean): Promise<void> {
   res.timings['stop.hosts'] = Date.now() - t;
   t = Date.now();
   await settle('stop etcd', res.etcd?.stop());
+  // What a test started in the router, fabric or outside namespace (a listener it never
+  // connected to) would otherwise outlive them.
+  await settle('stop processes in the fabric namespaces', killMembers(fabricMembership(res.plan), FABRIC_SWEEP_TIMEOUT_MS).then((left) => {
+    if (left.length > 0) throw new Error(`processes ${left.join(', ')} survived SIGKILL`);
+  }));
   await Promise.all(res.createdNs.map((ns) => settle(`delete netns ${ns}`, deleteNetns(ns))));
   res.timings['stop.etcd+netns'] = Date.now() - t;
   t = Date.now();
@@ -304,6 +331,14 @@ async function teardown(res: Resources, graceful: boolean): Promise<void> {
   res.timings['stop.total'] = Date.now() - t0;
   live.delete(res);
   if (errors.length > 0) throw new AggregateError(errors, `cluster ${res.id}: teardown incomplete: ${errors.map(String).join('; ')}`);
+}
+
+/** The processes in the namespaces of the fabric that are no host's and not etcd's (found through
+ * the namespaces' bind mounts, which are ours until deleted). */
+function fabricMembership(plan: FabricPlan): Membership {
+  const names = [plan.fabricNs, plan.routerNs, ...(plan.outsideNs === undefined ? [] : [plan.outsideNs])];
+  const netInodes = new Set(names.map((n) => nsInode(`/run/netns/${n}`)).filter((i): i is number => i !== undefined));
+  return { netInodes, mntInodes: new Set(), cgroupDirs: [] };
 }
 
 function remnantsOf(res: Resources): string[] {
@@ -340,6 +375,13 @@ function installExitHook(): void {
             }
           }
           Atomics.wait(pause, 0, 0, 25);
+        }
+      }
+      for (const pid of members(fabricMembership(res.plan))) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          // gone
         }
       }
       removeCgroupTrees(res.cgroupDirs);

@@ -12,6 +12,15 @@
 // containers' 169.254.1.1 gateway needs a route out of another interface). Every veth is created
 // directly in its two namespaces: nothing appears in the root namespace, even for a moment, so
 // interface names never collide with other runs.
+//
+// With `outside`, a further namespace stands for the world beyond the hosts (for outgoing NAT):
+//
+//   [router] .1 ── o ── eth0 .10 [outside]        203.0.113.0/24 (TEST-NET-3)
+//
+// directly on a third leg of the router (leg `o`), its default route via the router. Its address
+// is in no pool and on neither subnet, and exists only inside these namespaces: nothing is ever
+// sent beyond the machine. The router has no route to container addresses, so the outside can
+// answer a container only if the container's host masqueraded it (or a test adds a route).
 import { nsRun } from './ns-exec.js';
 import { allSettledOrThrow } from './settle.js';
 import { run } from '../../../dataplane/exec.js';
@@ -29,6 +38,17 @@ export const SUBNETS: readonly [Subnet, Subnet] = [
   { name: 'a', cidr: '198.18.1.0/24', prefixLength: 24, router: '198.18.1.1' },
   { name: 'b', cidr: '198.18.2.0/24', prefixLength: 24, router: '198.18.2.1' },
 ];
+/** The outside namespace's link to the router (see `outside` above). */
+export const OUTSIDE = {
+  cidr: '203.0.113.0/24',
+  prefixLength: 24,
+  /** The router's address on the link (its interface `o`), the outside's default gateway. */
+  router: '203.0.113.1',
+  /** The outside namespace's address (its interface `eth0`). */
+  address: '203.0.113.10',
+} as const;
+/** The router's leg to the outside namespace. */
+const OUTSIDE_LEG = 'o';
 /** etcd's own namespace, on subnet A. */
 export const ETCD_ADDRESS = '198.18.1.2';
 const FIRST_HOST_OCTET = 11;
@@ -47,11 +67,14 @@ export interface FabricPlan {
   readonly fabricNs: string;
   readonly routerNs: string;
   readonly etcdNs: string;
+  /** The outside namespace, when the cluster has one. */
+  readonly outsideNs?: string;
   readonly hosts: readonly HostPlacement[];
 }
 
-/** Host i (0-based) goes to subnet `subnets[i]`; default: the first half (rounded up) on A. */
-export function planFabric(id: string, count: number, subnets?: readonly ('a' | 'b')[]): FabricPlan {
+/** Host i (0-based) goes to subnet `subnets[i]`; default: the first half (rounded up) on A.
+ * `outside`: add the outside namespace behind the router. */
+export function planFabric(id: string, count: number, subnets?: readonly ('a' | 'b')[], outside = false): FabricPlan {
   if (!Number.isInteger(count) || count < 1) throw new Error(`hosts must be a positive integer, got ${count}`);
   if (subnets !== undefined && subnets.length !== count) throw new Error(`subnets has ${subnets.length} entries for ${count} hosts`);
   const used = [0, 0];
@@ -71,12 +94,12 @@ export function planFabric(id: string, count: number, subnets?: readonly ('a' | 
       fabricPort: name,
     };
   });
-  return { fabricNs: `${id}-fabric`, routerNs: `${id}-router`, etcdNs: `${id}-etcd`, hosts };
+  return { fabricNs: `${id}-fabric`, routerNs: `${id}-router`, etcdNs: `${id}-etcd`, ...(outside && { outsideNs: `${id}-outside` }), hosts };
 }
 
 /** Namespace names this plan creates. */
 export function namespacesOf(plan: FabricPlan): string[] {
-  return [plan.fabricNs, plan.routerNs, plan.etcdNs, ...plan.hosts.map((h) => h.netns)];
+  return [plan.fabricNs, plan.routerNs, plan.etcdNs, ...(plan.outsideNs === undefined ? [] : [plan.outsideNs]), ...plan.hosts.map((h) => h.netns)];
 }
 
 /** `ip netns add` + lo up. `created` gets the name as soon as it exists, for teardown. */
@@ -104,14 +127,17 @@ export async function createNamespaces(plan: FabricPlan, created: string[]): Pro
 
 /**
  * Wires the namespaces: bridges, router and every host's fabric interface, addresses and default
- * route; hosts get net.ipv4.ip_forward=0 (a freshly booted host; the plugin turns it on).
+ * route; hosts get net.ipv4.ip_forward=0 (a freshly booted host; the plugin turns it on). With an
+ * outside namespace, also its link to the router.
  */
 export async function wireFabric(plan: FabricPlan): Promise<void> {
   // Every veth pair in one root-namespace batch; both ends are born in their namespaces.
   const [a, b] = SUBNETS;
   const veth = (ns: string, ifname: string, peer: string): string =>
     `link add name ${ifname} netns ${ns} type veth peer name ${peer} netns ${plan.fabricNs}`;
+  const outside = plan.outsideNs;
   await batch(undefined, [
+    ...(outside === undefined ? [] : [`link add name ${OUTSIDE_LEG} netns ${plan.routerNs} type veth peer name eth0 netns ${outside}`]),
     veth(plan.routerNs, a.name, `rtr-${a.name}`),
     veth(plan.routerNs, b.name, `rtr-${b.name}`),
     veth(plan.etcdNs, 'eth0', 'etcd'),
@@ -128,10 +154,15 @@ export async function wireFabric(plan: FabricPlan): Promise<void> {
       ...SUBNETS.flatMap((s) => [`link add name ${s.name} type bridge`, `link set dev ${s.name} up`]),
       ...ports.flatMap(([port, s]) => [`link set dev ${port} master ${s.name}`, `link set dev ${port} up`]),
     ], 'build fabric bridges'),
-    batch(plan.routerNs, SUBNETS.flatMap((s) => [
-      `addr add ${s.router}/${s.prefixLength} dev ${s.name}`,
-      `link set dev ${s.name} up`,
-    ]), 'address router'),
+    batch(plan.routerNs, [
+      ...SUBNETS.flatMap((s) => [`addr add ${s.router}/${s.prefixLength} dev ${s.name}`, `link set dev ${s.name} up`]),
+      ...(outside === undefined ? [] : [`addr add ${OUTSIDE.router}/${OUTSIDE.prefixLength} dev ${OUTSIDE_LEG}`, `link set dev ${OUTSIDE_LEG} up`]),
+    ], 'address router'),
+    ...(outside === undefined ? [] : [batch(outside, [
+      `addr add ${OUTSIDE.address}/${OUTSIDE.prefixLength} dev eth0`,
+      'link set dev eth0 up',
+      `route add default via ${OUTSIDE.router}`,
+    ], 'address outside namespace')]),
     batch(plan.etcdNs, [
       `addr add ${ETCD_ADDRESS}/${a.prefixLength} dev eth0`,
       'link set dev eth0 up',
@@ -144,7 +175,7 @@ export async function wireFabric(plan: FabricPlan): Promise<void> {
     ], `address ${h.name}`)),
     sysctlIn(plan.routerNs, [
       'net.ipv4.ip_forward=1',
-      ...['all', 'default', ...SUBNETS.map((s) => s.name)].map((i) => `net.ipv4.conf.${i}.send_redirects=0`),
+      ...['all', 'default', ...SUBNETS.map((s) => s.name), ...(outside === undefined ? [] : [OUTSIDE_LEG])].map((i) => `net.ipv4.conf.${i}.send_redirects=0`),
     ]),
     ...plan.hosts.map((h) => sysctlIn(h.netns, ['net.ipv4.ip_forward=0'])),
   ]);
