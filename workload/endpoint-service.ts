@@ -106,9 +106,11 @@ export class EndpointService {
    * networks gets distinct gateways on each interface; the agent programs its routing
    * (agent/sandbox-manager.ts) once the interfaces are in its namespace. */
   async attach(endpointId: string, peerIf: string, sandbox?: string): Promise<Attached> {
-    const { ep, gatewayIndex } = sandbox === undefined ? { ep: await this.get(endpointId), gatewayIndex: 0 } : await this.placeInSandbox(endpointId, assertNetnsPath(sandbox));
+    const { ep, gatewayIndex, recorded } = sandbox === undefined
+      ? { ep: await this.get(endpointId), gatewayIndex: 0, recorded: Promise.resolve() }
+      : await this.placeInSandbox(endpointId, assertNetnsPath(sandbox));
     // The recorded name is the one policy programs, even if the prefix changed since.
-    const attached = await this.o.dataplane.attach({
+    const veth = this.o.dataplane.attach({
       hostIf: ep.hostInterface,
       peerIf,
       mtu: await this.vethMtu(),
@@ -116,6 +118,14 @@ export class EndpointService {
       ipv6: ep.ipv6.map(addressPart),
       gatewayIndex,
     });
+    // The namespace is recorded while the kernel creates the veth: neither waits for the other.
+    const [plumbed, noted] = await Promise.allSettled([veth, recorded]);
+    if (plumbed.status === 'rejected') throw plumbed.reason;
+    if (noted.status === 'rejected') {
+      await this.o.dataplane.detach(ep.hostInterface);
+      throw noted.reason;
+    }
+    const attached = plumbed.value;
     if (ep.ready) {
       if (!(await this.o.policy.waitProgrammed(endpointId, PROGRAMMED_WAIT_MS))) {
         log.warn('endpoint %s: policy not programmed after %dms; it stays isolated until it is', endpointId.slice(0, 12), PROGRAMMED_WAIT_MS);
@@ -133,23 +143,25 @@ export class EndpointService {
   /** Records the endpoint's namespace and picks its interface number there: the lowest one the
    * namespace's other endpoints on this host leave free. Front ends attach one endpoint of a
    * workload at a time (Docker serialises Join and Leave per sandbox), so two never pick alike. */
-  private async placeInSandbox(endpointId: string, sandbox: string): Promise<{ ep: Endpoint; gatewayIndex: number }> {
+  private async placeInSandbox(endpointId: string, sandbox: string): Promise<{ ep: Endpoint; gatewayIndex: number; recorded: Promise<unknown> }> {
     const { items } = await this.o.store.list(this.o.keys.endpointsPrefix(this.o.node));
     const local = items.map((kv) => parseStored(Endpoint, kv));
     const ep = local.find((e) => e.id === endpointId);
     if (ep === undefined) throw new NotFoundError(`endpoint ${endpointId.slice(0, 12)} does not exist on ${this.o.node}`);
-    if (ep.sandbox === sandbox) return { ep, gatewayIndex: ep.gatewayIndex };
+    if (ep.sandbox === sandbox) return { ep, gatewayIndex: ep.gatewayIndex, recorded: Promise.resolve() };
     const used = new Set(local.filter((e) => e.id !== endpointId && e.sandbox === sandbox).map((e) => e.gatewayIndex));
     let gatewayIndex = 0;
     while (used.has(gatewayIndex)) gatewayIndex++;
     if (gatewayIndex >= MAX_WORKLOAD_INTERFACES) {
       throw new InvalidRequestError(`${sandbox} already has ${MAX_WORKLOAD_INTERFACES} interfaces on our networks`);
     }
-    await modifyKey(this.o.store, this.o.keys.endpoint(this.o.node, endpointId), `record the namespace of endpoint ${endpointId.slice(0, 12)}`, (kv) => {
+    const recorded = modifyKey(this.o.store, this.o.keys.endpoint(this.o.node, endpointId), `record the namespace of endpoint ${endpointId.slice(0, 12)}`, (kv) => {
       if (kv === undefined) throw new NotFoundError(`endpoint ${endpointId.slice(0, 12)} does not exist on ${this.o.node}`);
       return serialize({ ...parseStored(Endpoint, kv), sandbox, gatewayIndex });
     });
-    return { ep, gatewayIndex };
+    // Awaited by attach after the veth; handled here so a quick failure is never "unhandled".
+    recorded.catch(() => undefined);
+    return { ep, gatewayIndex, recorded };
   }
 
   /** Starts removing the veth; remove() waits for it. Both succeed when things are gone. */
