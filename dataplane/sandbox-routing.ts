@@ -6,7 +6,7 @@
 import { existsSync } from 'node:fs';
 import type { IpFamily } from '../ipam/cidr';
 import { DataplaneError, errorMessage } from '../lib/errors';
-import { runWithInput } from './exec';
+import { CommandError, runWithInput } from './exec';
 import { assertNetnsPath } from './names';
 
 /** Priority of our rules in a workload's namespace: before the main table (32766). */
@@ -65,7 +65,7 @@ export class SandboxRoutingDataplane {
       try {
         state = await this.read(path, family);
       } catch (err) {
-        if (!existsSync(path)) return 'gone';
+        if (!existsSync(path) || notANamespace(err)) return 'gone';
         throw err;
       }
       const desired = this.desired(plan, family, state.devices);
@@ -80,7 +80,7 @@ export class SandboxRoutingDataplane {
         // -force: one bad line (a member's route racing its interface) must not keep the rest out.
         await runWithInput('nsenter', [`--net=${path}`, 'ip', `-${family}`, '-force', '-batch', '-'], `${lines.join('\n')}\n`, `route ${plan.sandbox}`);
       } catch (err) {
-        if (!existsSync(path)) return 'gone';
+        if (!existsSync(path) || notANamespace(err)) return 'gone';
         this.o.warn?.(`routing in ${plan.sandbox}: ${errorMessage(err)}; retrying`);
         pending = true;
       }
@@ -141,6 +141,12 @@ export class SandboxRoutingDataplane {
     }
     return { devices, current };
   }
+}
+
+/** The file is there but no namespace is mounted on it: Docker is tearing the sandbox down (it
+ * unmounts the namespace before it removes the file). */
+function notANamespace(err: unknown): boolean {
+  return err instanceof CommandError && /reassociate to namespace .* failed: Invalid argument/.test(err.stderr);
 }
 
 function ruleSpec(from: string, table: string): string {
