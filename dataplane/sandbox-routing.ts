@@ -1,6 +1,7 @@
 // Writes a workload's own routing (agent/sandbox-plan.ts) inside its network namespace, entered by
 // path with nsenter (Docker's sandboxes are not `ip netns` names). Ours there: rules at
-// RULE_PRIORITY and routes with our routing protocol number; Docker's routes (its gateway /32s and
+// RULE_PRIORITY of the shape we write (a source and a table; we add them with our protocol number
+// too, so deleting one never takes someone else's) and routes with our routing protocol number; Docker's routes (its gateway /32s and
 // default route) are never touched. Each apply reads the namespace once per family and writes only
 // the difference, in one `ip -batch` per family.
 import { existsSync } from 'node:fs';
@@ -43,11 +44,12 @@ export interface SandboxPlan {
 export type SandboxOutcome = 'done' | 'pending' | 'gone';
 
 interface AddrJson { ifname?: string; addr_info?: { local?: string }[] }
-interface RuleJson { priority?: number; src?: string; srclen?: number; table?: string }
+interface RuleJson { priority?: number; src?: string; srclen?: number; table?: string; protocol?: string; [selector: string]: unknown }
 interface RouteJson { dst?: string; gateway?: string; dev?: string; prefsrc?: string; table?: string }
 
 interface FamilyState {
-  readonly rules: Set<string>;
+  /** Rule spec (without protocol) -> the protocol the kernel reports for it, if any. */
+  readonly rules: Map<string, string | undefined>;
   /** Route spec by `table dst`. */
   readonly routes: Map<string, string>;
 }
@@ -71,8 +73,11 @@ export class SandboxRoutingDataplane {
       const desired = this.desired(plan, family, state.devices);
       pending ||= desired.missingDevice;
       const lines: string[] = [];
-      for (const rule of desired.rules) if (!state.current.rules.has(rule)) lines.push(`rule add ${rule}`);
-      for (const rule of state.current.rules) if (!desired.rules.has(rule)) lines.push(`rule del ${rule}`);
+      for (const rule of desired.rules) if (!state.current.rules.has(rule)) lines.push(`rule add ${rule} protocol ${this.o.protocol}`);
+      // The kernel deletes the first rule matching what a delete names; naming the protocol too
+      // keeps that from being another rule at our priority with our source and table and a
+      // selector of its own (one written before rules carried our protocol is deleted without).
+      for (const [rule, proto] of state.current.rules) if (!desired.rules.has(rule)) lines.push(`rule del ${rule}${proto === undefined ? '' : ` protocol ${proto}`}`);
       for (const [key, spec] of desired.routes) if (state.current.routes.get(key) !== spec) lines.push(`route replace ${spec}`);
       for (const [key, spec] of state.current.routes) if (!desired.routes.has(key)) lines.push(`route del ${spec}`);
       if (lines.length === 0) continue;
@@ -127,9 +132,9 @@ export class SandboxRoutingDataplane {
     const full = family === 4 ? 32 : 128;
     const devices = new Map<string, string>();
     for (const link of addrs) for (const a of link.addr_info ?? []) if (link.ifname !== undefined && a.local !== undefined) devices.set(a.local, link.ifname);
-    const current: FamilyState = { rules: new Set(), routes: new Map() };
+    const current: FamilyState = { rules: new Map(), routes: new Map() };
     for (const r of rules) {
-      if (r.priority === SANDBOX_RULE_PRIORITY && r.src !== undefined && r.table !== undefined) current.rules.add(ruleSpec(`${r.src}/${r.srclen ?? full}`, r.table));
+      if (r.priority === SANDBOX_RULE_PRIORITY && isOurRuleShape(r)) current.rules.set(ruleSpec(`${r.src}/${r.srclen ?? full}`, r.table), r.protocol);
     }
     for (const r of routes) {
       if (r.dst === undefined) continue;
@@ -141,6 +146,17 @@ export class SandboxRoutingDataplane {
     }
     return { devices, current };
   }
+}
+
+/** Keys `ip -j rule show` prints for a rule as we write it (`from <address> table <n>`). */
+const OUR_RULE_KEYS = new Set(['priority', 'src', 'srclen', 'table', 'protocol']);
+
+/** Whether a rule has the shape we write: a source address and a table, no other selector. Anyone
+ * else's rule at our priority (from all, by mark or interface, ...) is not ours: it is left alone,
+ * and it must not pass for ours (a marked rule with our source and table), nor could `rule del
+ * from <src> table <n>` name it (`from all/32` is refused, which kept the namespace pending). */
+function isOurRuleShape(r: RuleJson): r is RuleJson & { src: string; table: string } {
+  return typeof r.src === 'string' && r.src !== 'all' && typeof r.table === 'string' && (r.protocol === undefined || typeof r.protocol === 'string') && Object.keys(r).every((k) => OUR_RULE_KEYS.has(k));
 }
 
 function ruleSpec(from: string, table: string): string {

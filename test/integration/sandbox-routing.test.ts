@@ -236,7 +236,7 @@ test.serial('a changed plan writes only the difference', async (t) => {
   t.deepEqual(events, [
     `10.71.0.10 via ${GW1_V4} dev e1 proto 201 src 10.71.0.2 onlink`,
     'Deleted 10.71.0.9 via 169.254.1.2 dev e1 proto 201 src 10.71.0.2 onlink',
-    `Deleted 100: from fd70::2 lookup 100`,
+    'Deleted 100: from fd70::2 lookup 100 proto 201',
     `Deleted default via ${GW0_V6} dev e0 table 100 proto 201 metric 1024 pref medium`,
     `Deleted fd70::9 via ${GW0_V6} dev e0 proto 201 src fd70::2 metric 1024 pref medium`,
     `Deleted fd71::9 via ${GW1_V6} dev e1 proto 201 src fd71::2 metric 1024 pref medium`,
@@ -283,6 +283,54 @@ test("removes strays of ours and repairs what was changed by hand; others' route
   t.is(await dp.apply(planA(w.path)), 'done');
   t.deepEqual(await ours(w.ns), EXPECTED_A);
   t.deepEqual(await foreign(w.ns), before, "Docker's routes, the operator's route in table 101 and the rules at 99 and 200 stay");
+});
+
+test('a rule at our priority of a shape we never write is not ours: left alone, no stand-in for ours', async (t) => {
+  const w = await workload(t);
+  const ip = (...args: string[]) => ipIn(w.ns, args);
+  // Someone else's, at priority 100: rules for all sources, by mark, by incoming interface, and
+  // one with our source and table but a mark, which must not pass for our plain rule.
+  await ip('rule', 'add', 'from', 'all', 'table', '300', 'priority', '100');
+  await ip('rule', 'add', 'fwmark', '7', 'table', '301', 'priority', '100');
+  await ip('-6', 'rule', 'add', 'iif', 'lo', 'table', '302', 'priority', '100');
+  await ip('rule', 'add', 'from', '10.71.0.2/32', 'fwmark', '9', 'table', '101', 'priority', '100');
+  const foreignAt100 = async (): Promise<string[]> => {
+    const out: string[] = [];
+    for (const family of [4, 6] as const) {
+      for (const r of await json<RuleJson & Record<string, unknown>>(w.ns, [`-${family}`, 'rule', 'show'])) {
+        if (r.priority === 100 && (r.src === 'all' || r.fwmark !== undefined)) out.push(JSON.stringify(r));
+      }
+    }
+    return out.sort();
+  };
+  const before = await foreignAt100();
+  t.is(before.length, 4);
+  const warnings: string[] = [];
+  const dp = dataplane(warnings);
+  t.is(await dp.apply(planA(w.path)), 'done');
+  t.deepEqual(warnings, []);
+  const { stdout } = await ipIn(w.ns, ['-4', 'rule', 'show', 'priority', '100']);
+  t.regex(stdout, /^100:\s+from 10\.71\.0\.2 lookup 101 proto 201\s*$/m, 'our plain rule is there beside the marked one, with our protocol');
+  t.deepEqual(await foreignAt100(), before);
+  t.is(await dp.apply({ sandbox: w.path, rules: [], routes: [] }), 'done');
+  t.deepEqual(await foreignAt100(), before, 'an empty plan leaves them too');
+  t.deepEqual(await ours(w.ns), [
+    '4 rule from 10.71.0.2/32 table 101', // the marked one
+    '4 rule from all/32 table 300',
+    '4 rule from all/32 table 301',
+    '6 rule from all/128 table 302',
+  ], 'nothing else at priority 100, no routes of ours');
+});
+
+test('rules written without our protocol (before rules carried it) still count as ours', async (t) => {
+  const w = await workload(t);
+  await ipIn(w.ns, ['rule', 'add', 'from', '10.70.0.2/32', 'table', '100', 'priority', '100']);
+  await ipIn(w.ns, ['-6', 'rule', 'add', 'from', 'fd77::2/128', 'table', '107', 'priority', '100']);
+  const dp = dataplane();
+  t.is(await dp.apply(planA(w.path)), 'done');
+  t.deepEqual(await ours(w.ns), EXPECTED_A, 'the planned one kept (not doubled), the stray one deleted');
+  t.is(await dp.apply({ sandbox: w.path, rules: [], routes: [] }), 'done');
+  t.deepEqual(await ours(w.ns), []);
 });
 
 test("'pending' while an interface is missing, with the rest applied; 'done' once it is there", async (t) => {
