@@ -1,7 +1,8 @@
 // Writes a workload's own routing (agent/sandbox-plan.ts) inside its network namespace, entered by
 // path with nsenter (Docker's sandboxes are not `ip netns` names). Ours there: rules at
-// RULE_PRIORITY and routes with our routing protocol number; Docker's routes (its gateway /32s and
-// default route) are never touched. Each apply reads the namespace once per family and writes only
+// SANDBOX_RULE_PRIORITY of the shape we write (a source and a table; added with our protocol
+// number too, so deleting one never takes someone else's) and routes with our routing protocol
+// number; Docker's routes (its gateway /32s and default route) are never touched. Each apply reads the namespace once per family and writes only
 // the difference, in one `ip -batch` per family.
 import { existsSync } from 'node:fs';
 import type { IpFamily } from '../ipam/cidr';
@@ -9,6 +10,8 @@ import { DataplaneError, errorMessage } from '../lib/errors';
 import { CommandError, runWithInput } from './exec';
 import { assertNetnsPath } from './names';
 
+/** The main table's number, as `ip -N` prints it. */
+const MAIN_TABLE = '254';
 /** Priority of our rules in a workload's namespace: before the main table (32766). */
 export const SANDBOX_RULE_PRIORITY = 100;
 
@@ -43,11 +46,12 @@ export interface SandboxPlan {
 export type SandboxOutcome = 'done' | 'pending' | 'gone';
 
 interface AddrJson { ifname?: string; addr_info?: { local?: string }[] }
-interface RuleJson { priority?: number; src?: string; srclen?: number; table?: string }
+interface RuleJson { priority?: number; src?: string; srclen?: number; table?: string; protocol?: string; [selector: string]: unknown }
 interface RouteJson { dst?: string; gateway?: string; dev?: string; prefsrc?: string; table?: string }
 
 interface FamilyState {
-  readonly rules: Set<string>;
+  /** Rule spec (without protocol) -> the protocol the kernel reports for it, if any. */
+  readonly rules: Map<string, string | undefined>;
   /** Route spec by `table dst`. */
   readonly routes: Map<string, string>;
 }
@@ -71,8 +75,11 @@ export class SandboxRoutingDataplane {
       const desired = this.desired(plan, family, state.devices);
       pending ||= desired.missingDevice;
       const lines: string[] = [];
-      for (const rule of desired.rules) if (!state.current.rules.has(rule)) lines.push(`rule add ${rule}`);
-      for (const rule of state.current.rules) if (!desired.rules.has(rule)) lines.push(`rule del ${rule}`);
+      for (const rule of desired.rules) if (!state.current.rules.has(rule)) lines.push(`rule add ${rule} protocol ${this.o.protocol}`);
+      // The kernel deletes the first rule matching what a delete names; naming the protocol too
+      // keeps that from being another rule at our priority with our source and table and a
+      // selector of its own (one written before rules carried our protocol is deleted without).
+      for (const [rule, proto] of state.current.rules) if (!desired.rules.has(rule)) lines.push(`rule del ${rule}${proto === undefined ? '' : ` protocol ${proto}`}`);
       for (const [key, spec] of desired.routes) if (state.current.routes.get(key) !== spec) lines.push(`route replace ${spec}`);
       for (const [key, spec] of state.current.routes) if (!desired.routes.has(key)) lines.push(`route del ${spec}`);
       if (lines.length === 0) continue;
@@ -113,7 +120,8 @@ export class SandboxRoutingDataplane {
 
   private async read(path: string, family: IpFamily): Promise<{ devices: Map<string, string>; current: FamilyState }> {
     const op = `read routing in ${path}`;
-    const { stdout } = await runWithInput('nsenter', [`--net=${path}`, 'ip', '-j', `-${family}`, '-batch', '-'], `addr show\nrule show\nroute show table all proto ${this.o.protocol}\n`, op);
+    // -N: tables as numbers, also where /etc/iproute2/rt_tables names ours.
+    const { stdout } = await runWithInput('nsenter', [`--net=${path}`, 'ip', '-N', '-j', `-${family}`, '-batch', '-'], `addr show\nrule show\nroute show table all proto ${this.o.protocol}\n`, op);
     const parts = stdout.split('\n').filter((l) => l.trim() !== '');
     if (parts.length !== 3) throw new DataplaneError(`${op}: expected 3 JSON lists from ip, got ${parts.length}`);
     let addrs: AddrJson[];
@@ -127,14 +135,14 @@ export class SandboxRoutingDataplane {
     const full = family === 4 ? 32 : 128;
     const devices = new Map<string, string>();
     for (const link of addrs) for (const a of link.addr_info ?? []) if (link.ifname !== undefined && a.local !== undefined) devices.set(a.local, link.ifname);
-    const current: FamilyState = { rules: new Set(), routes: new Map() };
+    const current: FamilyState = { rules: new Map(), routes: new Map() };
     for (const r of rules) {
-      if (r.priority === SANDBOX_RULE_PRIORITY && r.src !== undefined && r.table !== undefined) current.rules.add(ruleSpec(`${r.src}/${r.srclen ?? full}`, r.table));
+      if (r.priority === SANDBOX_RULE_PRIORITY && isOurRuleShape(r)) current.rules.set(ruleSpec(`${r.src}/${r.srclen ?? full}`, r.table), r.protocol);
     }
     for (const r of routes) {
       if (r.dst === undefined) continue;
       const dst = r.dst === 'default' || r.dst.includes('/') ? r.dst : `${r.dst}/${full}`;
-      const table = r.table ?? 'main';
+      const table = r.table === undefined || r.table === MAIN_TABLE ? 'main' : r.table;
       current.routes.set(`${table} ${dst}`, r.gateway === undefined || r.dev === undefined
         ? `${dst} table ${table} proto ${this.o.protocol}` // ours, of a shape we never write: a stray
         : this.routeSpec(family, table, dst, r.gateway, r.dev, r.prefsrc));
@@ -147,6 +155,17 @@ export class SandboxRoutingDataplane {
  * unmounts the namespace before it removes the file). */
 function notANamespace(err: unknown): boolean {
   return err instanceof CommandError && /reassociate to namespace .* failed: Invalid argument/.test(err.stderr);
+}
+
+/** Keys `ip -j rule show` prints for a rule as we write it (`from <address> table <n>`). */
+const OUR_RULE_KEYS = new Set(['priority', 'src', 'srclen', 'table', 'protocol']);
+
+/** Whether a rule has the shape we write: a source address and a table, no other selector. Anyone
+ * else's rule at our priority (from all, by mark or interface, ...) is not ours: it is left alone,
+ * and it must not pass for ours (a marked rule with our source and table), nor could `rule del
+ * from <src> table <n>` name it (`from all/32` is refused, which kept the namespace pending). */
+function isOurRuleShape(r: RuleJson): r is RuleJson & { src: string; table: string } {
+  return typeof r.src === 'string' && r.src !== 'all' && typeof r.table === 'string' && (r.protocol === undefined || typeof r.protocol === 'string') && Object.keys(r).every((k) => OUR_RULE_KEYS.has(k));
 }
 
 function ruleSpec(from: string, table: string): string {

@@ -128,12 +128,12 @@ export async function makeRoutedHost(reg: NetnsRegistry, prefix: string): Promis
 
 /** Does what Docker does after Join: moves the container end of the veth from the host namespace
  * into a new "container" namespace as eth0 and applies the address and routes Join answered
- * (gateway 169.254.1.1 on-link; IPv6 via the host end's link-local address). */
+ * (gateway 169.254.1.1, or `gatewayV4`, on-link; IPv6 via the host end's link-local address). */
 export async function plumbContainer(
   reg: NetnsRegistry,
   hostNs: string,
   peerIf: string,
-  addrs: { v4?: string; v6?: string; gatewayIPv6?: string },
+  addrs: { v4?: string; v6?: string; gatewayIPv6?: string; gatewayV4?: string },
   prefix: string,
 ): Promise<string> {
   const c = await reg.create(prefix);
@@ -141,8 +141,9 @@ export async function plumbContainer(
   await ipIn(c, ['link', 'set', 'dev', 'eth0', 'up']);
   if (addrs.v4 !== undefined) {
     await ipIn(c, ['addr', 'add', `${addrs.v4}/32`, 'dev', 'eth0']);
-    await ipIn(c, ['route', 'add', CONTAINER_GATEWAY_V4, 'dev', 'eth0', 'scope', 'link']);
-    await ipIn(c, ['route', 'add', 'default', 'via', CONTAINER_GATEWAY_V4, 'dev', 'eth0']);
+    const gateway = addrs.gatewayV4 ?? CONTAINER_GATEWAY_V4;
+    await ipIn(c, ['route', 'add', gateway, 'dev', 'eth0', 'scope', 'link']);
+    await ipIn(c, ['route', 'add', 'default', 'via', gateway, 'dev', 'eth0']);
   }
   if (addrs.v6 !== undefined && addrs.gatewayIPv6 !== undefined) {
     await ipIn(c, ['-6', 'addr', 'add', `${addrs.v6}/128`, 'dev', 'eth0', 'nodad']);

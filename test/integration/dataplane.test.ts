@@ -23,6 +23,7 @@ import {
   linkInfo,
   removeEndpointVeth,
   routesFor,
+  workloadGateways,
 } from '../../dataplane/veth.js';
 import { execInNetns, ipIn, netnsRegistry, type NetnsRegistry, HOST_V4, HOST_V6, makeRoutedHost, plumbContainer } from '../harness/netns.js';
 
@@ -45,8 +46,9 @@ interface Container {
   gatewayIPv6?: string;
 }
 
-/** createEndpointVeth in H, then what Docker does: move the peer into C as eth0 and configure it. */
-async function attach(reg: NetnsRegistry, h: string, addrs: { v4?: string; v6?: string }): Promise<Container> {
+/** createEndpointVeth in H, then what Docker does: move the peer into C as eth0 and configure it
+ * with the gateways Join answered (those of interface number `gatewayIndex`). */
+async function attach(reg: NetnsRegistry, h: string, addrs: { v4?: string; v6?: string }, gatewayIndex?: number): Promise<Container> {
   const id = endpointId();
   const hostIf = hostVethName('cali', id);
   const peerIf = tempPeerName(id);
@@ -57,10 +59,12 @@ async function attach(reg: NetnsRegistry, h: string, addrs: { v4?: string; v6?: 
       mtu: MTU,
       ...(addrs.v4 ? { ipv4: [`${addrs.v4}/32`] } : {}),
       ...(addrs.v6 ? { ipv6: [addrs.v6] } : {}),
+      ...(gatewayIndex !== undefined && { gatewayIndex }),
     },
     { netns: h },
   );
-  const c = await plumbContainer(reg, h, peerIf, { ...addrs, ...(res.gatewayIPv6 !== undefined && { gatewayIPv6: res.gatewayIPv6 }) }, 'ctc');
+  const gatewayV4 = workloadGateways(gatewayIndex ?? 0).v4;
+  const c = await plumbContainer(reg, h, peerIf, { ...addrs, gatewayV4, ...(res.gatewayIPv6 !== undefined && { gatewayIPv6: res.gatewayIPv6 }) }, 'ctc');
   return { ns: c, id, hostIf, ...addrs, ...(res.gatewayIPv6 ? { gatewayIPv6: res.gatewayIPv6 } : {}) };
 }
 
@@ -181,6 +185,54 @@ test('IPv6: /128 route, proxy_ndp, gateway is the host end link-local; ping6 acr
   t.true(await ping(c1.ns, 'fd65::22'), 'ping6 c1 -> c2');
   t.true(await ping(c2.ns, 'fd65::21'), 'ping6 c2 -> c1');
   t.true(await ping(c1.ns, H_V4), 'dual-stack container still reaches the host over IPv4');
+});
+
+/** The host end's IPv6 addresses, sorted, each with whether it is usable (not tentative, no DAD failure). */
+async function hostEndV6(ns: string, hostIf: string): Promise<string[]> {
+  const { stdout } = await ipIn(ns, ['-j', '-6', 'addr', 'show', 'dev', hostIf]);
+  const ifs = JSON.parse(stdout) as Array<{ addr_info?: Array<{ local?: string; prefixlen?: number; tentative?: boolean; dadfailed?: boolean }> }>;
+  return ifs
+    .flatMap((i) => i.addr_info ?? [])
+    .map((a) => `${a.local ?? '?'}/${a.prefixlen ?? '?'}${a.tentative === true || a.dadfailed === true ? ' (not usable)' : ''}`)
+    .sort();
+}
+
+test("a workload's second interface (gatewayIndex 1): the host end carries its own IPv6 gateway too; both gateways work", async (t) => {
+  const reg = netnsRegistry(t);
+  const h = await makeRoutedHost(reg, 'cth');
+  const c = await attach(reg, h, { v4: '10.65.0.41', v6: 'fd65::41' }, 1);
+
+  t.is(c.gatewayIPv6, 'fe80::ecee:eeff:fe00:1');
+  t.deepEqual(await hostEndV6(h, c.hostIf), [`${HOST_LINK_LOCAL_V6}/64`, 'fe80::ecee:eeff:fe00:1/64'].sort(), 'both link-locals, usable at once');
+  const v6 = (await routesFor(c.hostIf, { netns: h })).filter((r) => r.family === 6).map((r) => r.dst);
+  t.true(v6.includes('fd65::41'), JSON.stringify(v6));
+  t.is(await sysctl(h, `net/ipv4/conf/${c.hostIf}/proxy_arp`), '1');
+  // The container's routes point at 169.254.1.2 and fe80::ecee:eeff:fe00:1: proxy ARP answers
+  // the one, the host end's own address the other.
+  t.true(await ping(c.ns, H_V4), `ping ${H_V4} via 169.254.1.2`);
+  t.true(await ping(c.ns, H_V6), `ping6 ${H_V6} via fe80::ecee:eeff:fe00:1`);
+
+  // Another workload's first interface on the same host keeps Calico's gateways, and both reach
+  // each other.
+  const first = await attach(reg, h, { v4: '10.65.0.42', v6: 'fd65::42' });
+  t.is(first.gatewayIPv6, HOST_LINK_LOCAL_V6);
+  t.deepEqual(await hostEndV6(h, first.hostIf), [`${HOST_LINK_LOCAL_V6}/64`]);
+  t.true(await ping(c.ns, 'fd65::42'));
+  t.true(await ping(first.ns, '10.65.0.41'));
+});
+
+test('gatewayIndex without IPv6: no IPv6 address on the host end, no gatewayIPv6; IPv4 via 169.254.1.N+1', async (t) => {
+  const reg = netnsRegistry(t);
+  const h = await makeRoutedHost(reg, 'cth');
+  const c = await attach(reg, h, { v4: '10.65.0.43' }, 15);
+  t.is(c.gatewayIPv6, undefined);
+  t.deepEqual(await hostEndV6(h, c.hostIf), []);
+  t.true(await ping(c.ns, H_V4), `ping ${H_V4} via 169.254.1.16`);
+  await t.throwsAsync(
+    createEndpointVeth({ hostIf: 'calioutofrange', peerIf: 'tmpoutofrange', mtu: MTU, ipv4: ['10.65.0.44'], gatewayIndex: 200 }, { netns: h }),
+    { instanceOf: InvalidRequestError },
+  );
+  t.false(await linkExists('calioutofrange', { netns: h }), 'refused before anything was created');
 });
 
 test('removeEndpointVeth deletes the pair and its routes, and is idempotent', async (t) => {
