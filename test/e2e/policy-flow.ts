@@ -249,7 +249,13 @@ ${extra}  - action: Allow
     let leftovers: string[] = [];
     do {
       const rules = (await ourRules(c().plugin.chainPrefix)).join('\n');
-      leftovers = gone.flatMap((m) => [c().plugin.hostIf(m.address.endpointId), `${m.address.ipv4}`].filter((s) => rules.includes(s)));
+      // The address as a whole (a member /32 or a bare match), not a prefix of something else:
+      // the first container may hold the block's .0, which the pool sets name as <pool>.0/24.
+      const address = (ip: string): RegExp => new RegExp(`(^|[^\\d.])${ip.replaceAll('.', '\\.')}(/32)?(?![\\d./])`, 'm');
+      leftovers = gone.flatMap((m) => [
+        ...(rules.includes(c().plugin.hostIf(m.address.endpointId)) ? [c().plugin.hostIf(m.address.endpointId)] : []),
+        ...(address(m.address.ipv4).test(rules) ? [m.address.ipv4] : []),
+      ]);
       if (leftovers.length === 0) break;
       await new Promise((r) => setTimeout(r, 100));
     } while (Date.now() < deadline);
