@@ -55,7 +55,15 @@ export interface NetworkDriverOptions {
   readonly ipamPluginName: string;
   readonly containerIfPrefix: string;
   readonly createProfiles: boolean;
+  /** `global`: swarm-scoped networks (the managed plugin); `local`: an engine's own networks. */
+  readonly scope?: 'local' | 'global';
 }
+
+/** Swarm's network IDs are 25 characters of base 32; an engine's own are 64 hex characters. */
+function isSwarmNetworkId(id: string): boolean {
+  return id.length === SWARM_NETWORK_ID_LENGTH;
+}
+const SWARM_NETWORK_ID_LENGTH = 25;
 
 /** A container address as the endpoint records it: canonical, with its full-length prefix. */
 function hostAddress(text: string, family: IpFamily, field: string): string {
@@ -70,7 +78,18 @@ export class NetworkDriver {
   constructor(private readonly o: NetworkDriverOptions) {}
 
   getCapabilities(): CapabilitiesResponse {
-    return { Scope: 'local', ConnectivityScope: 'local' };
+    // ConnectivityScope global is what makes swarm resolve service names and tasks.<service>.
+    const scope = this.o.scope ?? 'local';
+    return { Scope: scope, ConnectivityScope: scope };
+  }
+
+  /** On the swarm manager, before any node creates the network: nothing to reserve (addresses
+   * come from the IPAM driver, profiles from the network's name on first use), and nothing to
+   * pass to the nodes. */
+  allocateNetwork(req: AllocateNetworkRequest): { Options: Record<string, string> } {
+    // The manager passes no address space here; the pools are ours (RequestPool answered them).
+    for (const d of [...req.IPv4Data, ...req.IPv6Data]) parseCidr(d.Pool, 'IPAM pool');
+    return { Options: {} };
   }
 
   async createNetwork(req: CreateNetworkRequest): Promise<object> {
@@ -111,8 +130,19 @@ export class NetworkDriver {
     }
   }
 
+  /** Every node deletes its copy of a swarm network when its last task there goes, while other
+   * nodes may still use it: the shared record stays until the manager frees the network. */
   async deleteNetwork(req: { NetworkID: string }): Promise<object> {
-    const key = this.o.keys.network(req.NetworkID);
+    if (isSwarmNetworkId(req.NetworkID)) return {};
+    return this.forgetNetwork(req.NetworkID);
+  }
+
+  async freeNetwork(req: { NetworkID: string }): Promise<object> {
+    return isSwarmNetworkId(req.NetworkID) ? this.forgetNetwork(req.NetworkID) : {};
+  }
+
+  private async forgetNetwork(networkId: string): Promise<object> {
+    const key = this.o.keys.network(networkId);
     const kv = await this.o.store.get(key);
     if (kv === undefined) return {};
     const network = parseStored(Network, kv);
@@ -213,15 +243,12 @@ export class NetworkDriver {
   }
 
   routes(): Route[] {
-    const swarmOnly = (): never => {
-      throw new InvalidRequestError(`swarm-scoped networks are not supported by this version of ${this.o.pluginName}`);
-    };
     return [
       route('NetworkDriver.GetCapabilities', null, () => this.getCapabilities()),
       route('NetworkDriver.CreateNetwork', CreateNetworkRequest, (r) => this.createNetwork(r)),
       route('NetworkDriver.DeleteNetwork', NetworkRequest, (r) => this.deleteNetwork(r)),
-      route('NetworkDriver.AllocateNetwork', AllocateNetworkRequest, swarmOnly),
-      route('NetworkDriver.FreeNetwork', NetworkRequest, swarmOnly),
+      route('NetworkDriver.AllocateNetwork', AllocateNetworkRequest, (r) => this.allocateNetwork(r)),
+      route('NetworkDriver.FreeNetwork', NetworkRequest, (r) => this.freeNetwork(r)),
       route('NetworkDriver.CreateEndpoint', CreateEndpointRequest, (r) => this.createEndpoint(r)),
       route('NetworkDriver.EndpointOperInfo', EndpointRequest, (r) => this.endpointOperInfo(r)),
       route('NetworkDriver.DeleteEndpoint', EndpointRequest, (r) => this.deleteEndpoint(r)),

@@ -5,6 +5,9 @@ export const NETWORK_DRIVER = 'NetworkDriver';
 
 /** Docker's network and endpoint IDs: 64 hex characters (we accept 12+ for hand-made requests). */
 export const dockerId = pattern(/^[0-9a-f]{12,64}$/, 'a Docker ID (12 to 64 lower-case hex characters)');
+/** Network IDs: an engine's own are hex like every Docker ID; swarm's are 25 characters of
+ * lower-case base 32 (e.g. ib3bdajqhe7vu5mplcwtjcfzg). */
+export const networkId = pattern(/^(?:[0-9a-f]{12,64}|[0-9a-z]{25})$/, 'a Docker network ID (12 to 64 lower-case hex characters, or a swarm ID of 25 lower-case letters and digits)');
 
 const options = withDefault(record(unknownValue), {});
 
@@ -17,14 +20,14 @@ export const IPAMData = object({
 export type IPAMData = ReturnType<typeof IPAMData>;
 
 export const CreateNetworkRequest = object({
-  NetworkID: dockerId,
+  NetworkID: networkId,
   Options: options,
   IPv4Data: withDefault(array(IPAMData), []),
   IPv6Data: withDefault(array(IPAMData), []),
 });
 export type CreateNetworkRequest = ReturnType<typeof CreateNetworkRequest>;
 
-export const NetworkRequest = object({ NetworkID: dockerId });
+export const NetworkRequest = object({ NetworkID: networkId });
 export type NetworkRequest = ReturnType<typeof NetworkRequest>;
 
 export const EndpointInterface = object({
@@ -34,18 +37,18 @@ export const EndpointInterface = object({
 });
 
 export const CreateEndpointRequest = object({
-  NetworkID: dockerId,
+  NetworkID: networkId,
   EndpointID: dockerId,
   Options: options,
   Interface: optional(EndpointInterface),
 });
 export type CreateEndpointRequest = ReturnType<typeof CreateEndpointRequest>;
 
-export const EndpointRequest = object({ NetworkID: dockerId, EndpointID: dockerId });
+export const EndpointRequest = object({ NetworkID: networkId, EndpointID: dockerId });
 export type EndpointRequest = ReturnType<typeof EndpointRequest>;
 
 export const JoinRequest = object({
-  NetworkID: dockerId,
+  NetworkID: networkId,
   EndpointID: dockerId,
   SandboxKey: str,
   Options: options,
@@ -53,7 +56,7 @@ export const JoinRequest = object({
 export type JoinRequest = ReturnType<typeof JoinRequest>;
 
 export const ExternalConnectivityRequest = object({
-  NetworkID: dockerId,
+  NetworkID: networkId,
   EndpointID: dockerId,
   Options: options,
 });
@@ -64,7 +67,13 @@ export const DiscoveryRequest = object({
   DiscoveryData: optional(unknownValue),
 });
 
-export const AllocateNetworkRequest = object({ NetworkID: dockerId, Options: options });
+export const AllocateNetworkRequest = object({
+  NetworkID: networkId,
+  Options: options,
+  IPv4Data: withDefault(array(IPAMData), []),
+  IPv6Data: withDefault(array(IPAMData), []),
+});
+export type AllocateNetworkRequest = ReturnType<typeof AllocateNetworkRequest>;
 
 export interface StaticRoute {
   Destination: string;

@@ -99,8 +99,12 @@ test.serial('replays a docker network create / run / rm sequence', async (t) => 
   const subnet = await ipam('/IpamDriver.RequestPool', { ...fixture('/IpamDriver.RequestPool'), AddressSpace: 'CalicoLocalAddressSpace', Pool: POOL });
   t.deepEqual(subnet.body, { PoolID: POOL, Pool: POOL, Data: { 'com.docker.network.gateway': '0.0.0.0/0' } });
 
+  // Docker asks for a gateway only when pool data names none (a swarm manager may): the answer
+  // takes no address. A gateway the user chose (--gateway) is refused.
   const gateway = await ipam('/IpamDriver.RequestAddress', { ...fixture('/IpamDriver.RequestAddress', 0), PoolID: POOL });
-  t.regex(String(gateway.body['Error']), /--gateway is not supported/);
+  t.deepEqual(gateway.body, { Address: '0.0.0.0/0', Data: {} });
+  const chosen = await ipam('/IpamDriver.RequestAddress', { ...fixture('/IpamDriver.RequestAddress', 0), PoolID: POOL, Address: '10.99.1.1' });
+  t.regex(String(chosen.body['Error']), /--gateway is not supported/);
 
   const foreignNet = await net('/NetworkDriver.CreateNetwork', fixture('/NetworkDriver.CreateNetwork'));
   t.regex(String(foreignNet.body['Err']), /networks need the calico-ipam-c\w+ IPAM driver/);
@@ -195,9 +199,15 @@ test.serial('unknown paths answer 404 with the interface error key', async (t) =
   t.truthy(b.body['Error']);
 });
 
-test.serial('swarm-only methods answer a clear error', async (t) => {
-  const a = await net('/NetworkDriver.AllocateNetwork', { NetworkID: NETWORK_ID, Options: {} });
-  t.regex(String(a.body['Err']), /swarm-scoped networks are not supported/);
+test.serial('swarm: AllocateNetwork and FreeNetwork as the manager sends them (swarm network IDs are 25 characters)', async (t) => {
+  const swarmId = 'ib3bdajqhe7vu5mplcwtjcfzg';
+  const a = await net('/NetworkDriver.AllocateNetwork', { NetworkID: swarmId, Options: {}, IPv4Data: [{ AddressSpace: '', Gateway: '0.0.0.0/0', Pool: '0.0.0.0/0' }], IPv6Data: null });
+  t.is(a.status, 200);
+  t.deepEqual(a.body, { Options: {} });
+  const bad = await net('/NetworkDriver.AllocateNetwork', { NetworkID: swarmId, Options: {}, IPv4Data: [{ Pool: 'x' }] });
+  t.regex(String(bad.body['Err']), /IPAM pool/);
+  const freed = await net('/NetworkDriver.FreeNetwork', { NetworkID: swarmId });
+  t.deepEqual(freed.body, {});
 });
 
 test.serial('published ports are refused with a clear message', async (t) => {
@@ -249,7 +259,7 @@ test.serial('bad values are refused before they reach the datastore or the kerne
     [ipam('/IpamDriver.RequestAddress', { PoolID: POOL, Address: '10.99.2.1' }), 'Error', /outside the network's subnet/],
     [ipam('/IpamDriver.RequestAddress', { PoolID: POOL, Address: 'not-an-ip' }), 'Error', /--ip/],
     [ipam('/IpamDriver.RequestAddress', { PoolID: 'bogus', Address: '' }), 'Error', /unknown PoolID 'bogus'/],
-    [net('/NetworkDriver.CreateNetwork', { NetworkID: '../../etc/passwd' }), 'Err', /NetworkID must be a Docker ID/],
+    [net('/NetworkDriver.CreateNetwork', { NetworkID: '../../etc/passwd' }), 'Err', /NetworkID must be a Docker network ID/],
     [net('/NetworkDriver.CreateNetwork', { NetworkID: NETWORK_ID, IPv4Data: [{ AddressSpace: 'CalicoLocalAddressSpace', Pool: 'x' }] }), 'Err', /IPAM pool/],
     [net('/NetworkDriver.CreateNetwork', { NetworkID: NETWORK_ID, Options: { 'com.docker.network.generic': { mtu: '9000' } }, IPv4Data: [{ AddressSpace: 'CalicoLocalAddressSpace', Pool: '0.0.0.0/0' }] }), 'Err', /unsupported network option 'mtu'/],
     [net('/NetworkDriver.CreateEndpoint', { NetworkID: NETWORK_ID, EndpointID: ENDPOINT_ID, Interface: { Address: '10.99.1.9/32' } }), 'Err', /network 33e8c3ffd93b is not known/],

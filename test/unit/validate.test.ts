@@ -18,7 +18,7 @@ test('optional fields default, unknown fields are ignored', (t) => {
 
 const bad: [string, (v: unknown) => unknown, unknown, RegExp][] = [
   ['missing NetworkID', (v) => decode(CreateNetworkRequest, v), {}, /^NetworkID must be a string, got undefined$/],
-  ['NetworkID not hex', (v) => decode(CreateNetworkRequest, v), { NetworkID: 'net1; rm -rf /' }, /NetworkID must be a Docker ID/],
+  ['NetworkID not hex', (v) => decode(CreateNetworkRequest, v), { NetworkID: 'net1; rm -rf /' }, /NetworkID must be a Docker network ID/],
   ['IPv4Data wrong type', (v) => decode(CreateNetworkRequest, v), { NetworkID: NET, IPv4Data: 'x' }, /IPv4Data must be an array, got string/],
   ['nested pool missing', (v) => decode(CreateNetworkRequest, v), { NetworkID: NET, IPv4Data: [{}] }, /IPv4Data\[0\]\.Pool must be a string/],
   ['Interface address type', (v) => decode(CreateEndpointRequest, v), { NetworkID: NET, EndpointID: EP, Interface: { Address: 5 } }, /Interface\.Address must be a string, got number/],
