@@ -61,18 +61,23 @@ test('multi-host harness: 3 hosts, own sockets, one pool, traffic across hosts a
   // Each host: own network namespace, own host name (UTS), own dockerd, own plugin socket.
   const inode = (path: string): number => statSync(path).ino;
   t.is(new Set(hosts.map((h) => inode(`/run/netns/${h.netns}`))).size, 3, 'three network namespaces');
-  t.is(new Set(hosts.map((h) => inode(h.plugin.networkSocket))).size, 3, 'three plugin sockets');
+  const pluginOf = (h: Host): NonNullable<Host['plugin']> => {
+    if (h.plugin === undefined) throw new Error(`${h.name} has no plugin process`);
+    return h.plugin;
+  };
+  t.is(new Set(hosts.map((h) => inode(pluginOf(h).networkSocket))).size, 3, 'three plugin sockets');
   await Promise.all(hosts.map(async (h) => {
+    const plugin = pluginOf(h);
     t.is((await h.run(['hostname'])).stdout.trim(), h.name);
     const info = await h.docker.info() as { Name: string; DockerRootDir: string };
     t.is(info.Name, h.name, `${h.name}: its own dockerd`);
     t.true(info.DockerRootDir.startsWith(`${h.dir}/`));
     // Inside the host, the default plugin directory holds this host's sockets.
     t.deepEqual((await h.run(['ls', '/run/docker/plugins'])).stdout.split('\n').filter(Boolean), ['calico-ipam.sock', 'calico.sock']);
-    t.is(inode(`/proc/${h.plugin.pid}/ns/net`), inode(`/run/netns/${h.netns}`), `${h.name}: plugin in the host's network namespace`);
-    const caps = await post(h.plugin.networkSocket, '/NetworkDriver.GetCapabilities');
+    t.is(inode(`/proc/${plugin.pid}/ns/net`), inode(`/run/netns/${h.netns}`), `${h.name}: plugin in the host's network namespace`);
+    const caps = await post(plugin.networkSocket, '/NetworkDriver.GetCapabilities');
     t.deepEqual(caps.body, { Scope: 'local', ConnectivityScope: 'local' });
-    const ipamCaps = await post(h.plugin.ipamSocket, '/IpamDriver.GetCapabilities');
+    const ipamCaps = await post(plugin.ipamSocket, '/IpamDriver.GetCapabilities');
     t.is(ipamCaps.status, 200);
     // Forwarding started off (a fresh host) and the plugin turned it on.
     t.is((await h.run(['cat', '/proc/sys/net/ipv4/ip_forward'])).stdout.trim(), '1');

@@ -56,6 +56,9 @@ export interface ClusterOptions {
   readonly storageDriver?: string;
   /** Add the outside namespace behind the router (fabric.ts; `Cluster.outside`). Default false. */
   readonly outside?: boolean;
+  /** Start each host's plugin as a process (default true); false: no plugin, the test installs
+   * the managed plugin into each host's dockerd. */
+  readonly processPlugin?: boolean;
 }
 
 export interface StopOptions {
@@ -226,6 +229,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
           dockerdArgs: options.dockerdArgs ?? DEFAULT_DOCKERD_ARGS,
           storageDriver: options.storageDriver ?? 'vfs',
           fabricNs: plan.fabricNs,
+          ...(options.processPlugin !== undefined && { processPlugin: options.processPlugin }),
         }, state, pluginEnv, (socket) => importRootfsTar(socket, tar.tarPath, TEST_IMAGE));
         mark(placement.name, th);
         for (const [k, v] of Object.entries(r.timings)) timings[`${placement.name}.${k}`] = v;

@@ -46,6 +46,9 @@ export interface HostOptions {
   readonly storageDriver: string;
   /** The fabric namespace, where the host's port on its bridge lives. */
   readonly fabricNs: string;
+  /** Start the plugin as a process (default); false: the test installs one itself (the managed
+   * plugin, inside the host's dockerd). */
+  readonly processPlugin?: boolean;
 }
 
 export interface Host {
@@ -64,7 +67,8 @@ export interface Host {
   /** The host's Docker API socket (its /run/docker.sock) as the test process sees it. */
   readonly dockerSocket: string;
   readonly docker: Docker;
-  readonly plugin: HostPlugin;
+  /** The plugin process; undefined when the cluster was started with `processPlugin: false`. */
+  readonly plugin: HostPlugin | undefined;
   /** Pid of the process holding the host's mount and UTS namespaces. */
   readonly holderPid: number;
   readonly dockerdPid: number | undefined;
@@ -258,7 +262,7 @@ export async function startHost(
   // The plugin needs neither dockerd nor the image to start (Docker finds it by its socket when
   // a network is created), so the three overlap.
   const [plugin, { dockerd, image }] = await allSettledOrThrow([
-    startPlugin(),
+    opts.processPlugin === false ? Promise.resolve(undefined) : startPlugin(),
     (async () => {
       const d = await startDockerd(opts, state, enter, baseEnv, dockerSocket);
       timings['dockerd'] = Date.now() - since;
@@ -287,7 +291,7 @@ export async function startHost(
     run: (argv, o) => nsRun(p.name, enter, argv, baseEnv, o),
     spawn: (argv, o) => nsSpawn(enter, argv, baseEnv, { ...(o?.env !== undefined && { env: o.env }), stdio: o?.stdio ?? 'ignore' }),
     kill: async () => {
-      await plugin.kill('SIGKILL');
+      await plugin?.kill('SIGKILL');
       const left = await killMembers(sweepSet(state, true), SWEEP_TIMEOUT_MS);
       if (left.length > 0) throw new Error(`${p.name}: processes ${left.join(', ')} survived SIGKILL`);
     },
