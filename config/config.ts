@@ -17,6 +17,11 @@ export interface EtcdConfig {
   readonly password?: string;
 }
 
+/** `split`: one socket per interface, named after each driver (the legacy plugin Docker finds in
+ * /run/docker/plugins). `single`: one socket serving both, as a managed (v2) plugin has. */
+export type SocketMode = 'split' | 'single';
+export const SOCKET_MODES: readonly SocketMode[] = ['split', 'single'];
+
 export interface Config {
   readonly nodeName: string;
   /** Absent: the embedded store under dataDir. */
@@ -26,6 +31,12 @@ export interface Config {
   readonly pluginDir: string;
   readonly networkDriverName: string;
   readonly ipamDriverName: string;
+  /** split: `<networkDriverName>.sock` and `<ipamDriverName>.sock`; single: both interfaces on
+   * `<networkDriverName>.sock` (CALICO_LIBNETWORK_SOCKETS). */
+  readonly sockets: SocketMode;
+  /** Where the host's /proc is seen (CALICO_PROC_ROOT): sysctls of the host namespace are written
+   * under `<procRoot>/sys`. A managed plugin's own /proc/sys is read-only. */
+  readonly procRoot: string;
   /** Prefix of the host ends of the veths (`cali`): with 11 characters of the endpoint ID it
    * makes the interface name, and policy matches `<prefix>+`. */
   readonly hostIfPrefix: string;
@@ -61,6 +72,7 @@ export const DEFAULTS = {
   dataDir: '/var/lib/calico-libnetwork',
   datastorePrefix: '/calico/libnetwork/v1',
   pluginDir: '/run/docker/plugins',
+  procRoot: '/proc',
   networkDriverName: 'calico',
   ipamDriverName: 'calico-ipam',
   containerIfPrefix: 'eth',
@@ -190,9 +202,11 @@ function dockerSocket(env: Env): string {
 
 export function parseConfig(env: Env, defaultNodeName: string = hostname()): Config {
   const etcd = etcdConfig(env);
+  const sockets = socketMode(env);
   const networkDriverName = matching(env, 'CALICO_NETWORK_DRIVER_NAME', DRIVER_NAME, DEFAULTS.networkDriverName, 'a lower-case plugin name');
-  const ipamDriverName = matching(env, 'CALICO_IPAM_DRIVER_NAME', DRIVER_NAME, DEFAULTS.ipamDriverName, 'a lower-case plugin name');
-  if (networkDriverName === ipamDriverName) {
+  // One socket is one plugin: Docker calls both interfaces by the plugin's name.
+  const ipamDriverName = matching(env, 'CALICO_IPAM_DRIVER_NAME', DRIVER_NAME, sockets === 'single' ? networkDriverName : DEFAULTS.ipamDriverName, 'a lower-case plugin name');
+  if (sockets === 'split' && networkDriverName === ipamDriverName) {
     throw new ConfigError(`CALICO_NETWORK_DRIVER_NAME and CALICO_IPAM_DRIVER_NAME must differ (both '${ipamDriverName}')`);
   }
   const defaultIpv4Pool = poolCidr(env, 'CALICO_IPV4POOL_CIDR', DEFAULTS.ipv4Pool);
@@ -205,6 +219,8 @@ export function parseConfig(env: Env, defaultNodeName: string = hostname()): Con
     pluginDir: absolutePath(env, 'CALICO_PLUGIN_DIR', DEFAULTS.pluginDir) ?? DEFAULTS.pluginDir,
     networkDriverName,
     ipamDriverName,
+    sockets,
+    procRoot: absolutePath(env, 'CALICO_PROC_ROOT', DEFAULTS.procRoot) ?? DEFAULTS.procRoot,
     hostIfPrefix: matching(env, 'CALICO_INTERFACE_PREFIX', HOST_IF_PREFIX, 'cali', 'one to four lower-case letters or digits, starting with a letter (interface names are at most 15 characters)'),
     containerIfPrefix: matching(env, 'CALICO_LIBNETWORK_IFPREFIX', IF_PREFIX, DEFAULTS.containerIfPrefix, 'a short lower-case interface prefix such as eth'),
     vethMtu: mtu(env),
@@ -223,6 +239,13 @@ export function parseConfig(env: Env, defaultNodeName: string = hostname()): Con
     vxlanVni: integer(env, 'CALICO_VXLAN_VNI', DEFAULTS.vxlanVni, 1, 16_777_215),
     vxlanPort: integer(env, 'CALICO_VXLAN_PORT', DEFAULTS.vxlanPort, 1, 65_535),
   };
+}
+
+function socketMode(env: Env): SocketMode {
+  const v = (value(env, 'CALICO_LIBNETWORK_SOCKETS') ?? 'split').toLowerCase();
+  const mode = SOCKET_MODES.find((m) => m === v);
+  if (mode === undefined) throw new ConfigError(`CALICO_LIBNETWORK_SOCKETS must be one of ${SOCKET_MODES.join(', ')}, got '${env['CALICO_LIBNETWORK_SOCKETS'] ?? ''}'`);
+  return mode;
 }
 
 function vxlanMode(env: Env): VxlanMode {

@@ -1,5 +1,5 @@
-// Wires the daemon together: datastore, IPAM, network driver, dataplane and the two plugin
-// sockets. Start-up order matters: the datastore and pools are ready before Docker can reach a
+// Wires the daemon together: datastore, IPAM, network driver, dataplane and the plugin sockets
+// (two, one per interface, or one serving both for a managed plugin: CALICO_LIBNETWORK_SOCKETS). Start-up order matters: the datastore and pools are ready before Docker can reach a
 // socket, and on shutdown the sockets stop first so no request meets a closed datastore.
 import { join } from 'node:path';
 import type { Config } from '../config/config';
@@ -28,7 +28,7 @@ import { logger } from '../lib/log';
 import { registerNode } from './register-node';
 import { defaultPools, ensureDefaultPools } from './default-pools';
 import { upgradeBlockLayout } from '../ipam/ipam-store';
-import { assertSocketFree, startPluginServer } from '../protocol/plugin-server';
+import { assertSocketFree, startPluginServer, type PluginApi } from '../protocol/plugin-server';
 
 const log = logger('daemon');
 
@@ -49,6 +49,7 @@ async function resumePendingLabels(store: Datastore, keys: Keys, node: string, l
 
 export interface Daemon {
   readonly store: Datastore;
+  /** The same path twice in single-socket mode. */
   readonly sockets: { network: string; ipam: string };
   close(): Promise<void>;
 }
@@ -61,13 +62,17 @@ export interface DaemonOptions {
 export async function startDaemon(config: Config, options: DaemonOptions = {}): Promise<Daemon> {
   const ns = options.netns === undefined ? {} : { netns: options.netns };
   const pools = defaultPools(config);
+  const networkSocket = join(config.pluginDir, `${config.networkDriverName}.sock`);
   const sockets = {
-    network: join(config.pluginDir, `${config.networkDriverName}.sock`),
-    ipam: join(config.pluginDir, `${config.ipamDriverName}.sock`),
+    network: networkSocket,
+    ipam: config.sockets === 'single' ? networkSocket : join(config.pluginDir, `${config.ipamDriverName}.sock`),
   };
   // Before anything with side effects: a second daemon under the same names would otherwise
   // reprogram the first one's chains from its own (different) datastore before failing.
-  for (const socket of Object.values(sockets)) await assertSocketFree(socket);
+  for (const socket of new Set(Object.values(sockets))) await assertSocketFree(socket);
+  // Sysctls of the host namespace go through the configured proc root (a managed plugin sees the
+  // host's /proc at /host/proc); tests' namespaces go through `ip netns exec ... sysctl`.
+  const host = { ...ns, procRoot: config.procRoot };
   const store = await openDatastore({ ...(config.etcd !== undefined && { etcd: config.etcd }), dataDir: config.dataDir, mode: 'daemon' });
   const closers: (() => Promise<void>)[] = [() => store.close()];
   const closeAll = async (): Promise<void> => {
@@ -93,7 +98,7 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
       registration.node.ipv4Address ?? 'none',
       registration.node.ipv6Address ?? 'none',
     );
-    await ensureHostForwarding({ ipv6: false }, ns);
+    await ensureHostForwarding({ ipv6: false }, host);
     // The agent owns our iptables chains; it programs everything before Docker can reach us.
     const agent = new Agent(store, keys, config.nodeName, {
       policy: new PolicyDataplane({ prefix: config.iptablesChainPrefix, markBit: POLICY_MARK_BIT, ifPrefix: config.hostIfPrefix, ...ns }),
@@ -118,7 +123,7 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
       store,
       keys,
       allocator,
-      dataplane: new LinuxEndpointDataplane(ns),
+      dataplane: new LinuxEndpointDataplane(host),
       node: config.nodeName,
       hostIfPrefix: config.hostIfPrefix,
       mtu: config.vethMtu,
@@ -140,11 +145,19 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
       createProfiles: config.createProfiles,
     });
     const ipam = new IpamDriver(allocator, config.nodeName, config.ipamDriverName);
-    const networkServer = await startPluginServer({ name: config.networkDriverName, socketPath: sockets.network, implements: ['NetworkDriver'], errorKey: 'Err', routes: driver.routes() });
-    closers.push(() => networkServer.close());
-    const ipamServer = await startPluginServer({ name: config.ipamDriverName, socketPath: sockets.ipam, implements: ['IpamDriver'], errorKey: 'Error', routes: ipam.routes() });
-    closers.push(() => ipamServer.close());
-    log.info('serving %s and %s as node %s (%s datastore)', sockets.network, sockets.ipam, config.nodeName, config.etcd === undefined ? 'embedded' : 'etcd');
+    const networkApi: PluginApi = { implements: 'NetworkDriver', errorKey: 'Err', routes: driver.routes() };
+    const ipamApi: PluginApi = { implements: 'IpamDriver', errorKey: 'Error', routes: ipam.routes() };
+    if (config.sockets === 'single') {
+      const server = await startPluginServer({ name: config.networkDriverName, socketPath: sockets.network, apis: [networkApi, ipamApi] });
+      closers.push(() => server.close());
+      log.info('serving NetworkDriver and IpamDriver on %s as node %s (%s datastore)', sockets.network, config.nodeName, config.etcd === undefined ? 'embedded' : 'etcd');
+    } else {
+      const networkServer = await startPluginServer({ name: config.networkDriverName, socketPath: sockets.network, apis: [networkApi] });
+      closers.push(() => networkServer.close());
+      const ipamServer = await startPluginServer({ name: config.ipamDriverName, socketPath: sockets.ipam, apis: [ipamApi] });
+      closers.push(() => ipamServer.close());
+      log.info('serving %s and %s as node %s (%s datastore)', sockets.network, sockets.ipam, config.nodeName, config.etcd === undefined ? 'embedded' : 'etcd');
+    }
     return { store, sockets, close: closeAll };
   } catch (err) {
     await closeAll();

@@ -13,8 +13,9 @@
 // the same on every host end, which is fine because link-local addresses are scoped to one link.
 //
 // Every function takes `{ netns }` so tests can run it in a throwaway namespace. In the host
-// namespace sysctls are written to /proc/sys directly (no process); in a namespace they go through
-// `ip netns exec <ns> sysctl`.
+// namespace sysctls are written to <procRoot>/sys directly (no process; procRoot is /proc unless
+// the host's /proc is mounted elsewhere, as in a managed plugin whose own /proc/sys is read-only);
+// in a namespace they go through `ip netns exec <ns> sysctl`.
 
 import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
@@ -31,6 +32,9 @@ import {
 export interface NetnsOption {
   /** Run inside this `ip netns` namespace instead of the caller's (tests). */
   netns?: string;
+  /** Where /proc of the caller's namespace is mounted (default /proc): sysctls are written under
+   * `<procRoot>/sys` when no netns is given. */
+  procRoot?: string;
 }
 
 /** Fixed MAC of every host end. */
@@ -56,7 +60,7 @@ export function workloadGateways(index: number): { readonly v4: string; readonly
 
 const IP = 'ip';
 const SYSCTL = 'sysctl';
-const PROC_SYS = '/proc/sys';
+const DEFAULT_PROC_ROOT = '/proc';
 const MIN_MTU = 68;
 const MAX_MTU = 65535;
 
@@ -145,10 +149,11 @@ export async function createEndpointVeth(
   // New devices copy `default` devconf. If IPv6 is enabled there, the whole ip part fits in one
   // batch; otherwise the IPv6 address must wait for disable_ipv6=0 on the new device.
   let oneBatch = v6Lines.length === 0;
+  const procSys = procSysOf(opts);
   if (!oneBatch && netns === undefined) {
-    const dflt = await readSysctlFile('net/ipv6/conf/default/disable_ipv6');
+    const dflt = await readSysctlFile(procSys, 'net/ipv6/conf/default/disable_ipv6');
     if (dflt === undefined) {
-      throw new DataplaneError(`create ${what}: IPv6 is not available on this host (no /proc/sys/net/ipv6)`);
+      throw new DataplaneError(`create ${what}: IPv6 is not available on this host (no ${procSys}/net/ipv6)`);
     }
     oneBatch = dflt === '0';
   }
@@ -160,7 +165,7 @@ export async function createEndpointVeth(
       peerIf,
       undo,
     });
-    await writeSysctls(sysctls, netns, `configure ${what}`);
+    await writeSysctls(procSys, sysctls, netns, `configure ${what}`);
     if (!oneBatch) {
       await ipBatch(v6Lines, netns, `configure IPv6 on ${what}`, { hostIf, peerIf, undo });
     }
@@ -345,15 +350,23 @@ export async function ensureHostForwarding(
 ): Promise<string[]> {
   const netns = checkedNetns(opts);
   const keys = ['net/ipv4/ip_forward', ...(want.ipv6 ? ['net/ipv6/conf/all/forwarding'] : [])];
-  const current = await readSysctls(keys, netns, 'read forwarding settings');
+  const procSys = procSysOf(opts);
+  const current = await readSysctls(procSys, keys, netns, 'read forwarding settings');
   const toWrite = keys.filter((_, i) => current[i] !== '1');
   if (toWrite.length > 0) {
-    await writeSysctls(toWrite.map((k) => [k, '1']), netns, 'enable forwarding');
+    await writeSysctls(procSys, toWrite.map((k) => [k, '1']), netns, 'enable forwarding');
   }
   return toWrite.map((k) => k.replaceAll('/', '.'));
 }
 
 // --- helpers ---------------------------------------------------------------------------------
+
+/** `<procRoot>/sys`; procRoot must be absolute (the configuration checks it; this guards tests). */
+function procSysOf(opts: NetnsOption): string {
+  const root = opts.procRoot ?? DEFAULT_PROC_ROOT;
+  if (!root.startsWith('/')) throw new InvalidRequestError(`proc root must be an absolute path, got '${root}'`);
+  return `${root.replace(/\/+$/, '')}/sys`;
+}
 
 function checkedNetns(opts: NetnsOption): string | undefined {
   return opts.netns === undefined ? undefined : assertNetnsName(opts.netns);
@@ -373,23 +386,23 @@ function parseJson<T>(text: string, op: string): T {
 
 /** Keys use '/' separators: interface names may contain '.', which sysctl's dotted form would
  * split. Keys are built only from validated names. */
-async function readSysctlFile(key: string): Promise<string | undefined> {
+async function readSysctlFile(procSys: string, key: string): Promise<string | undefined> {
   try {
-    return (await readFile(`${PROC_SYS}/${key}`, 'utf8')).trim();
+    return (await readFile(`${procSys}/${key}`, 'utf8')).trim();
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw new DataplaneError(`read ${key.replaceAll('/', '.')}: ${errorMessage(err)}`, { cause: err });
   }
 }
 
-async function readSysctls(keys: string[], netns: string | undefined, op: string): Promise<Array<string | undefined>> {
-  if (netns === undefined) return Promise.all(keys.map(readSysctlFile));
+async function readSysctls(procSys: string, keys: string[], netns: string | undefined, op: string): Promise<Array<string | undefined>> {
+  if (netns === undefined) return Promise.all(keys.map((k) => readSysctlFile(procSys, k)));
   const { stdout } = await run(IP, ['netns', 'exec', netns, SYSCTL, '-n', ...keys], op);
   const values = stdout.split('\n').map((s) => s.trim());
   return keys.map((_, i) => values[i]);
 }
 
-async function writeSysctls(entries: Array<[string, string]>, netns: string | undefined, op: string): Promise<void> {
+async function writeSysctls(procSys: string, entries: Array<[string, string]>, netns: string | undefined, op: string): Promise<void> {
   if (netns !== undefined) {
     await run(IP, ['netns', 'exec', netns, SYSCTL, '-q', '-w', ...entries.map(([k, v]) => `${k}=${v}`)], op);
     return;
@@ -398,7 +411,7 @@ async function writeSysctls(entries: Array<[string, string]>, netns: string | un
   await Promise.all(
     entries.map(async ([key, value]) => {
       try {
-        await writeFile(`${PROC_SYS}/${key}`, value);
+        await writeFile(`${procSys}/${key}`, value);
       } catch (err) {
         throw new DataplaneError(`${op}: set ${key.replaceAll('/', '.')}=${value}: ${errorMessage(err)}`, { cause: err });
       }

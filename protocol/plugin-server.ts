@@ -1,7 +1,9 @@
-// Serves one libnetwork plugin interface over HTTP on a unix socket. One generic route helper
-// decodes the raw body (Docker sends no Content-Type, so body parsers keyed on it see nothing),
-// checks it against the method's decoder, calls the handler and funnels every failure through
-// toWireError.
+// Serves libnetwork plugin interfaces over HTTP on a unix socket: one interface per socket (the
+// legacy two-socket mode) or several on one (a managed plugin has a single socket and declares
+// both NetworkDriver and IpamDriver). One generic route helper decodes the raw body (Docker sends
+// no Content-Type, so body parsers keyed on it see nothing), checks it against the method's
+// decoder, calls the handler and funnels every failure through toWireError with the error key of
+// the interface the route belongs to.
 import { chmod, mkdir, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { createConnection } from 'node:net';
@@ -34,13 +36,22 @@ export function route<T>(method: string, decoder: Decoder<T> | null, handler: (r
   };
 }
 
+/** One libnetwork interface: its name, the error key its answers use and its routes. */
+export interface PluginApi {
+  /** Answered in Plugin.Activate's Implements, e.g. 'NetworkDriver'. Routes of this interface are
+   * named `<implements>.<Method>`. */
+  readonly implements: string;
+  /** NetworkDriver answers errors as `Err`, IpamDriver as `Error`. */
+  readonly errorKey: ErrorKey;
+  readonly routes: Route[];
+}
+
 export interface PluginServerOptions {
   readonly name: string;
   readonly socketPath: string;
-  /** Answered to Plugin.Activate, e.g. ['NetworkDriver']. */
-  readonly implements: string[];
-  readonly errorKey: ErrorKey;
-  readonly routes: Route[];
+  /** One or more interfaces served on this socket; the first one's error key answers requests
+   * that name no interface of ours. */
+  readonly apis: readonly PluginApi[];
 }
 
 export interface PluginServer {
@@ -60,7 +71,23 @@ function parseBody(raw: unknown): unknown {
   }
 }
 
+/** The error key for a request path: that of the interface the method belongs to
+ * (`/IpamDriver.RequestPool` → `Error`), else the first interface's. */
+export function errorKeyFor(apis: readonly PluginApi[], path: string): ErrorKey {
+  const first = apis[0];
+  if (first === undefined) throw new Error('a plugin server needs at least one interface');
+  const api = apis.find((a) => path.startsWith(`/${a.implements}.`));
+  return (api ?? first).errorKey;
+}
+
 export function buildApp(opts: PluginServerOptions): express.Express {
+  if (opts.apis.length === 0) throw new Error(`plugin server ${opts.name}: no interface to serve`);
+  const names = opts.apis.map((a) => a.implements);
+  if (new Set(names).size !== names.length) throw new Error(`plugin server ${opts.name}: interface served twice (${names.join(', ')})`);
+  for (const api of opts.apis) {
+    const foreign = api.routes.filter((r) => !r.method.startsWith(`${api.implements}.`));
+    if (foreign.length > 0) throw new Error(`plugin server ${opts.name}: ${foreign.map((r) => r.method).join(', ')} listed under ${api.implements}`);
+  }
   const app = express();
   app.disable('x-powered-by');
   app.disable('etag');
@@ -70,15 +97,15 @@ export function buildApp(opts: PluginServerOptions): express.Express {
     res.end(JSON.stringify(body));
   };
   const fail = (req: Request, res: Response, err: unknown, decoded: boolean): void => {
-    const wire = toWireError(err, opts.errorKey, decoded);
+    const wire = toWireError(err, errorKeyFor(opts.apis, req.path), decoded);
     if (wire.unexpected) log.error('%s %s failed: %s', opts.name, req.path, err instanceof Error ? (err.stack ?? err.message) : String(err));
     else log.debug('%s %s refused: %s', opts.name, req.path, errorMessage(err));
     send(res, wire.status, wire.body);
   };
 
   app.use(express.raw({ type: () => true, limit: MAX_BODY_BYTES }));
-  app.post('/Plugin.Activate', (_req, res) => send(res, 200, { Implements: opts.implements }));
-  for (const r of opts.routes) {
+  app.post('/Plugin.Activate', (_req, res) => send(res, 200, { Implements: names }));
+  for (const r of opts.apis.flatMap((a) => a.routes)) {
     app.post(`/${r.method}`, async (req, res) => {
       let body: unknown;
       try {
@@ -98,7 +125,7 @@ export function buildApp(opts: PluginServerOptions): express.Express {
     });
   }
   // Docker treats 404 as "method not implemented".
-  app.use((req: Request, res: Response) => send(res, 404, { [opts.errorKey]: `${req.method} ${req.path} is not implemented by ${opts.name}` }));
+  app.use((req: Request, res: Response) => send(res, 404, { [errorKeyFor(opts.apis, req.path)]: `${req.method} ${req.path} is not implemented by ${opts.name}` }));
   // Body-parser failures (too large, aborted) land here before any route runs.
   app.use((err: unknown, req: Request, res: Response, _next: NextFunction) => fail(req, res, err, false));
   return app;

@@ -177,7 +177,7 @@ export async function waitProgrammed(plugin: Plugin, endpointId: string, timeout
   }
 }
 
-async function linksWithPrefix(prefix: string): Promise<string[]> {
+export async function linksWithPrefix(prefix: string): Promise<string[]> {
   const { stdout } = await run('ip', ['-j', 'link', 'show'], 'list links');
   return (JSON.parse(stdout) as { ifname: string }[]).map((l) => l.ifname).filter((n) => n.startsWith(prefix));
 }

@@ -28,9 +28,7 @@ test('an idle keep-alive connection from Docker is never closed by the plugin', 
   const server = await startPluginServer({
     name: 'test',
     socketPath: join(dir, 'test.sock'),
-    implements: ['NetworkDriver'],
-    errorKey: 'Err',
-    routes: [route('NetworkDriver.GetCapabilities', null, () => ({ Scope: 'local' }))],
+    apis: [{ implements: 'NetworkDriver', errorKey: 'Err', routes: [route('NetworkDriver.GetCapabilities', null, () => ({ Scope: 'local' }))] }],
   });
   const agent = new Agent({ keepAlive: true, maxSockets: 1 });
   t.teardown(async () => {

@@ -20,6 +20,18 @@ test('defaults: embedded store, Calico names, default pools', (t) => {
   t.is(c.vxlanPort, 4789);
   t.true(c.defaultIpv4PoolNatOutgoing);
   t.true(c.defaultIpv6PoolNatOutgoing);
+  t.is(c.sockets, 'split');
+  t.is(c.procRoot, '/proc');
+});
+
+test('single socket: one plugin name for both interfaces unless the IPAM name is given', (t) => {
+  const c = parseConfig({ CALICO_LIBNETWORK_SOCKETS: 'single', CALICO_PROC_ROOT: '/host/proc' }, 'h');
+  t.is(c.sockets, 'single');
+  t.is(c.networkDriverName, 'calico');
+  t.is(c.ipamDriverName, 'calico');
+  t.is(c.procRoot, '/host/proc');
+  t.is(parseConfig({ CALICO_LIBNETWORK_SOCKETS: 'Single', CALICO_NETWORK_DRIVER_NAME: 'x', CALICO_IPAM_DRIVER_NAME: 'x' }, 'h').ipamDriverName, 'x');
+  t.is(parseConfig({ CALICO_LIBNETWORK_SOCKETS: 'split' }, 'h').ipamDriverName, 'calico-ipam');
 });
 
 test('outgoing NAT of the default pools: true or false, any case; unset or empty is true', (t) => {
@@ -78,6 +90,8 @@ const invalid: [string, Record<string, string>, RegExp][] = [
   ['relative data dir', { CALICO_DATA_DIR: 'data' }, /CALICO_DATA_DIR must be an absolute path/],
   ['driver name', { CALICO_NETWORK_DRIVER_NAME: 'Bad Name' }, /CALICO_NETWORK_DRIVER_NAME/],
   ['same names', { CALICO_NETWORK_DRIVER_NAME: 'x', CALICO_IPAM_DRIVER_NAME: 'x' }, /must differ/],
+  ['socket mode', { CALICO_LIBNETWORK_SOCKETS: 'both' }, /CALICO_LIBNETWORK_SOCKETS must be one of split, single, got 'both'/],
+  ['relative proc root', { CALICO_PROC_ROOT: 'host/proc' }, /CALICO_PROC_ROOT must be an absolute path/],
   ['if prefix', { CALICO_LIBNETWORK_IFPREFIX: 'eth-0-long-prefix' }, /CALICO_LIBNETWORK_IFPREFIX/],
   ['pool', { CALICO_IPV4POOL_CIDR: '10.0.0.0' }, /CALICO_IPV4POOL_CIDR must be a CIDR/],
   ['node name', { NODENAME: 'a b' }, /NODENAME/],
