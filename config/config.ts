@@ -34,6 +34,10 @@ export interface Config {
   /** split: `<networkDriverName>.sock` and `<ipamDriverName>.sock`; single: both interfaces on
    * `<networkDriverName>.sock` (CALICO_LIBNETWORK_SOCKETS). */
   readonly sockets: SocketMode;
+  /** The NetworkDriver's scope (CALICO_LIBNETWORK_SCOPE): `local` serves an engine's own networks;
+   * `global` serves swarm-scoped networks, whose addresses the swarm manager allocates. Docker
+   * 20.10 lets one plugin serve only one of the two. */
+  readonly scope: 'local' | 'global';
   /** Where the host's /proc is seen (CALICO_PROC_ROOT): sysctls of the host namespace are written
    * under `<procRoot>/sys`. A managed plugin's own /proc/sys is read-only. */
   readonly procRoot: string;
@@ -220,6 +224,7 @@ export function parseConfig(env: Env, defaultNodeName: string = hostname()): Con
     networkDriverName,
     ipamDriverName,
     sockets,
+    scope: scope(env),
     procRoot: absolutePath(env, 'CALICO_PROC_ROOT', DEFAULTS.procRoot) ?? DEFAULTS.procRoot,
     hostIfPrefix: matching(env, 'CALICO_INTERFACE_PREFIX', HOST_IF_PREFIX, 'cali', 'one to four lower-case letters or digits, starting with a letter (interface names are at most 15 characters)'),
     containerIfPrefix: matching(env, 'CALICO_LIBNETWORK_IFPREFIX', IF_PREFIX, DEFAULTS.containerIfPrefix, 'a short lower-case interface prefix such as eth'),
@@ -246,6 +251,12 @@ function socketMode(env: Env): SocketMode {
   const mode = SOCKET_MODES.find((m) => m === v);
   if (mode === undefined) throw new ConfigError(`CALICO_LIBNETWORK_SOCKETS must be one of ${SOCKET_MODES.join(', ')}, got '${env['CALICO_LIBNETWORK_SOCKETS'] ?? ''}'`);
   return mode;
+}
+
+function scope(env: Env): 'local' | 'global' {
+  const v = (value(env, 'CALICO_LIBNETWORK_SCOPE') ?? 'local').toLowerCase();
+  if (v !== 'local' && v !== 'global') throw new ConfigError(`CALICO_LIBNETWORK_SCOPE must be local or global, got '${env['CALICO_LIBNETWORK_SCOPE'] ?? ''}'`);
+  return v;
 }
 
 function vxlanMode(env: Env): VxlanMode {

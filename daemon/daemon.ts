@@ -143,6 +143,7 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
       ipamPluginName: config.ipamDriverName,
       containerIfPrefix: config.containerIfPrefix,
       createProfiles: config.createProfiles,
+      scope: config.scope,
     });
     const ipam = new IpamDriver(allocator, config.nodeName, config.ipamDriverName);
     const networkApi: PluginApi = { implements: 'NetworkDriver', errorKey: 'Err', routes: driver.routes() };
