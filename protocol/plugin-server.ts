@@ -15,6 +15,9 @@ import { toWireError, type ErrorKey } from './error-funnel';
 import { decode, type Decoder } from '../lib/validate';
 
 const log = logger('server');
+/** DEBUG=calico:wire: every request's body and the answer, one line each (what Docker really
+ * sends, e.g. in swarm mode). */
+const wire = logger('wire');
 
 export const CONTENT_TYPE = 'application/vnd.docker.plugins.v1+json';
 /** Real payloads are a few hundred bytes; a swarm CreateNetwork with many options stays far below. */
@@ -115,11 +118,14 @@ export function buildApp(opts: PluginServerOptions): express.Express {
         return;
       }
       const started = process.hrtime.bigint();
+      wire.debug('%s %s <- %j', opts.name, r.method, body);
       try {
         const answer = await r.handle(body);
         log.debug('%s %s ok in %dus', opts.name, r.method, Number((process.hrtime.bigint() - started) / 1000n));
+        wire.debug('%s %s -> %j', opts.name, r.method, answer);
         send(res, 200, answer);
       } catch (err) {
+        wire.debug('%s %s -> error: %s', opts.name, r.method, errorMessage(err));
         fail(req, res, err, true);
       }
     });

@@ -84,6 +84,10 @@ export interface Host {
    * started in the host. Its namespaces, addresses, routes and iptables stay; its fabric link
    * stays up unless `disconnect()` is called too. */
   kill(): Promise<void>;
+  /** Stops dockerd with SIGTERM (as `systemctl restart docker` does: it stops its containers and
+   * managed plugins; SIGKILL after `graceMs`) and starts it again with the same arguments;
+   * resolves once it answers /_ping. The plugin process (if any) is not touched. */
+  restartDockerd(graceMs?: number): Promise<void>;
   /** Pull the host's cable (its port on the fabric bridge goes down; the host sees no carrier),
    * and plug it back in. */
   disconnect(): Promise<void>;
@@ -261,7 +265,7 @@ export async function startHost(
   const dockerSocket = join(runDir, 'docker.sock');
   // The plugin needs neither dockerd nor the image to start (Docker finds it by its socket when
   // a network is created), so the three overlap.
-  const [plugin, { dockerd, image }] = await allSettledOrThrow([
+  const [plugin, { dockerd: firstDockerd, image }] = await allSettledOrThrow([
     opts.processPlugin === false ? Promise.resolve(undefined) : startPlugin(),
     (async () => {
       const d = await startDockerd(opts, state, enter, baseEnv, dockerSocket);
@@ -271,6 +275,7 @@ export async function startHost(
       return { dockerd: d, image: ref };
     })(),
   ] as const);
+  let dockerd = firstDockerd;
 
   const host: Host = {
     name: p.name,
@@ -294,6 +299,10 @@ export async function startHost(
       await plugin?.kill('SIGKILL');
       const left = await killMembers(sweepSet(state, true), SWEEP_TIMEOUT_MS);
       if (left.length > 0) throw new Error(`${p.name}: processes ${left.join(', ')} survived SIGKILL`);
+    },
+    restartDockerd: async (graceMs = 45_000) => {
+      if (!(await terminate(dockerd.pid, graceMs))) throw new Error(`${p.name}: dockerd ${dockerd.pid} survived SIGKILL`);
+      dockerd = await startDockerd(opts, state, enter, baseEnv, dockerSocket);
     },
     disconnect: () => setPort(opts.fabricNs, p.fabricPort, 'down'),
     reconnect: () => setPort(opts.fabricNs, p.fabricPort, 'up'),
