@@ -319,6 +319,15 @@ test.serial('scaling to 0 and removing services and networks leaves nothing of o
       return rs.every((r) => r.dst.includes('/')) ? rs : undefined;
     }, 20_000);
     t.true(routes.every((r) => r.dst.includes('/')), `${h.name}: only block routes left (${routes.map((r) => r.dst).join(', ')})`);
+    // Rules: only the base chains stay (they are kept across restarts on purpose); nothing names
+    // a workload's interface, and no set holds a workload's address (the pool sets hold pools).
+    const rules = await until(`${h.name}: no workload rule`, async () => {
+      const saved = (await h.run(['iptables-save'])).stdout;
+      return /-[io] cali[0-9a-f]{11}\b/.test(saved) ? undefined : saved;
+    }, 20_000);
+    t.notRegex(rules, /-[io] cali[0-9a-f]{11}\b/, `${h.name}: no rule for a workload interface`);
+    const members = (await h.run(['ipset', 'save'])).stdout.split('\n').filter((l) => l.startsWith('add ') && !/\/(?!32\b)\d+$/.test(l.trim()));
+    t.deepEqual(members, [], `${h.name}: no workload address in any set`);
   }
   // snet's profile (created by the plugin) went with the network; snet2's was written by the
   // operator (calicoctl apply) and stays.
