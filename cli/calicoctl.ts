@@ -24,6 +24,8 @@ Commands:
   pool remove <cidr>                                                 remove an unused IP pool
   endpoint list                                                      list workload endpoints
   ipam show                                                          show blocks, owners, used/free
+  ipam release-swarm                                                 free the addresses a swarm left for good
+                                                                     still holds (none may be in use)
   node list                                                          hosts: addresses, blocks, endpoints, alive
   node remove <name> [--force]                                       forget a host that is gone: its blocks,
                                                                      addresses and (--force) endpoint records

@@ -1,5 +1,8 @@
 // calicoctl pool / endpoint / ipam commands.
+import { SWARM_OWNER_NODE } from '../driver/ipam-driver';
 import { freeCount, listAllocations, usedCount } from '../ipam/block';
+import { addressPart } from '../ipam/cidr';
+import { ConflictError } from '../lib/errors';
 import { makePool } from '../ipam/pool';
 import { parseStored } from '../model/codec';
 import { Endpoint } from '../model/endpoint';
@@ -92,5 +95,19 @@ export const ipamCommands: Record<string, Handler> = {
         { header: 'FREE', value: (r) => String(r.free) },
       ], rows),
     );
+  },
+
+  /** The swarm manager releases its own addresses while the swarm exists; a swarm left for good
+   * (`docker swarm leave --force` with services still allocated) leaves them held by @swarm. */
+  async 'ipam release-swarm'(ctx, args) {
+    exactArgs(args, 0, 'ipam release-swarm');
+    const held = (await ctx.allocator.listBlocks()).flatMap(({ block }) => listAllocations(block).filter((a) => a.owner.node === SWARM_OWNER_NODE).map((a) => a.ip));
+    const inUse = new Set((await listEndpoints(ctx)).flatMap((e) => [...e.ipv4, ...e.ipv6].map(addressPart)));
+    const busy = held.filter((ip) => inUse.has(ip));
+    if (busy.length > 0) {
+      throw new ConflictError(`${busy.length} of the swarm's addresses are in use by containers (${busy.slice(0, 5).join(', ')}${busy.length > 5 ? ', ...' : ''}): remove the services first; run this only once the swarm is gone`);
+    }
+    const { addressesReleased } = await ctx.allocator.releaseHost(SWARM_OWNER_NODE);
+    ctx.io.out(`released ${addressesReleased} address${addressesReleased === 1 ? '' : 'es'} held by the swarm manager`);
   },
 };

@@ -116,6 +116,32 @@ test.serial('a pool with allocated addresses cannot be removed', async (t) => {
   await post(socket, '/IpamDriver.ReleaseAddress', JSON.stringify({ PoolID: 'CalicoPoolIPv4', Address: address.replace('/32', '') }));
 });
 
+test.serial('ipam release-swarm frees what a swarm left for good, never an address in use', async (t) => {
+  const socket = `/run/docker/plugins/${plugin.ipamDriver}.sock`;
+  const ask = async (): Promise<string> => {
+    const got = await post(socket, '/IpamDriver.RequestAddress', JSON.stringify({ PoolID: 'CalicoGlobalPoolIPv4', Address: '', Options: { 'com.docker.network.ipam.serial': 'true' } }));
+    return String(got.body['Address']).replace('/32', '');
+  };
+  const [task, vip] = [await ask(), await ask()];
+  const store = new RemoteStore(storeSocketPath(plugin.env['CALICO_DATA_DIR'] ?? ''));
+  t.teardown(() => store.close());
+  const keys = new Keys(plugin.env['CALICO_DATASTORE_PREFIX']);
+  // A task still running somewhere: its endpoint record holds the address.
+  const record = keys.endpoint('host-x', 'task1');
+  await store.create(record, JSON.stringify({ id: 'task1', networkId: 'n', node: 'host-x', hostInterface: 'calitask1', ipv4: [`${task}/32`], createdAt: 'x' }));
+  const refused = await calicoctl(plugin, ['ipam', 'release-swarm']);
+  t.is(refused.code, 1);
+  t.regex(refused.stderr, new RegExp(`1 of the swarm's addresses are in use by containers \\(${task.replaceAll('.', '\\.')}\\)`));
+  const held = async (): Promise<string[]> => (JSON.parse((await calicoctl(plugin, ['ipam', 'show', '-o', 'json'])).stdout) as { allocations: { ip: string; node: string }[] }[])
+    .flatMap((b) => b.allocations).filter((a) => a.node === '@swarm').map((a) => a.ip).sort();
+  t.deepEqual(await held(), [task, vip].sort(), 'nothing freed');
+  await store.delete(record);
+  const released = await calicoctl(plugin, ['ipam', 'release-swarm']);
+  t.is(released.code, 0, released.stderr);
+  t.regex(released.stdout, /released 2 addresses held by the swarm manager/);
+  t.deepEqual(await held(), []);
+});
+
 test.serial('ipam show and endpoint list work with nothing allocated', async (t) => {
   const ipam = await calicoctl(plugin, ['ipam', 'show', '-o', 'json']);
   t.is(ipam.code, 0, ipam.stderr);
