@@ -7,6 +7,7 @@ import { ConfigError, errorMessage } from '../lib/errors';
 import { VXLAN_MODES, type VxlanMode, isVxlanMode } from '../ipam/pool';
 import { assertPolicyPrefix } from '../policy/names';
 import { type HostAddressSetting, parseHostAddressSetting } from './host-address';
+import { type ListenAddress, parseHealthListen } from './health-listen';
 
 export interface EtcdConfig {
   readonly endpoints: string[];
@@ -70,6 +71,8 @@ export interface Config {
   /** This host's VXLAN device: VNI and UDP port (Calico's defaults 4096 and 4789). */
   readonly vxlanVni: number;
   readonly vxlanPort: number;
+  /** Health and metrics listener (CALICO_HEALTH_LISTEN); undefined: off. */
+  readonly healthListen?: ListenAddress;
 }
 
 export const DEFAULTS = {
@@ -215,6 +218,7 @@ export function parseConfig(env: Env, defaultNodeName: string = hostname()): Con
   }
   const defaultIpv4Pool = poolCidr(env, 'CALICO_IPV4POOL_CIDR', DEFAULTS.ipv4Pool);
   const defaultIpv6Pool = poolCidr(env, 'CALICO_IPV6POOL_CIDR', DEFAULTS.ipv6Pool);
+  const healthListen = parseHealthListen(env['CALICO_HEALTH_LISTEN'], bool(env, 'CALICO_HEALTH_ALLOW_REMOTE', false));
   return {
     nodeName: matching(env, 'NODENAME', NODE_NAME, defaultNodeName, 'a host name (letters, digits, . _ -)'),
     ...(etcd !== undefined && { etcd }),
@@ -243,6 +247,7 @@ export function parseConfig(env: Env, defaultNodeName: string = hostname()): Con
     defaultIpv6PoolNatOutgoing: natOutgoing(env, 'CALICO_IPV6POOL_NAT_OUTGOING'),
     vxlanVni: integer(env, 'CALICO_VXLAN_VNI', DEFAULTS.vxlanVni, 1, 16_777_215),
     vxlanPort: integer(env, 'CALICO_VXLAN_PORT', DEFAULTS.vxlanPort, 1, 65_535),
+    ...(healthListen !== undefined && { healthListen }),
   };
 }
 
