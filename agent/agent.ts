@@ -7,11 +7,12 @@ import { logger } from '../lib/log';
 import { type PolicyApplier, PolicyManager } from './policy-manager';
 import { type RoutesApplier, RoutesManager } from './routes-manager';
 import { type SandboxApplier, SandboxManager } from './sandbox-manager';
-import { SyncLoop } from './sync-loop';
+import { SyncLoop, type SyncObserver, type SyncStatus } from './sync-loop';
 
 export type { PolicyApplier } from './policy-manager';
 export type { RoutesApplier } from './routes-manager';
 export type { SandboxApplier } from './sandbox-manager';
+export type { SyncObserver, SyncStatus } from './sync-loop';
 
 const log = logger('agent');
 
@@ -24,16 +25,22 @@ export class Agent {
     keys: Keys,
     node: string,
     appliers: { readonly policy: PolicyApplier; readonly routes?: RoutesApplier; readonly sandboxes?: SandboxApplier },
+    observer?: SyncObserver,
   ) {
     this.policy = new PolicyManager(keys, node, appliers.policy, log);
     const routes = appliers.routes === undefined ? [] : [new RoutesManager(keys, node, appliers.routes, log)];
     const sandboxes = appliers.sandboxes === undefined ? [] : [new SandboxManager(keys, node, appliers.sandboxes, log)];
-    this.loop = new SyncLoop(store, keys, [this.policy, ...routes, ...sandboxes], log);
+    this.loop = new SyncLoop(store, keys, [this.policy, ...routes, ...sandboxes], log, observer);
   }
 
   /** Lists the datastore and programs the kernel before resolving; throws if it cannot. */
   start(): Promise<void> {
     return this.loop.start();
+  }
+
+  /** Whether the kernel follows the datastore (readiness). */
+  status(): SyncStatus {
+    return this.loop.status();
   }
 
   waitProgrammed(endpointId: string, timeoutMs: number): Promise<boolean> {

@@ -5,7 +5,8 @@
 // coalesce under bursts). If the watch breaks, or a manager's apply fails, it resyncs completely:
 // fresh listing, and every manager rewrites its kernel state and removes strays. Nothing is
 // flushed on the way, so a resync or a restart opens no gap.
-import type { Datastore, KeyValue, Watch } from '../datastore/datastore';
+import { performance } from 'node:perf_hooks';
+import type { Datastore, KeyValue, ListResult, Watch } from '../datastore/datastore';
 import type { Keys } from '../datastore/keys';
 import { errorMessage } from '../lib/errors';
 import type { Logger } from '../lib/log';
@@ -34,7 +35,24 @@ export interface Manager {
   setWake?(wake: () => void): void;
 }
 
+/** Told how each manager's apply went (metrics). Must not throw. */
+export interface SyncObserver {
+  onApply(manager: string, seconds: number, ok: boolean): void;
+  /** A full listing (start or resync) failed: the datastore could not be read. */
+  onSyncFailed?(): void;
+}
+
+/** Whether the kernel follows the datastore (readiness). */
+export interface SyncStatus {
+  /** The first full sync completed. */
+  readonly synced: boolean;
+  /** Why the kernel may lag: the last apply or resync failed and no sync has succeeded since. */
+  readonly failure?: string;
+}
+
 export class SyncLoop {
+  private synced = false;
+  private failure: string | undefined;
   private watch: Watch | undefined;
   private readonly dirty = new Set<Manager>();
   private loop: Promise<void> | undefined;
@@ -47,6 +65,7 @@ export class SyncLoop {
     private readonly keys: Keys,
     private readonly managers: readonly Manager[],
     private readonly log: Logger,
+    private readonly observer?: SyncObserver,
   ) {
     for (const m of managers) m.setWake?.(() => this.markDirty([m]));
   }
@@ -65,7 +84,14 @@ export class SyncLoop {
   private async sync(): Promise<void> {
     await this.watch?.close();
     this.watch = undefined;
-    const { items, revision } = await this.store.list(`${this.keys.root}/`);
+    let listing: ListResult;
+    try {
+      listing = await this.store.list(`${this.keys.root}/`);
+    } catch (err) {
+      this.observer?.onSyncFailed?.();
+      throw err;
+    }
+    const { items, revision } = listing;
     for (const m of this.managers) {
       m.clear();
       for (const kv of items) m.update(kv.key, kv);
@@ -80,9 +106,16 @@ export class SyncLoop {
       },
       onError: (err) => {
         this.log.warn('datastore watch lost (%s); resyncing', errorMessage(err));
+        this.failure = `datastore watch lost: ${errorMessage(err)}`;
         this.scheduleResync(0);
       },
     }, { afterRevision: revision });
+    this.synced = true;
+    this.failure = undefined;
+  }
+
+  status(): SyncStatus {
+    return this.failure === undefined ? { synced: this.synced } : { synced: this.synced, failure: this.failure };
   }
 
   private scheduleResync(delayMs: number): void {
@@ -91,6 +124,7 @@ export class SyncLoop {
       this.retryTimer = undefined;
       this.sync().catch((err: unknown) => {
         this.log.error('resync failed: %s; retrying in %dms', errorMessage(err), RETRY_MS);
+        this.failure = `resync failed: ${errorMessage(err)}`;
         this.scheduleResync(RETRY_MS);
       });
     }, delayMs);
@@ -102,6 +136,7 @@ export class SyncLoop {
     if (this.loop === undefined) {
       this.runLoop().catch((err: unknown) => {
         this.log.error('programming the kernel failed: %s; resyncing in %dms', errorMessage(err), RETRY_MS);
+        this.failure = `programming the kernel failed: ${errorMessage(err)}`;
         this.scheduleResync(RETRY_MS);
       });
     }
@@ -115,9 +150,12 @@ export class SyncLoop {
           const due = this.managers.filter((m) => this.dirty.has(m));
           this.dirty.clear();
           for (const m of due) {
+            const t0 = performance.now();
             try {
               await m.apply();
+              this.observer?.onApply(m.name, (performance.now() - t0) / 1000, true);
             } catch (err) {
+              this.observer?.onApply(m.name, (performance.now() - t0) / 1000, false);
               throw new Error(`${m.name}: ${errorMessage(err)}`, { cause: err });
             }
           }

@@ -49,9 +49,17 @@ export interface PluginApi {
   readonly routes: Route[];
 }
 
+/** Told the outcome of every request to a method we serve (metrics). Must not throw. */
+export interface RequestObserver {
+  /** `method` is the route's (`NetworkDriver.Join`); undecodable bodies count as errors;
+   * `seconds` from the decoded body to the answer. */
+  onRequest(method: string, result: 'ok' | 'error', seconds: number): void;
+}
+
 export interface PluginServerOptions {
   readonly name: string;
   readonly socketPath: string;
+  readonly observer?: RequestObserver;
   /** One or more interfaces served on this socket; the first one's error key answers requests
    * that name no interface of ours. */
   readonly apis: readonly PluginApi[];
@@ -59,6 +67,8 @@ export interface PluginServerOptions {
 
 export interface PluginServer {
   readonly socketPath: string;
+  /** True while the socket accepts requests (liveness). */
+  serving(): boolean;
   /** Stops accepting requests, lets in-flight ones finish, removes the socket. */
   close(): Promise<void>;
 }
@@ -111,22 +121,26 @@ export function buildApp(opts: PluginServerOptions): express.Express {
   for (const r of opts.apis.flatMap((a) => a.routes)) {
     app.post(`/${r.method}`, async (req, res) => {
       let body: unknown;
+      const started = process.hrtime.bigint();
+      const observe = (result: 'ok' | 'error'): void => opts.observer?.onRequest(r.method, result, Number(process.hrtime.bigint() - started) / 1e9);
       try {
         body = parseBody(req.body);
       } catch (err) {
+        observe('error');
         fail(req, res, err, false);
         return;
       }
-      const started = process.hrtime.bigint();
       wire.debug('%s %s <- %j', opts.name, r.method, body);
       try {
         const answer = await r.handle(body);
         log.debug('%s %s ok in %dus', opts.name, r.method, Number((process.hrtime.bigint() - started) / 1000n));
         wire.debug('%s %s -> %j', opts.name, r.method, answer);
         send(res, 200, answer);
+        observe('ok');
       } catch (err) {
         wire.debug('%s %s -> error: %s', opts.name, r.method, errorMessage(err));
         fail(req, res, err, true);
+        observe('error');
       }
     });
   }
@@ -175,6 +189,7 @@ export async function startPluginServer(opts: PluginServerOptions): Promise<Plug
   let closing: Promise<void> | undefined;
   return {
     socketPath: opts.socketPath,
+    serving: () => server.listening && closing === undefined,
     close() {
       closing ??= new Promise<void>((resolve) => {
         server.close(() => resolve());
