@@ -63,6 +63,23 @@ export interface ApplyStats extends PlanStats {
   phasesMs: { render: number; read: number; diff: number; write: number };
   /** Render warnings (skipped invalid remote addresses). */
   warnings: readonly string[];
+  /** What is programmed after this apply: our rules (both tables, both families, top-level
+   * jumps included), chains and ipsets. */
+  programmed: { rules: number; chains: number; sets: number };
+}
+
+/** Rules, chains and sets a desired state amounts to (metrics). */
+export function programmedCounts(desired: DesiredState): ApplyStats['programmed'] {
+  let rules = 0;
+  let chains = 0;
+  for (const family of FAMILIES) {
+    for (const table of [desired.filter[family], desired.nat[family]]) {
+      chains += table.size;
+      for (const r of table.values()) rules += r.length;
+    }
+    rules += desired.jumps[family].length;
+  }
+  return { rules, chains, sets: desired.sets.size };
 }
 
 export class PolicyDataplane {
@@ -173,6 +190,7 @@ export class PolicyDataplane {
         ms: end - t0,
         phasesMs: { render: renderMs, read, diff, write: end - t },
         warnings: desired.warnings,
+        programmed: programmedCounts(desired),
       };
     } catch (err) {
       this.applied = undefined;
