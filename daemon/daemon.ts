@@ -28,7 +28,32 @@ import { logger } from '../lib/log';
 import { registerNode } from './register-node';
 import { defaultPools, ensureDefaultPools } from './default-pools';
 import { upgradeBlockLayout } from '../ipam/ipam-store';
-import { assertSocketFree, startPluginServer, type PluginApi } from '../protocol/plugin-server';
+import { assertSocketFree, startPluginServer, type PluginApi, type PluginServer } from '../protocol/plugin-server';
+import Docker from 'dockerode';
+import { listAllocations } from '../ipam/block';
+import { DaemonMetrics, type HostSample } from './metrics';
+import { observedDatastore } from './observed-datastore';
+import { agentCheck, runCheck, startHealthServer } from './health';
+
+/** Readiness probes answer within this, or fail. */
+const PROBE_TIMEOUT_MS = 3_000;
+
+/** This host's endpoints and IPAM, for the gauges (read when metrics are scraped). */
+async function sampleHost(store: Datastore, keys: Keys, node: string, allocator: Allocator): Promise<HostSample> {
+  const [{ items }, blocks] = await Promise.all([store.list(keys.endpointsPrefix(node)), allocator.listBlocks()]);
+  const endpoints = items.map((kv) => parseStored(Endpoint, kv));
+  return {
+    activeEndpoints: endpoints.length,
+    endpointsNotReady: endpoints.filter((e) => !e.ready).length,
+    ipamBlocks: blocks.filter((b) => b.block.affinity === node).length,
+    ipamAddressesInUse: blocks.reduce((n, b) => n + listAllocations(b.block).filter((a) => a.owner.node === node).length, 0),
+  };
+}
+
+/** What an operator reads when Docker does not answer: every container would stay isolated. */
+function dockerUnreachable(dockerSocket: string, reason: string): string {
+  return `Docker does not answer at DOCKER_HOST=unix://${dockerSocket} (${reason}): container labels and network names cannot be learned, so every container on a calico network stays isolated until Docker answers there; check DOCKER_HOST`;
+}
 
 const log = logger('daemon');
 
@@ -73,8 +98,18 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
   // Sysctls of the host namespace go through the configured proc root (a managed plugin sees the
   // host's /proc at /host/proc); tests' namespaces go through `ip netns exec ... sysctl`.
   const host = { ...ns, procRoot: config.procRoot };
-  const store = await openDatastore({ ...(config.etcd !== undefined && { etcd: config.etcd }), dataDir: config.dataDir, mode: 'daemon' });
-  const closers: (() => Promise<void>)[] = [() => store.close()];
+  const rawStore = await openDatastore({ ...(config.etcd !== undefined && { etcd: config.etcd }), dataDir: config.dataDir, mode: 'daemon' });
+  const closers: (() => Promise<void>)[] = [() => rawStore.close()];
+  let allocatorForMetrics: Allocator | undefined;
+  const keysForMetrics = new Keys(config.datastorePrefix);
+  const metrics = new DaemonMetrics(
+    async () => {
+      if (allocatorForMetrics === undefined) throw new Error('not started yet');
+      return sampleHost(store, keysForMetrics, config.nodeName, allocatorForMetrics);
+    },
+    (err) => log.warn('metrics: reading this host\'s endpoints and IPAM failed: %s', errorMessage(err)),
+  );
+  const store = observedDatastore(rawStore, (op) => metrics.onDatastoreError(op));
   const closeAll = async (): Promise<void> => {
     for (const close of closers.reverse()) {
       try {
@@ -89,6 +124,7 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
     const moved = await upgradeBlockLayout(store, keys, (m) => log.warn('%s', m));
     if (moved > 0) log.info('moved %d IPAM blocks to the per-pool layout', moved);
     const allocator = new Allocator({ store, keys, node: config.nodeName });
+    allocatorForMetrics = allocator;
     await ensureDefaultPools(allocator, pools);
     const registration = await registerNode(store, keys, config, ns, (m) => log.warn('%s', m));
     closers.push(() => registration.stop());
@@ -100,8 +136,16 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
     );
     await ensureHostForwarding({ ipv6: false }, host);
     // The agent owns our iptables chains; it programs everything before Docker can reach us.
+    const policyDataplane = new PolicyDataplane({ prefix: config.iptablesChainPrefix, markBit: POLICY_MARK_BIT, ifPrefix: config.hostIfPrefix, ...ns });
     const agent = new Agent(store, keys, config.nodeName, {
-      policy: new PolicyDataplane({ prefix: config.iptablesChainPrefix, markBit: POLICY_MARK_BIT, ifPrefix: config.hostIfPrefix, ...ns }),
+      policy: {
+        apply: async (model) => {
+          const stats = await policyDataplane.apply(model);
+          metrics.onPolicyApplied(stats);
+          return stats;
+        },
+        resync: () => policyDataplane.resync(),
+      },
       routes: new RoutesDataplane({
         protocol: config.routeProtocol,
         warn: (m) => log.warn('%s', m),
@@ -109,14 +153,14 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
         ...ns,
       }),
       sandboxes: new SandboxRoutingDataplane({ protocol: config.routeProtocol, warn: (m) => log.warn('%s', m) }),
-    });
+    }, metrics);
     await agent.start();
     closers.push(() => agent.stop());
     const labels = new LabelResolver({ dockerSocket: config.dockerSocket, store, keys, node: config.nodeName, copyLabels: config.labelEndpoints });
     closers.push(async () => labels.close());
     await resumePendingLabels(store, keys, config.nodeName, labels);
     if (config.etcd === undefined) {
-      const server = await serveStore(store, storeSocketPath(config.dataDir));
+      const server = await serveStore(rawStore, storeSocketPath(config.dataDir));
       closers.push(() => server.close());
     }
     const endpoints = new EndpointService({
@@ -148,18 +192,52 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
     const ipam = new IpamDriver(allocator, config.nodeName, config.ipamDriverName);
     const networkApi: PluginApi = { implements: 'NetworkDriver', errorKey: 'Err', routes: driver.routes() };
     const ipamApi: PluginApi = { implements: 'IpamDriver', errorKey: 'Error', routes: ipam.routes() };
+    const servers: PluginServer[] = [];
+    const observer = metrics;
     if (config.sockets === 'single') {
-      const server = await startPluginServer({ name: config.networkDriverName, socketPath: sockets.network, apis: [networkApi, ipamApi] });
+      const server = await startPluginServer({ name: config.networkDriverName, socketPath: sockets.network, apis: [networkApi, ipamApi], observer });
       closers.push(() => server.close());
+      servers.push(server);
       log.info('serving NetworkDriver and IpamDriver on %s as node %s (%s datastore)', sockets.network, config.nodeName, config.etcd === undefined ? 'embedded' : 'etcd');
     } else {
-      const networkServer = await startPluginServer({ name: config.networkDriverName, socketPath: sockets.network, apis: [networkApi] });
+      const networkServer = await startPluginServer({ name: config.networkDriverName, socketPath: sockets.network, apis: [networkApi], observer });
       closers.push(() => networkServer.close());
-      const ipamServer = await startPluginServer({ name: config.ipamDriverName, socketPath: sockets.ipam, apis: [ipamApi] });
+      const ipamServer = await startPluginServer({ name: config.ipamDriverName, socketPath: sockets.ipam, apis: [ipamApi], observer });
       closers.push(() => ipamServer.close());
+      servers.push(networkServer, ipamServer);
       log.info('serving %s and %s as node %s (%s datastore)', sockets.network, sockets.ipam, config.nodeName, config.etcd === undefined ? 'embedded' : 'etcd');
     }
-    return { store, sockets, close: closeAll };
+    const docker = new Docker({ socketPath: config.dockerSocket, timeout: PROBE_TIMEOUT_MS });
+    const pingDocker = async (): Promise<void> => {
+      await docker.ping();
+    };
+    // A managed plugin starts before Docker's API answers, so this only warns; readiness keeps
+    // reporting it until Docker answers.
+    const dockerAtStart = await runCheck('docker', pingDocker, PROBE_TIMEOUT_MS);
+    if (!dockerAtStart.ok) log.error('%s', dockerUnreachable(config.dockerSocket, dockerAtStart.reason ?? 'no answer'));
+    if (config.healthListen !== undefined) {
+      const probeKey = keys.node(config.nodeName);
+      try {
+        const health = await startHealthServer(config.healthListen, {
+          live: () => servers.every((s) => s.serving()),
+          readiness: () =>
+            Promise.all([
+              runCheck('datastore', async () => {
+                await store.get(probeKey);
+              }, PROBE_TIMEOUT_MS, (r) => `${config.etcd === undefined ? 'embedded store' : `etcd at ${config.etcd.endpoints.join(',')}`} unreachable: ${r}`),
+              Promise.resolve(agentCheck(agent.status())),
+              runCheck('docker', pingDocker, PROBE_TIMEOUT_MS, (r) => dockerUnreachable(config.dockerSocket, r)),
+            ]),
+          metrics: () => metrics.render(),
+        }, (err) => log.warn('health listener: %s', errorMessage(err)));
+        closers.push(() => health.close());
+        log.info('health and metrics on http://%s (/liveness, /readiness, /metrics)', health.address);
+      } catch (err) {
+        // The plugin matters more than its metrics: keep serving Docker.
+        log.error('health and metrics listener on %s:%d failed: %s; serving the plugin without it', config.healthListen.host, config.healthListen.port, errorMessage(err));
+      }
+    }
+    return { store: rawStore, sockets, close: closeAll };
   } catch (err) {
     await closeAll();
     throw err;

@@ -76,6 +76,8 @@ export async function startPlugin(opts: PluginOptions): Promise<Plugin> {
     DOCKER_HOST: `unix://${opts.dockerSocket}`,
     CALICO_IPV4POOL_CIDR: opts.ipv4Pool ?? 'none',
     CALICO_IPV6POOL_CIDR: opts.ipv6Pool ?? 'none',
+    // Instances run side by side: a test that wants the listener gives it a port of its own.
+    CALICO_HEALTH_LISTEN: 'none',
     ...(opts.etcdEndpoints !== undefined && { ETCD_ENDPOINTS: opts.etcdEndpoints.join(',') }),
     ...opts.env,
   };

@@ -209,6 +209,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
       CALICO_DATASTORE_PREFIX: datastorePrefix,
       CALICO_IPV4POOL_CIDR: options.ipv4Pool ?? DEFAULT_IPV4_POOL,
       CALICO_IPV6POOL_CIDR: options.ipv6Pool ?? 'none',
+      CALICO_HEALTH_LISTEN: 'none',
       ...(process.env['DEBUG'] !== undefined && { DEBUG: process.env['DEBUG'] }),
       ...options.pluginEnv,
     }));
