@@ -47,6 +47,7 @@ test.before(async () => {
   dataDir = await mkdtemp(join(tmpdir(), 'calico-contract-'));
   const id = randomBytes(3).toString('hex');
   const config = parseConfig({
+    CALICO_HEALTH_LISTEN: 'none', // tests run side by side; the listener has its own test
     CALICO_DATA_DIR: dataDir,
     CALICO_NETWORK_DRIVER_NAME: `calico-c${id}`,
     CALICO_IPAM_DRIVER_NAME: `calico-ipam-c${id}`,

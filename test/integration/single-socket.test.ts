@@ -48,6 +48,7 @@ test.before(async () => {
   pluginDir = await mkdtemp(join(tmpdir(), 'calico-single-plugins-'));
   name = `calico-s${randomBytes(3).toString('hex')}`;
   const config = parseConfig({
+    CALICO_HEALTH_LISTEN: 'none', // tests run side by side; the listener has its own test
     CALICO_LIBNETWORK_SOCKETS: 'single',
     CALICO_DATA_DIR: dataDir,
     CALICO_PLUGIN_DIR: pluginDir,

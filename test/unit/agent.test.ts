@@ -135,3 +135,27 @@ test('policy: Join can wait until an endpoint is programmed', async (t) => {
   t.deepEqual(applied.at(-1)?.localEndpoints.map((e) => e.id), ['ep1']);
   t.true(await agent.waitProgrammed('ep1', 50), 'already programmed: at once');
 });
+
+test('the loop reports apply times and failures, and its sync status for readiness', async (t) => {
+  const store = await openStore(t);
+  const a = new FakeManager('a', `${keys.root}/a/`);
+  const applies: [string, boolean][] = [];
+  const loop = new SyncLoop(store, keys, [a], log, { onApply: (m, seconds, ok) => {
+    t.true(seconds >= 0);
+    applies.push([m, ok]);
+  } });
+  t.teardown(() => loop.stop());
+  t.deepEqual(loop.status(), { synced: false });
+  await loop.start();
+  t.deepEqual(loop.status(), { synced: true });
+  t.deepEqual(applies, [['a', true]]);
+  a.failNext = true;
+  await store.create(`${keys.root}/a/1`, 'x');
+  await a.appliedTimes(2);
+  t.deepEqual(applies.slice(0, 2), [['a', true], ['a', false]]);
+  // Failed, then repaired by the resync: the failure is cleared once the resync completes.
+  const deadline = Date.now() + 5_000;
+  while (loop.status().failure !== undefined && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  t.deepEqual(loop.status(), { synced: true });
+  t.deepEqual(applies.at(-1), ['a', true]);
+});
