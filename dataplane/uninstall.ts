@@ -79,7 +79,7 @@ export class HostCleanup {
     const routes: string[] = [];
     for (const family of [4, 6] as const) {
       for (const r of await this.routes(family)) {
-        const what = [r.type === 'blackhole' ? 'blackhole' : undefined, r.gateway !== undefined ? `via ${r.gateway}` : undefined, r.dev !== undefined ? `dev ${r.dev}` : undefined];
+        const what = [r.type === 'blackhole' ? 'blackhole' : undefined, r.gateway !== undefined ? `via ${r.gateway}` : undefined, r.dev !== undefined && r.type !== 'blackhole' ? `dev ${r.dev}` : undefined];
         const table = r.table !== undefined && r.table !== 'main' ? ` table ${r.table}` : '';
         routes.push(`ipv${family} ${r.dst ?? '?'} ${what.filter((w) => w !== undefined).join(' ')}${table}`.trimEnd());
       }
