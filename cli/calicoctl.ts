@@ -12,6 +12,7 @@ import { ipamCommands } from './ipam-commands';
 import { nodeCommands } from './node-commands';
 import { parseFormat } from './output';
 import { policyCommands } from './policy-commands';
+import { uninstall } from './uninstall';
 
 export type { CliIo } from './context';
 
@@ -34,6 +35,9 @@ Commands:
   delete profile <name>                                              delete a profile
   policy explain <from> <to> [--protocol P] [--port N]               would traffic be allowed, and why
                  [--src-port N] [--icmp-type T] [--icmp-code C]      (<from>/<to>: endpoint ID or IP)
+  uninstall [--force]                                                remove every chain, ipset, route and interface
+                                                                     of ours from this host (the daemon stopped;
+                                                                     --force: even with endpoints, or no datastore)
 
 Options:
   -o, --output table|json|yaml   output format (default table)
@@ -76,8 +80,14 @@ export async function runCalicoctl(argv: string[], env: NodeJS.ProcessEnv, io: C
     io.out(USAGE);
     return values.help ? 0 : 2;
   }
-  const { handler, args } = findCommand(positionals);
   const format = parseFormat(values.output);
+  // Before any datastore is opened: a forced uninstall works without one.
+  if (positionals[0] === 'uninstall') {
+    if (positionals.length !== 1) throw new InvalidRequestError('usage: calicoctl uninstall [--force]');
+    await uninstall(parseConfig(env), { force: values.force ?? false, format }, io);
+    return 0;
+  }
+  const { handler, args } = findCommand(positionals);
   const config = parseConfig(env);
   const store = await openDatastore({ ...(config.etcd !== undefined && { etcd: config.etcd }), dataDir: config.dataDir, mode: 'client' });
   try {

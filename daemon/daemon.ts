@@ -4,10 +4,10 @@
 import { join } from 'node:path';
 import type { Config } from '../config/config';
 import { LinuxEndpointDataplane } from '../dataplane/linux-endpoint-dataplane';
-import { PolicyDataplane } from '../dataplane/policy-dataplane';
+import { POLICY_MARK_BIT, PolicyDataplane } from '../dataplane/policy-dataplane';
 import { RoutesDataplane } from '../dataplane/routes';
 import { SandboxRoutingDataplane } from '../dataplane/sandbox-routing';
-import { VxlanDataplane } from '../dataplane/vxlan';
+import { VXLAN_DEVICE, VxlanDataplane } from '../dataplane/vxlan';
 import { VXLAN_OVERHEAD } from '../ipam/pool';
 import { Agent } from '../agent/agent';
 import { LabelResolver } from '../driver/label-resolver';
@@ -57,11 +57,6 @@ function dockerUnreachable(dockerSocket: string, reason: string): string {
 
 const log = logger('daemon');
 
-/** The packet mark bit policy chains use to carry "allowed" from a profile chain back to the
- * endpoint chain. Chosen clear of the bits Docker and kube-proxy use. */
-const POLICY_MARK_BIT = 0x100000;
-/** This host's VXLAN device (interface autodetection skips vxlan*). */
-const VXLAN_DEVICE = 'vxlan.calico';
 
 /** Endpoints whose labels (or network name) were still unknown when the daemon last stopped. */
 async function resumePendingLabels(store: Datastore, keys: Keys, node: string, labels: LabelResolver): Promise<void> {

@@ -40,6 +40,10 @@ import type { NetnsOption } from './veth.js';
 const RESTORE_TIMEOUT_MS = 60_000;
 const MAX_OUTPUT_BYTES = 256 * 1024 * 1024;
 
+/** The packet mark bit policy chains use to carry "allowed" from a profile chain back to the
+ * endpoint chain. Chosen clear of the bits Docker and kube-proxy use. */
+export const POLICY_MARK_BIT = 0x100000;
+
 export interface PolicyDataplaneOptions extends NetnsOption {
   /** Chain/set prefix, `[a-z][a-z0-9]{0,7}`. */
   prefix: string;

@@ -11,6 +11,10 @@ import { CommandError, run } from './exec';
 import { assertNetnsName, assertUnicastMac } from './names';
 import type { NetnsOption } from './veth';
 
+/** This host's VXLAN device (interface autodetection skips vxlan*); the daemon creates it and
+ * `calicoctl uninstall` removes it. */
+export const VXLAN_DEVICE = 'vxlan.calico';
+
 export interface VxlanPeerEntry {
   /** The peer's IPv4 address between hosts. */
   readonly address: string;
