@@ -2,13 +2,14 @@
 // answer, the metrics move as containers come and go, and a plugin pointed at a Docker that does
 // not answer says so in its log and in readiness.
 import test from 'ava';
-import { randomBytes, randomInt } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { createServer } from 'node:net';
 import Docker from 'dockerode';
 import { createNetwork, removeQuietly, runContainer } from '../harness/containers';
 import { startDockerd } from '../harness/dockerd';
 import { importTestImage } from '../harness/image';
 import { startPlugin, type Plugin } from '../harness/plugin';
+import { reserveTestSubnet } from '../harness/test-subnets';
 
 const teardowns: (() => Promise<unknown>)[] = [];
 test.after.always(async () => {
@@ -67,7 +68,7 @@ test.serial('health and metrics answer and move as containers come and go', asyn
   teardowns.push(() => dockerd.stop());
   const docker = new Docker({ socketPath: dockerd.socketPath });
   const image = await importTestImage(dockerd.socketPath, `calico-test-${randomBytes(3).toString('hex')}:latest`);
-  const { plugin, port } = await startWithHealth(dockerd.socketPath, `198.18.${randomInt(0, 256)}.0/24`);
+  const { plugin, port } = await startWithHealth(dockerd.socketPath, await reserveTestSubnet());
 
   const live = await get(port, '/liveness');
   t.is(live.status, 200);

@@ -10,7 +10,7 @@
 // of them is removed at teardown.
 import test from 'ava';
 import { execFile } from 'node:child_process';
-import { randomBytes, randomInt } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -23,6 +23,7 @@ import { startDockerd, type Dockerd } from '../harness/dockerd';
 import { importTestImage } from '../harness/image';
 import { linksWithPrefix } from '../harness/plugin';
 import { post } from '../harness/plugin-client';
+import { reserveTestSubnet } from '../harness/test-subnets';
 
 const BUILD_PLUGIN = resolve(__dirname, '../../../scripts/build-plugin.sh');
 
@@ -57,10 +58,11 @@ const plugin = `calico-mp${id}:latest`;
 const ifPrefix = `p${id.slice(0, 3)}`;
 const chainPrefix = `p${id}`;
 const routeProtocol = 100 + (parseInt(id, 16) % 150);
-// RFC 2544 benchmark range, random per run; never routed outside this machine.
-const pool = `198.19.${randomInt(0, 256)}.0/24`;
+// RFC 2544 benchmark range, reserved per run; never routed outside this machine.
+let pool = '';
 
 test.before(async () => {
+  pool = await reserveTestSubnet();
   const dockerd = await startDockerd();
   teardowns.push(() => dockerd.stop());
   const env = { DOCKER_HOST: `unix://${dockerd.socketPath}` };

@@ -6,7 +6,7 @@
 // admitted the source address, so a success also proves which address the sender used.
 import test, { type ExecutionContext } from 'ava';
 import { execFile } from 'node:child_process';
-import { randomBytes, randomInt } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -17,6 +17,7 @@ import { linkExists } from '../../dataplane/veth';
 import { addressOn, createNetwork, exec, removeQuietly, type ContainerAddress } from '../harness/containers';
 import { startDockerd, type Dockerd } from '../harness/dockerd';
 import { importTestImage } from '../harness/image';
+import { reserveTestSubnets } from '../harness/test-subnets';
 import { calicoctl, startPlugin, waitProgrammed, type Plugin } from '../harness/plugin';
 
 const DOCKER_COMPOSE = '/usr/bin/docker-compose';
@@ -45,14 +46,13 @@ test.before(async () => {
   const image = `calico-multinet-${id}:latest`;
   await importTestImage(dockerd.socketPath, image);
   // RFC 2544 benchmark ranges and a ULA: never routed outside this machine, random per run.
-  const octet = randomInt(0, 128) * 2;
+  const [v4Pool, subnetPool] = await reserveTestSubnets(2) as [string, string];
   const plugin = await startPlugin({
     dockerSocket: dockerd.socketPath,
-    ipv4Pool: `198.18.${octet}.0/24`,
+    ipv4Pool: v4Pool,
     ipv6Pool: `fd00:ca12:${randomBytes(2).toString('hex')}::/64`,
   });
   teardowns.push(() => plugin.cleanup());
-  const subnetPool = `198.18.${octet + 1}.0/24`;
   const added = await calicoctl(plugin, ['pool', 'add', subnetPool]);
   if (added.code !== 0) throw new Error(added.stderr);
   const tmp = await mkdtemp(join(tmpdir(), 'calico-multinet-'));

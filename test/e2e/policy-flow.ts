@@ -2,7 +2,7 @@
 // this host, on the embedded store and on etcd. Every connectivity check is also asked of
 // `calicoctl policy explain`, which must agree with what the kernel did.
 import test, { type ExecutionContext } from 'ava';
-import { randomBytes, randomInt } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,6 +12,7 @@ import { addressOn, createNetwork, exec, removeQuietly, runContainer, type Conta
 import { startDockerd } from '../harness/dockerd';
 import { startEtcd } from '../harness/etcd';
 import { importTestImage } from '../harness/image';
+import { reserveTestSubnet } from '../harness/test-subnets';
 import { calicoctl, startPlugin, waitProgrammed, type Plugin } from '../harness/plugin';
 
 /** Serves its hostname on 8080 and 9090, so a client can prove it reached this container. */
@@ -64,7 +65,7 @@ export function policySuite(backend: 'embedded' | 'etcd'): void {
     await importTestImage(dockerd.socketPath, image);
     const plugin = await startPlugin({
       dockerSocket: dockerd.socketPath,
-      ipv4Pool: `198.18.${randomInt(0, 256)}.0/24`,
+      ipv4Pool: await reserveTestSubnet(),
       ...(etcd !== undefined && { etcdEndpoints: etcd.endpoints }),
     });
     teardowns.push(() => plugin.cleanup());
@@ -172,7 +173,7 @@ ${extra}  - action: Allow
   test.serial(`${backend}: a container whose labels are not known yet is never reachable`, async (t) => {
     // A second plugin that cannot reach Docker can never learn container labels: its endpoints
     // must stay isolated (fail closed), although the default profile would admit their peers.
-    const blind = await startPlugin({ dockerSocket: join(c().tmp, 'no-docker.sock'), ipv4Pool: `198.19.${randomInt(0, 255)}.0/24` });
+    const blind = await startPlugin({ dockerSocket: join(c().tmp, 'no-docker.sock'), ipv4Pool: await reserveTestSubnet() });
     t.teardown(() => blind.cleanup());
     const name = `blind-${randomBytes(3).toString('hex')}`;
     const net = await createNetwork(c().docker, { name, driver: blind.networkDriver, ipamDriver: blind.ipamDriver });
@@ -200,7 +201,7 @@ ${extra}  - action: Allow
     // containers' labels are not copied.
     const plain = await startPlugin({
       dockerSocket: (c().plugin.env['DOCKER_HOST'] ?? '').replace(/^unix:\/\//, ''),
-      ipv4Pool: `198.19.${randomInt(0, 255)}.0/24`,
+      ipv4Pool: await reserveTestSubnet(),
       env: { CALICO_LIBNETWORK_LABEL_ENDPOINTS: 'false' },
     });
     t.teardown(() => plain.cleanup());

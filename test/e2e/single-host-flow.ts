@@ -10,6 +10,7 @@ import { addressOn, createNetwork, exec, removeQuietly, runContainer, type Conta
 import { startDockerd, type Dockerd } from '../harness/dockerd';
 import { startEtcd } from '../harness/etcd';
 import { importTestImage } from '../harness/image';
+import { reserveTestSubnet } from '../harness/test-subnets';
 import { calicoctl, startPlugin, waitProgrammed, type Plugin } from '../harness/plugin';
 
 interface Context {
@@ -34,8 +35,7 @@ export function singleHostSuite(backend: 'embedded' | 'etcd'): void {
   test.before(async () => {
     const id = randomBytes(3).toString('hex');
     // RFC 2544 benchmark ranges: never routed outside this machine, random per run.
-    const octet = randomInt(0, 256);
-    const v4Pool = `198.18.${octet}.0/24`;
+    const v4Pool = await reserveTestSubnet();
     const v6Pool = `fd00:ca11:${randomBytes(2).toString('hex')}::/64`;
     const hostAddress = `198.19.255.${randomInt(1, 255)}`;
     const dockerd = await startDockerd();
