@@ -121,7 +121,8 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
     const allocator = new Allocator({ store, keys, node: config.nodeName });
     allocatorForMetrics = allocator;
     await ensureDefaultPools(allocator, pools);
-    const registration = await registerNode(store, keys, config, ns, (m) => log.warn('%s', m));
+    // The unwrapped store: registration holds its liveness key through etcd's own lease API.
+    const registration = await registerNode(rawStore, keys, config, ns, (m) => log.warn('%s', m));
     closers.push(() => registration.stop());
     log.info(
       'node %s: IPv4 %s, IPv6 %s',
