@@ -70,6 +70,12 @@ export interface Config {
   /** This host's VXLAN device: VNI and UDP port (Calico's defaults 4096 and 4789). */
   readonly vxlanVni: number;
   readonly vxlanPort: number;
+  /** Between reconcile passes (CALICO_RECONCILE_INTERVAL, seconds): endpoint records, veths and
+   * addresses left behind by a crash are removed (workload/reconciler.ts). */
+  readonly reconcileIntervalMs: number;
+  /** How old an allocation or endpoint record must be before the reconciler takes it as left
+   * behind rather than a request in flight (CALICO_RECONCILE_GRACE, seconds). */
+  readonly reconcileGraceMs: number;
 }
 
 export const DEFAULTS = {
@@ -88,6 +94,8 @@ export const DEFAULTS = {
   routeProtocol: 80,
   vxlanVni: 4096,
   vxlanPort: 4789,
+  reconcileIntervalSeconds: 300,
+  reconcileGraceSeconds: 60,
 } as const;
 
 type Env = Readonly<Record<string, string | undefined>>;
@@ -243,6 +251,8 @@ export function parseConfig(env: Env, defaultNodeName: string = hostname()): Con
     defaultIpv6PoolNatOutgoing: natOutgoing(env, 'CALICO_IPV6POOL_NAT_OUTGOING'),
     vxlanVni: integer(env, 'CALICO_VXLAN_VNI', DEFAULTS.vxlanVni, 1, 16_777_215),
     vxlanPort: integer(env, 'CALICO_VXLAN_PORT', DEFAULTS.vxlanPort, 1, 65_535),
+    reconcileIntervalMs: 1000 * integer(env, 'CALICO_RECONCILE_INTERVAL', DEFAULTS.reconcileIntervalSeconds, 1, 86_400),
+    reconcileGraceMs: 1000 * integer(env, 'CALICO_RECONCILE_GRACE', DEFAULTS.reconcileGraceSeconds, 1, 86_400),
   };
 }
 

@@ -13,13 +13,15 @@ import { Agent } from '../agent/agent';
 import { LabelResolver } from '../driver/label-resolver';
 import { parseStored } from '../model/codec';
 import { Endpoint } from '../model/endpoint';
-import { ensureHostForwarding } from '../dataplane/veth';
+import { ensureHostForwarding, listEndpointVeths } from '../dataplane/veth';
 import type { Datastore } from '../datastore/datastore';
 import { Keys } from '../datastore/keys';
 import { openDatastore } from '../datastore/open-datastore';
 import { serveStore, storeSocketPath } from '../datastore/store-socket';
 import { DockerNetworkNames } from '../driver/docker-network-names';
-import { IpamDriver } from '../driver/ipam-driver';
+import { IpamDriver, isDockerHandle } from '../driver/ipam-driver';
+import { DockerEndpoints } from '../driver/docker-endpoints';
+import { Reconciler } from '../workload/reconciler';
 import { NetworkDriver } from '../driver/network-driver';
 import { EndpointService } from '../workload/endpoint-service';
 import { Allocator } from '../ipam/allocator';
@@ -119,11 +121,12 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
       const server = await serveStore(store, storeSocketPath(config.dataDir));
       closers.push(() => server.close());
     }
+    const endpointDataplane = new LinuxEndpointDataplane(host);
     const endpoints = new EndpointService({
       store,
       keys,
       allocator,
-      dataplane: new LinuxEndpointDataplane(host),
+      dataplane: endpointDataplane,
       node: config.nodeName,
       hostIfPrefix: config.hostIfPrefix,
       mtu: config.vethMtu,
@@ -159,6 +162,25 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
       closers.push(() => ipamServer.close());
       log.info('serving %s and %s as node %s (%s datastore)', sockets.network, sockets.ipam, config.nodeName, config.etcd === undefined ? 'embedded' : 'etcd');
     }
+    // After the sockets: a managed plugin starts before Docker's API, so the first pass waits
+    // (in the background) until Docker answers. Stopped before the sockets close.
+    const docker = new DockerEndpoints(config.dockerSocket);
+    const reconciler = new Reconciler({
+      store,
+      keys,
+      node: config.nodeName,
+      allocator,
+      endpoints,
+      knownEndpoints: () => docker.knownEndpoints(),
+      frontEndReady: () => docker.ready(),
+      listLinks: () => listEndpointVeths(config.hostIfPrefix, ns),
+      removeLink: (name) => endpointDataplane.detach(name),
+      ownsHandle: isDockerHandle,
+      intervalMs: config.reconcileIntervalMs,
+      graceMs: config.reconcileGraceMs,
+    });
+    reconciler.start();
+    closers.push(() => reconciler.stop());
     return { store, sockets, close: closeAll };
   } catch (err) {
     await closeAll();
