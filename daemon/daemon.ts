@@ -114,7 +114,16 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
     });
     await agent.start();
     closers.push(() => agent.stop());
-    const labels = new LabelResolver({ dockerSocket: config.dockerSocket, store, keys, node: config.nodeName, copyLabels: config.labelEndpoints });
+    // Set once the endpoint service exists (the resolver starts before it, for pending labels).
+    let recordWorkload: ((endpointId: string, containerId: string, addresses: readonly string[]) => void) | undefined;
+    const labels = new LabelResolver({
+      dockerSocket: config.dockerSocket,
+      store,
+      keys,
+      node: config.nodeName,
+      copyLabels: config.labelEndpoints,
+      onContainer: (endpointId, containerId, addresses) => recordWorkload?.(endpointId, containerId, addresses),
+    });
     closers.push(async () => labels.close());
     await resumePendingLabels(store, keys, config.nodeName, labels);
     if (config.etcd === undefined) {
@@ -136,6 +145,7 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
         waitProgrammed: (endpointId, timeoutMs) => agent.waitProgrammed(endpointId, timeoutMs),
       },
     });
+    recordWorkload = (endpointId, containerId, addresses) => endpoints.recordWorkload(endpointId, containerId, addresses);
     const driver = new NetworkDriver({
       store,
       keys,

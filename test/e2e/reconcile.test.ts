@@ -117,7 +117,20 @@ test.serial('plugin killed during 10 concurrent container starts, restarted: not
   // The network is usable afterwards: a new container gets an address and nothing is handed out twice.
   const again = await runContainer(c().docker, { image: c().image, network: name });
   const info = await again.inspect();
-  t.true(info.NetworkSettings.Networks[name]?.IPAddress.startsWith(pool.prefix));
+  const ep = info.NetworkSettings.Networks[name];
+  t.true(ep?.IPAddress.startsWith(pool.prefix));
+  // Its allocation names more than the pool: when it was handed out, the endpoint and the container.
+  type Shown = { ip: string; handle: string; endpointId?: string; containerId?: string; allocatedAt?: string };
+  const shown = async (): Promise<Shown[]> =>
+    (JSON.parse((await calicoctl(p, ['ipam', 'show', '-o', 'json'])).stdout) as { allocations: Shown[] }[]).flatMap((b) => b.allocations);
+  let allocations = await shown();
+  for (let i = 0; i < 40 && allocations[0]?.containerId === undefined; i++) {
+    await new Promise((r) => setTimeout(r, 250));
+    allocations = await shown();
+  }
+  t.is(allocations.length, 1);
+  t.like(allocations[0], { ip: ep?.IPAddress, handle: 'docker:CalicoPoolIPv4', endpointId: ep?.EndpointID, containerId: info.Id });
+  t.false(Number.isNaN(Date.parse(allocations[0]?.allocatedAt ?? '')));
   await again.remove({ force: true });
 });
 
@@ -151,4 +164,36 @@ test.serial('an allocation whose endpoint is not recorded yet is left alone for 
   t.deepEqual(left, []);
   t.true(Date.now() - askedAt >= graceS * 1000);
   t.regex(p.output(), new RegExp(`released address ${address.replace(/\./g, '\\.')} .*no endpoint was ever recorded`));
+});
+
+test.serial('containers removed while the plugin is down: their records, veths, routes and addresses go once it is back', async (t) => {
+  const pool = randomPool();
+  const p = await plugin(t, pool.cidr, { CALICO_RECONCILE_INTERVAL: '2', CALICO_RECONCILE_GRACE: '3' });
+  const name = `net-${randomBytes(3).toString('hex')}`;
+  const net = await createNetwork(c().docker, { name, driver: p.networkDriver, ipamDriver: p.ipamDriver });
+  t.teardown(async () => {
+    await removeAllContainers(c().docker);
+    await net.remove().catch(() => undefined);
+  });
+  const containers = await Promise.all([0, 1].map(() => runContainer(c().docker, { image: c().image, network: name })));
+  const endpoints = await Promise.all(containers.map(async (x) => (await x.inspect()).NetworkSettings.Networks[name]?.EndpointID ?? ''));
+  t.is((await traces(p, pool.prefix)).endpoints, 2);
+  await p.kill();
+  // Docker gives up on the dead plugin (Leave, DeleteEndpoint and ReleaseAddress fail) and
+  // removes the containers anyway.
+  await removeAllContainers(c().docker);
+  t.deepEqual(await c().docker.listContainers({ all: true }), []);
+  const left = await traces(p, pool.prefix);
+  t.log(`left behind while the plugin was down: ${JSON.stringify(left)}`);
+  await p.restart();
+  let last = await traces(p, pool.prefix);
+  const until = Date.now() + 30_000;
+  while (!clean(last) && Date.now() < until) {
+    await new Promise((r) => setTimeout(r, 500));
+    last = await traces(p, pool.prefix);
+  }
+  t.deepEqual(last, { endpoints: 0, addresses: [], veths: [], routes: [] }, p.output());
+  if (left.endpoints > 0) {
+    for (const id of endpoints) t.regex(p.output(), new RegExp(`removed endpoint ${id.slice(0, 12)} `));
+  }
 });

@@ -1,5 +1,5 @@
 import test from 'ava';
-import { assignNext, newBlock, release, type Owner } from '../../ipam/block';
+import { assignNext, newBlock, ownerAt, parseBlock, release, serializeBlock, setEndpoint, type Owner } from '../../ipam/block';
 import type { Endpoint } from '../../model/endpoint';
 import { allocationKey, planReconcile, type PlanAllocation, type PlanInput } from '../../workload/reconcile-plan';
 
@@ -176,4 +176,19 @@ test('a conditional release frees only the allocation that was read', (t) => {
   t.is(release(taken.block, taken.ip, requester, owner).status, 'released');
   // Without a condition (Docker's own ReleaseAddress) any allocation of the holder is freed.
   t.is(release(taken.block, taken.ip, requester).status, 'released');
+});
+
+test('an allocation records its time, endpoint and container, and old blocks without them still decode', (t) => {
+  const owner: Owner = { node: NODE, handle: 'docker:CalicoPoolIPv4', kind: 'container', allocatedAt: OLD };
+  const taken = assignNext(newBlock('10.0.0.0/30', NODE), owner);
+  if (taken === undefined) throw new Error('block full');
+  const named = setEndpoint(taken.block, taken.ip, EP1, 'f'.repeat(64));
+  if (named === undefined) throw new Error('not allocated');
+  const back = parseBlock(serializeBlock(named), 'test');
+  t.deepEqual(ownerAt(back, taken.ip), { ...owner, endpointId: EP1, containerId: 'f'.repeat(64) });
+  // Recording the endpoint again without the container keeps the container.
+  t.is(setEndpoint(named, taken.ip, EP1), named);
+  const legacy = JSON.stringify({ cidr: '10.0.0.0/30', affinity: NODE, allocations: [0, null, null, null], unallocated: [1, 2, 3], attributes: [{ node: NODE, handle: 'docker:CalicoPoolIPv4', kind: 'container' }] });
+  t.deepEqual(ownerAt(parseBlock(legacy, 'legacy'), '10.0.0.0'), { node: NODE, handle: 'docker:CalicoPoolIPv4', kind: 'container' });
+  t.throws(() => parseBlock(legacy.replace('"kind":"container"', '"kind":"container","allocatedAt":"yesterday"'), 'bad'), { message: /allocatedAt/ });
 });
