@@ -52,6 +52,7 @@ export class Reconciler {
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<unknown> | undefined;
   private stopped = false;
+  private wake: (() => void) | undefined;
   private readonly firstSeen = new Map<string, number>();
 
   constructor(private readonly o: ReconcilerOptions) {}
@@ -60,11 +61,7 @@ export class Reconciler {
   start(): void {
     const retryMs = this.o.retryMs ?? 1_000;
     const first = async (): Promise<void> => {
-      while (!this.stopped && !(await this.o.frontEndReady().catch(() => false))) {
-        await new Promise((r) => {
-          this.timer = setTimeout(r, retryMs);
-        });
-      }
+      while (!this.stopped && !(await this.o.frontEndReady().catch(() => false))) await this.sleep(retryMs);
       if (this.stopped) return;
       log.info('Docker answers: reconciling this host, then every %ds', Math.round(this.o.intervalMs / 1000));
       await this.runLogged();
@@ -80,9 +77,18 @@ export class Reconciler {
     }, this.o.intervalMs);
   }
 
+  /** Resolves after ms, or at once when stopped. */
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      this.wake = resolve;
+      this.timer = setTimeout(resolve, ms);
+    });
+  }
+
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.timer !== undefined) clearTimeout(this.timer);
+    this.wake?.();
     await this.running?.catch(() => undefined);
     if (this.timer !== undefined) clearTimeout(this.timer);
   }
