@@ -186,6 +186,7 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
       listLinks: () => listEndpointVeths(config.hostIfPrefix, ns),
       removeLink: (name) => endpointDataplane.detach(name),
       ownsHandle: isDockerHandle,
+      hostIfPrefix: config.hostIfPrefix,
       intervalMs: config.reconcileIntervalMs,
       graceMs: config.reconcileGraceMs,
     });

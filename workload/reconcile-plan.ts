@@ -9,7 +9,7 @@
 //   go. When the front end cannot be asked, no record is stale.
 // - a veth of ours that no endpoint record names is a stray. The runner lists the kernel before
 //   the records, and a record is always written before its veth, so a veth being created is never
-//   taken for one.
+//   taken for one; and one whose name matches an endpoint Docker knows is kept.
 // - an allocation is released only when this host holds it through the front end (owner node is
 //   this node, a handle the front end gives, kind `container`: never another host's, the swarm
 //   manager's, a gateway, a reservation or calicoctl's), no live endpoint record uses its address
@@ -18,6 +18,7 @@
 //   runner first saw it.
 import type { Owner } from '../ipam/block';
 import { addressPart } from '../ipam/cidr';
+import { ENDPOINT_ID_CHARS } from '../dataplane/names';
 import type { Endpoint } from '../model/endpoint';
 
 export interface PlanAllocation {
@@ -37,6 +38,8 @@ export interface PlanInput {
   readonly knownEndpoints: ReadonlySet<string> | undefined;
   /** Host ends of this host's endpoint veths in the kernel. */
   readonly links: readonly string[];
+  /** The prefix of those names (`cali`): the rest is the start of the endpoint ID. */
+  readonly hostIfPrefix: string;
   /** Every allocation read from the datastore (any holder). */
   readonly allocations: readonly PlanAllocation[];
   /** Whether a handle is the front end's (e.g. `docker:<PoolID>`). */
@@ -60,6 +63,8 @@ export interface Release {
 export interface ReconcilePlan {
   readonly staleEndpoints: readonly StaleEndpoint[];
   readonly strayLinks: readonly string[];
+  /** Veths no record names that belong to an endpoint Docker still knows: kept, reported. */
+  readonly keptLinks: readonly string[];
   readonly releases: readonly Release[];
   /** Allocations of ours not in use but still within the grace period (pending). */
   readonly pending: readonly PlanAllocation[];
@@ -99,7 +104,13 @@ export function planReconcile(input: PlanInput): ReconcilePlan {
   const live = ownRecords.filter((r) => !staleIds.has(r.id));
 
   const named = new Set(ownRecords.map((r) => r.hostInterface));
-  const strayLinks = [...new Set(input.links)].filter((l) => !named.has(l)).sort();
+  const unnamed = [...new Set(input.links)].filter((l) => !named.has(l)).sort();
+  // A veth whose name matches an endpoint Docker still knows is a running workload's, whatever
+  // happened to its record: left alone (and reported), never cut off.
+  const knownPrefixes = [...(known ?? [])].map((id) => id.slice(0, ENDPOINT_ID_CHARS).toLowerCase());
+  const ofKnown = (link: string): boolean => knownPrefixes.some((p) => link.endsWith(p) && link.length - p.length === input.hostIfPrefix.length);
+  const strayLinks = unnamed.filter((l) => !ofKnown(l));
+  const keptLinks = unnamed.filter(ofKnown);
 
   const liveIds = new Set(live.map((r) => r.id));
   const inUse = new Set(live.flatMap((r) => [...r.ipv4, ...r.ipv6].map(addressPart)));
@@ -122,5 +133,5 @@ export function planReconcile(input: PlanInput): ReconcilePlan {
         : `its endpoint ${endpoint.slice(0, 12)} has no record on this host`;
     releases.push({ ip: a.ip, owner: a.owner, reason });
   }
-  return { staleEndpoints, strayLinks, releases, pending };
+  return { staleEndpoints, strayLinks, keptLinks, releases, pending };
 }

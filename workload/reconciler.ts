@@ -35,6 +35,8 @@ export interface ReconcilerOptions {
   /** Deletes a veth (and with it its routes); succeeds when it is gone. */
   readonly removeLink: (name: string) => Promise<void>;
   readonly ownsHandle: (handle: string) => boolean;
+  /** The host interface prefix (`cali`). */
+  readonly hostIfPrefix: string;
   readonly intervalMs: number;
   readonly graceMs: number;
   /** Between tries while the front end does not answer at start. */
@@ -118,6 +120,7 @@ export class Reconciler {
       records,
       knownEndpoints,
       links,
+      hostIfPrefix: this.o.hostIfPrefix,
       allocations,
       ownsHandle: this.o.ownsHandle,
       firstSeen: this.firstSeen,
@@ -144,6 +147,7 @@ export class Reconciler {
         log.warn('removing stray veth %s: %s', link, errorMessage(err));
       }
     }
+    for (const link of plan.keptLinks) log.warn('veth %s has no endpoint record but Docker still knows its endpoint: left alone', link);
     let released = 0;
     for (const r of plan.releases) {
       try {

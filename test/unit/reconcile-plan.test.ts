@@ -41,6 +41,7 @@ function input(over: Partial<PlanInput>): PlanInput {
     records: [],
     knownEndpoints: new Set(),
     links: [],
+    hostIfPrefix: 'cali',
     allocations: [],
     ownsHandle: isDocker,
     firstSeen: new Map(),
@@ -112,6 +113,13 @@ test('veths of ours that no record names are strays', (t) => {
     links: [`cali${EP3.slice(0, 11)}`, `cali${EP1.slice(0, 11)}`, `cali${EP3.slice(0, 11)}`],
   }));
   t.deepEqual(plan.strayLinks, [`cali${EP3.slice(0, 11)}`]);
+  t.deepEqual(plan.keptLinks, []);
+});
+
+test('a veth without a record whose endpoint Docker still knows is kept, not cut off', (t) => {
+  const plan = planReconcile(input({ knownEndpoints: new Set([EP3]), links: [`cali${EP3.slice(0, 11)}`, `cali${EP2.slice(0, 11)}`] }));
+  t.deepEqual(plan.strayLinks, [`cali${EP2.slice(0, 11)}`]);
+  t.deepEqual(plan.keptLinks, [`cali${EP3.slice(0, 11)}`]);
 });
 
 test('an old allocation no record uses is released; a pending one within the grace period is not', (t) => {
