@@ -73,6 +73,12 @@ export interface Config {
   readonly vxlanPort: number;
   /** Health and metrics listener (CALICO_HEALTH_LISTEN); undefined: off. */
   readonly healthListen?: ListenAddress;
+  /** Between reconcile passes (CALICO_RECONCILE_INTERVAL, seconds): endpoint records, veths and
+   * addresses left behind by a crash are removed (workload/reconciler.ts). */
+  readonly reconcileIntervalMs: number;
+  /** How old an allocation or endpoint record must be before the reconciler takes it as left
+   * behind rather than a request in flight (CALICO_RECONCILE_GRACE, seconds). */
+  readonly reconcileGraceMs: number;
 }
 
 export const DEFAULTS = {
@@ -91,6 +97,8 @@ export const DEFAULTS = {
   routeProtocol: 80,
   vxlanVni: 4096,
   vxlanPort: 4789,
+  reconcileIntervalSeconds: 300,
+  reconcileGraceSeconds: 60,
 } as const;
 
 type Env = Readonly<Record<string, string | undefined>>;
@@ -248,6 +256,8 @@ export function parseConfig(env: Env, defaultNodeName: string = hostname()): Con
     vxlanVni: integer(env, 'CALICO_VXLAN_VNI', DEFAULTS.vxlanVni, 1, 16_777_215),
     vxlanPort: integer(env, 'CALICO_VXLAN_PORT', DEFAULTS.vxlanPort, 1, 65_535),
     ...(healthListen !== undefined && { healthListen }),
+    reconcileIntervalMs: 1000 * integer(env, 'CALICO_RECONCILE_INTERVAL', DEFAULTS.reconcileIntervalSeconds, 1, 86_400),
+    reconcileGraceMs: 1000 * integer(env, 'CALICO_RECONCILE_GRACE', DEFAULTS.reconcileGraceSeconds, 1, 86_400),
   };
 }
 

@@ -13,13 +13,15 @@ import { Agent } from '../agent/agent';
 import { LabelResolver } from '../driver/label-resolver';
 import { parseStored } from '../model/codec';
 import { Endpoint } from '../model/endpoint';
-import { ensureHostForwarding } from '../dataplane/veth';
+import { ensureHostForwarding, listEndpointVeths } from '../dataplane/veth';
 import type { Datastore } from '../datastore/datastore';
 import { Keys } from '../datastore/keys';
 import { openDatastore } from '../datastore/open-datastore';
 import { serveStore, storeSocketPath } from '../datastore/store-socket';
 import { DockerNetworkNames } from '../driver/docker-network-names';
-import { IpamDriver } from '../driver/ipam-driver';
+import { IpamDriver, isDockerHandle } from '../driver/ipam-driver';
+import { DockerEndpoints } from '../driver/docker-endpoints';
+import { Reconciler } from '../workload/reconciler';
 import { NetworkDriver } from '../driver/network-driver';
 import { EndpointService } from '../workload/endpoint-service';
 import { Allocator } from '../ipam/allocator';
@@ -152,18 +154,28 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
     }, metrics);
     await agent.start();
     closers.push(() => agent.stop());
-    const labels = new LabelResolver({ dockerSocket: config.dockerSocket, store, keys, node: config.nodeName, copyLabels: config.labelEndpoints });
+    // Set once the endpoint service exists (the resolver starts before it, for pending labels).
+    let recordWorkload: ((endpointId: string, containerId: string, addresses: readonly string[]) => void) | undefined;
+    const labels = new LabelResolver({
+      dockerSocket: config.dockerSocket,
+      store,
+      keys,
+      node: config.nodeName,
+      copyLabels: config.labelEndpoints,
+      onContainer: (endpointId, containerId, addresses) => recordWorkload?.(endpointId, containerId, addresses),
+    });
     closers.push(async () => labels.close());
     await resumePendingLabels(store, keys, config.nodeName, labels);
     if (config.etcd === undefined) {
       const server = await serveStore(rawStore, storeSocketPath(config.dataDir));
       closers.push(() => server.close());
     }
+    const endpointDataplane = new LinuxEndpointDataplane(host);
     const endpoints = new EndpointService({
       store,
       keys,
       allocator,
-      dataplane: new LinuxEndpointDataplane(host),
+      dataplane: endpointDataplane,
       node: config.nodeName,
       hostIfPrefix: config.hostIfPrefix,
       mtu: config.vethMtu,
@@ -173,6 +185,7 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
         waitProgrammed: (endpointId, timeoutMs) => agent.waitProgrammed(endpointId, timeoutMs),
       },
     });
+    recordWorkload = (endpointId, containerId, addresses) => endpoints.recordWorkload(endpointId, containerId, addresses);
     const driver = new NetworkDriver({
       store,
       keys,
@@ -233,6 +246,26 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
         log.error('health and metrics listener on %s:%d failed: %s; serving the plugin without it', config.healthListen.host, config.healthListen.port, errorMessage(err));
       }
     }
+    // After the sockets: a managed plugin starts before Docker's API, so the first pass waits
+    // (in the background) until Docker answers. Stopped before the sockets close.
+    const dockerEndpoints = new DockerEndpoints(config.dockerSocket);
+    const reconciler = new Reconciler({
+      store,
+      keys,
+      node: config.nodeName,
+      allocator,
+      endpoints,
+      knownEndpoints: () => dockerEndpoints.knownEndpoints(),
+      frontEndReady: () => dockerEndpoints.ready(),
+      listLinks: () => listEndpointVeths(config.hostIfPrefix, ns),
+      removeLink: (name) => endpointDataplane.detach(name),
+      ownsHandle: isDockerHandle,
+      hostIfPrefix: config.hostIfPrefix,
+      intervalMs: config.reconcileIntervalMs,
+      graceMs: config.reconcileGraceMs,
+    });
+    reconciler.start();
+    closers.push(() => reconciler.stop());
     return { store: rawStore, sockets, close: closeAll };
   } catch (err) {
     await closeAll();

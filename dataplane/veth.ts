@@ -307,6 +307,15 @@ export async function removeEndpointVeth(hostIf: string, opts: NetnsOption = {})
   }
 }
 
+/** Host ends of endpoint veths: veths named `<prefix>...` carrying our MAC, so an interface
+ * of anything else (another plugin's veth that happens to share the prefix) is never listed. */
+export async function listEndpointVeths(prefix: string, opts: NetnsOption = {}): Promise<string[]> {
+  const netns = checkedNetns(opts);
+  const { stdout } = await run(IP, [...nsArgs(netns), '-j', 'link', 'show', 'type', 'veth'], 'list veths');
+  const links = stdout.trim() === '' ? [] : parseJson<LinkInfo[]>(stdout, 'list veths');
+  return links.filter((l) => l.ifname.startsWith(prefix) && l.address === HOST_VETH_MAC).map((l) => l.ifname);
+}
+
 export interface RouteInfo {
   family: 4 | 6;
   /** As ip prints it: host routes without a prefix, `default`, or a CIDR. */

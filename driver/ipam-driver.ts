@@ -69,7 +69,14 @@ export function parsePoolId(poolId: string): PoolRef {
  * matched against what this node asked for through Docker and never frees another holder's
  * address (another host, a calicoctl reservation, the swarm manager). */
 export function dockerHandle(poolId: string): string {
-  return `docker:${poolId}`;
+  return `${DOCKER_HANDLE_PREFIX}${poolId}`;
+}
+
+const DOCKER_HANDLE_PREFIX = 'docker:';
+
+/** Whether a handle is one this driver gives (an engine's own containers on this host). */
+export function isDockerHandle(handle: string): boolean {
+  return handle.startsWith(DOCKER_HANDLE_PREFIX);
 }
 
 /** The holder of the swarm manager's allocations under a global-space PoolID. */
@@ -144,7 +151,7 @@ export class IpamDriver {
     }
     const owner: Owner = ref.space === 'global'
       ? { ...swarmOwner(req.PoolID), kind: 'container' }
-      : { node: this.node, handle: dockerHandle(req.PoolID), kind: 'container' };
+      : { node: this.node, handle: dockerHandle(req.PoolID), kind: 'container', allocatedAt: new Date().toISOString() };
     if (requested === undefined) {
       const { ip } = await this.allocator.autoAssign({ family: ref.family, ...(ref.cidr !== undefined && { pools: [ref.cidr] }), owner });
       return { Address: `${ip}/${bits}`, Data: {} };

@@ -44,6 +44,9 @@ export interface LabelResolverOptions {
   /** Copy the container's Calico labels (CALICO_LIBNETWORK_LABEL_ENDPOINTS); without, the
    * resolver only learns a pending network name. Default true. */
   readonly copyLabels?: boolean;
+  /** Told the workload's container once it is known, with the endpoint's addresses (the daemon
+   * records it on their allocations, so each names its container as well as its pool). */
+  readonly onContainer?: (endpointId: string, containerId: string, addresses: readonly string[]) => void;
 }
 
 export class LabelResolver {
@@ -102,9 +105,11 @@ export class LabelResolver {
       profiles = [await recordNetworkProfile(this.o.store, this.o.keys, this.o.node, networkId, name)];
     }
     const labels = this.o.copyLabels === false ? undefined : containerLabelsToEndpointLabels(container.Labels ?? {});
+    let addresses: string[] | undefined;
     await modifyKey(this.o.store, key, `record labels of endpoint ${endpointId.slice(0, 12)}`, (current) => {
       if (current === undefined) return undefined; // the endpoint went away meanwhile: nothing to label
       const ep = parseStored(Endpoint, current);
+      addresses = [...ep.ipv4, ...ep.ipv6];
       return serialize({
         ...ep,
         ...(labels !== undefined && { labels }),
@@ -113,6 +118,7 @@ export class LabelResolver {
         ...(container.Id !== undefined && { containerId: container.Id }),
       });
     });
+    if (addresses !== undefined && container.Id !== undefined) this.o.onContainer?.(endpointId, container.Id, addresses);
     log.debug('endpoint %s ready with labels %o', endpointId.slice(0, 12), labels);
     return true;
   }

@@ -83,6 +83,8 @@ export interface OwnerInput {
   readonly handle: string;
   readonly kind: OwnerKind;
   readonly endpointId?: string;
+  /** When the address is handed out (ISO 8601); see Owner.allocatedAt. */
+  readonly allocatedAt?: string;
 }
 
 /** Release requester; `node` defaults to the allocator's node. */
@@ -429,7 +431,7 @@ export class Allocator {
 
   /** Frees `ip` if `requester` holds it. An address that is free or outside every block is
    * reported, not an error, so a repeated release is harmless. */
-  async release(request: { readonly ip: string; readonly requester: RequesterInput }): Promise<ReleaseOutcome> {
+  async release(request: { readonly ip: string; readonly requester: RequesterInput; readonly ifOwner?: Owner }): Promise<ReleaseOutcome> {
     const ip = parseIp(request.ip, 'address to release');
     const text = formatIp(ip);
     const requester = validateRequester({
@@ -444,7 +446,7 @@ export class Allocator {
             if (fromView) continue;
             return { status: 'not-allocated' };
           }
-          const r = releaseInBlock(requireReadable(found), text, requester);
+          const r = releaseInBlock(requireReadable(found), text, requester, request.ifOwner);
           if (r.status !== 'released') {
             if (fromView) continue; // never answer no from the view
             return r;
@@ -462,7 +464,7 @@ export class Allocator {
 
   /** Records the endpoint on an existing allocation (after Docker tells us which endpoint got
    * the address). NotFoundError when the address is not allocated. */
-  async setEndpoint(ip: string, endpointId: string): Promise<Owner> {
+  async setEndpoint(ip: string, endpointId: string, containerId?: string): Promise<Owner> {
     const parsed = parseIp(ip);
     const text = formatIp(parsed);
     return this.exclusive(() =>
@@ -470,7 +472,7 @@ export class Allocator {
         for (const fromView of [true, false]) {
           const { found } = fromView ? this.viewLookup(parsed) : await this.findBlock(parsed);
           const block = found === undefined ? undefined : requireReadable(found);
-          const updated = block === undefined ? undefined : setEndpointInBlock(block, text, endpointId);
+          const updated = block === undefined ? undefined : setEndpointInBlock(block, text, endpointId, containerId);
           const owner = updated === undefined ? undefined : ownerAt(updated, text);
           if (found === undefined || updated === undefined || owner === undefined) {
             if (fromView) continue;
@@ -560,9 +562,9 @@ export class Allocator {
   // Reads and retries
 
   private ownerOf(input: OwnerInput): Owner {
-    const { handle, kind, endpointId } = input;
+    const { handle, kind, endpointId, allocatedAt } = input;
     const node = input.node ?? this.node;
-    return validateOwner(endpointId === undefined ? { node, handle, kind } : { node, handle, kind, endpointId });
+    return validateOwner({ node, handle, kind, ...(endpointId !== undefined && { endpointId }), ...(allocatedAt !== undefined && { allocatedAt }) });
   }
 
   /** The stored block holding `ip` and the pool containing it. */

@@ -46,6 +46,12 @@ export interface Owner {
   readonly handle: string;
   readonly kind: OwnerKind;
   readonly endpointId?: string;
+  /** The workload (container) using the address, once its front end knows it. Informational. */
+  readonly containerId?: string;
+  /** When the address was handed out (ISO 8601). An allocation whose endpoint is not recorded
+   * yet is a request in flight until it is older than the reconciler's grace period; blocks
+   * written before this field existed have none. */
+  readonly allocatedAt?: string;
 }
 
 /** Who asks for a release: must match the owner's node and handle. */
@@ -86,8 +92,9 @@ export function sameOwner(a: Owner, b: Owner): boolean {
   return a.node === b.node && a.handle === b.handle && a.kind === b.kind;
 }
 
-function sameAttribute(a: Owner, b: Owner): boolean {
-  return sameOwner(a, b) && a.endpointId === b.endpointId;
+/** The very same allocation record: owner, endpoint, workload and time. */
+export function sameAttribute(a: Owner, b: Owner): boolean {
+  return sameOwner(a, b) && a.endpointId === b.endpointId && a.containerId === b.containerId && a.allocatedAt === b.allocatedAt;
 }
 
 /** Checks an owner given by a caller; returns a copy without extra fields. */
@@ -114,8 +121,15 @@ function requesterProblem(value: unknown): string | undefined {
 }
 
 function copyOwner(owner: Owner): Owner {
-  const { node, handle, kind, endpointId } = owner;
-  return endpointId === undefined ? { node, handle, kind } : { node, handle, kind, endpointId };
+  const { node, handle, kind, endpointId, containerId, allocatedAt } = owner;
+  return {
+    node,
+    handle,
+    kind,
+    ...(endpointId !== undefined && { endpointId }),
+    ...(containerId !== undefined && { containerId }),
+    ...(allocatedAt !== undefined && { allocatedAt }),
+  };
 }
 
 function ownerProblem(value: unknown): string | undefined {
@@ -128,6 +142,14 @@ function ownerProblem(value: unknown): string | undefined {
   const endpointId = value['endpointId'];
   if (endpointId !== undefined && (typeof endpointId !== 'string' || endpointId === '')) {
     return 'endpointId must be a non-empty string when present';
+  }
+  const containerId = value['containerId'];
+  if (containerId !== undefined && (typeof containerId !== 'string' || containerId === '')) {
+    return 'containerId must be a non-empty string when present';
+  }
+  const allocatedAt = value['allocatedAt'];
+  if (allocatedAt !== undefined && (typeof allocatedAt !== 'string' || Number.isNaN(Date.parse(allocatedAt)))) {
+    return 'allocatedAt must be an ISO 8601 time when present';
   }
   return undefined;
 }
@@ -272,13 +294,16 @@ export function assignSpecific(block: Block, ip: string, owner: Owner): AssignSp
 
 /** Frees ip only for its holder (node and handle must match), so one party's release cannot
  * free an address another party still uses. Releasing a free address is harmless. */
-export function release(block: Block, ip: string, requester: Requester): ReleaseResult {
+export function release(block: Block, ip: string, requester: Requester, expected?: Owner): ReleaseResult {
   const ordinal = ordinalOf(block, ip);
   const holder = holderAt(block, ordinal);
   if (holder === undefined) return { status: 'not-allocated' };
   if (holder.node !== requester.node || holder.handle !== requester.handle) {
     return { status: 'owned-by-other', owner: holder };
   }
+  // A conditional release (the reconciler's) frees only the very allocation it saw: not one the
+  // same holder got for the same address since.
+  if (expected !== undefined && !sameAttribute(holder, expected)) return { status: 'owned-by-other', owner: holder };
   const allocations = [...block.allocations];
   allocations[ordinal] = null;
   const freed: Block = { ...block, allocations, unallocated: [...block.unallocated, ordinal] };
@@ -303,13 +328,14 @@ export function withoutHost(block: Block, node: string): { block: Block; release
   return { block: out, released };
 }
 
-export function setEndpoint(block: Block, ip: string, endpointId: string): Block | undefined {
+export function setEndpoint(block: Block, ip: string, endpointId: string, containerId?: string): Block | undefined {
   if (endpointId === '') throw new InvalidRequestError('endpoint id must be a non-empty string');
+  if (containerId === '') throw new InvalidRequestError('container id must be a non-empty string');
   const ordinal = ordinalOf(block, ip);
   const holder = holderAt(block, ordinal);
   if (holder === undefined) return undefined;
-  if (holder.endpointId === endpointId) return block;
-  const { attributes, index } = internOwner(block.attributes, { ...holder, endpointId });
+  if (holder.endpointId === endpointId && (containerId === undefined || holder.containerId === containerId)) return block;
+  const { attributes, index } = internOwner(block.attributes, { ...holder, endpointId, ...(containerId !== undefined && { containerId }) });
   const allocations = [...block.allocations];
   allocations[ordinal] = index;
   return compact({ ...block, allocations, attributes });

@@ -188,10 +188,16 @@ export class EndpointService {
     return pools.some((p) => p.vxlanMode !== 'Never') ? this.o.mtu - VXLAN_OVERHEAD : this.o.mtu;
   }
 
-  private async recordEndpointOnAllocations(endpointId: string, addresses: string[]): Promise<void> {
+  /** Names the workload on the endpoint's allocations once its front end knows it (bookkeeping
+   * for operators and for tracing an address to its container; never on a request path). */
+  recordWorkload(endpointId: string, containerId: string, addresses: readonly string[]): void {
+    void this.recordEndpointOnAllocations(endpointId, addresses, containerId);
+  }
+
+  private async recordEndpointOnAllocations(endpointId: string, addresses: readonly string[], containerId?: string): Promise<void> {
     for (const cidr of addresses) {
       try {
-        await this.o.allocator.setEndpoint(addressPart(cidr), endpointId);
+        await this.o.allocator.setEndpoint(addressPart(cidr), endpointId, containerId);
       } catch (err) {
         // NotFound: the workload is already gone and its address released.
         if (!(err instanceof NotFoundError)) log.warn('recording endpoint %s on address %s: %s', endpointId.slice(0, 12), cidr, errorMessage(err));

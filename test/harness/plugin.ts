@@ -40,7 +40,10 @@ export interface Plugin {
   output(): string;
   /** SIGTERM and wait; resolves with the exit code. */
   stop(): Promise<number | null>;
-  /** SIGTERM, then start again with the same names, store and chains. */
+  /** SIGKILL (a crash: sockets, veths and records stay as they are) and wait for the exit. */
+  kill(): Promise<void>;
+  /** SIGTERM (unless it is not running, e.g. after kill()), then start again with the same
+   * names, store and chains. */
   restart(): Promise<void>;
   /** Stop if running and remove every trace (data dir, chains). Idempotent. */
   cleanup(): Promise<void>;
@@ -119,9 +122,15 @@ export async function startPlugin(opts: PluginOptions): Promise<Plugin> {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
       return exited;
     },
+    async kill() {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      await exited;
+    },
     async restart() {
-      const code = await plugin.stop();
-      if (code !== 0) throw new Error(`plugin exited with ${code} on SIGTERM:\n${out}`);
+      if (child.exitCode === null && child.signalCode === null) {
+        const code = await plugin.stop();
+        if (code !== 0) throw new Error(`plugin exited with ${code} on SIGTERM:\n${out}`);
+      }
       spawnDaemon();
       await waitServing();
     },
