@@ -17,6 +17,11 @@ function labelsOf(endpoint: Endpoint, profiles: ReadonlyMap<string, Profile>): L
   return effectiveLabels(endpoint.profiles.map((name) => profiles.get(name)?.labelsToApply ?? {}), endpoint.labels);
 }
 
+/** What of an endpoint policy reads. */
+function policyView(e: Endpoint): string {
+  return JSON.stringify([e.id, e.node, e.hostInterface, e.ipv4, e.ipv6, e.profiles, e.labels, e.ready]);
+}
+
 export class PolicyState {
   private readonly profiles = new Map<string, Profile>();
   private readonly endpoints = new Map<string, Endpoint>();
@@ -45,8 +50,14 @@ export class PolicyState {
     if (kv === undefined) return map.delete(key);
     try {
       if (kind === 'profile') this.profiles.set(key, decodeProfile(kv));
-      else if (kind === 'endpoint') this.endpoints.set(key, parseStored(Endpoint, kv));
-      else this.pools.set(key, decodePool(kv.value, kv.key));
+      else if (kind === 'endpoint') {
+        const before = this.endpoints.get(key);
+        const after = parseStored(Endpoint, kv);
+        this.endpoints.set(key, after);
+        // Join records the workload's namespace on the endpoint; that is not policy, and Join
+        // must not wait for an apply it caused for nothing.
+        if (before !== undefined && policyView(before) === policyView(after)) return false;
+      } else this.pools.set(key, decodePool(kv.value, kv.key));
     } catch (err) {
       this.log.error('ignoring %s: %s', key, errorMessage(err));
       map.delete(key);

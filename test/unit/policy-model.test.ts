@@ -64,3 +64,13 @@ test('a malformed record is logged and treated as absent', (t) => {
   m.update(keys.profile('bad'), { key: keys.profile('bad'), value: 'not json', revision: '2' });
   t.is(m.input().profiles.size, 0);
 });
+
+test('an endpoint change policy does not read (the namespace Join records) is not a policy change', (t) => {
+  const m = new PolicyState(keys, 'a', log);
+  const ep = endpoint('a', 'dddddddddddd');
+  t.true(m.update(ep.key, ep));
+  const joined = endpoint('a', 'dddddddddddd', { sandbox: '/var/run/docker/netns/1f2e3d4c5b6a', gatewayIndex: 1 });
+  t.false(m.update(joined.key, joined), 'Join must not wait for an apply it caused for nothing');
+  const labelled = endpoint('a', 'dddddddddddd', { sandbox: '/var/run/docker/netns/1f2e3d4c5b6a', gatewayIndex: 1, labels: { role: 'db' } });
+  t.true(m.update(labelled.key, labelled), 'labels are policy');
+});
