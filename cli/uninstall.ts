@@ -4,13 +4,13 @@
 // without --force, while this host has endpoint records (containers would lose their network) or
 // when the datastore cannot be asked. --force cleans the kernel without the datastore. The
 // datastore itself is left alone: `calicoctl node remove` forgets a host that is gone for good.
-import { createConnection } from 'node:net';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import type { Config } from '../config/config';
 import type { Datastore } from '../datastore/datastore';
 import { Keys } from '../datastore/keys';
 import { openDatastore, storeSocketPath } from '../datastore/open-datastore';
+import { socketAnswers } from '../datastore/store-socket';
 import { HostCleanup, isEmptyHostState, type HostState } from '../dataplane/uninstall';
 import type { NetnsOption } from '../dataplane/veth';
 import { errorMessage, InvalidRequestError } from '../lib/errors';
@@ -23,27 +23,6 @@ const DATASTORE_TIMEOUT_MS = 5_000;
 export interface UninstallOptions extends NetnsOption {
   readonly force: boolean;
   readonly format: OutputFormat;
-}
-
-/** Does something accept connections on this unix socket? (The daemon guards its own sockets the
- * same way: protocol/plugin-server.ts assertSocketFree.) */
-function answers(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const c = createConnection(path);
-    const timer = setTimeout(() => {
-      c.destroy();
-      resolve(false);
-    }, CONNECT_TIMEOUT_MS);
-    c.once('connect', () => {
-      clearTimeout(timer);
-      c.destroy();
-      resolve(true);
-    });
-    c.once('error', () => {
-      clearTimeout(timer);
-      resolve(false);
-    });
-  });
 }
 
 /** The daemon's sockets: plugin socket(s) and, with the embedded store, the store socket. */
@@ -84,7 +63,7 @@ async function localEndpoints(config: Config): Promise<string[]> {
 
 export async function uninstall(config: Config, opts: UninstallOptions, io: CliIo): Promise<void> {
   const running: string[] = [];
-  for (const socket of daemonSockets(config)) if (await answers(socket)) running.push(socket);
+  for (const socket of daemonSockets(config)) if (await socketAnswers(socket, CONNECT_TIMEOUT_MS)) running.push(socket); // a socket that hangs counts as a daemon: the safe answer
   if (running.length > 0) {
     throw new InvalidRequestError(
       `the daemon is running (${running.join(', ')} answers): stop it first (systemctl stop calico-libnetwork); ` +

@@ -248,7 +248,7 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
     }
     // After the sockets: a managed plugin starts before Docker's API, so the first pass waits
     // (in the background) until Docker answers. Stopped before the sockets close.
-    const dockerEndpoints = new DockerEndpoints(config.dockerSocket);
+    const dockerEndpoints = new DockerEndpoints(config.dockerSocket, config.networkDriverName);
     const reconciler = new Reconciler({
       store,
       keys,

@@ -1,5 +1,5 @@
-// Asks Docker which endpoints it knows, for the reconciler: every network's endpoints (swarm
-// networks included: a node lists the swarm networks it has tasks on), each network inspected for
+// Asks Docker which endpoints it knows, for the reconciler: the endpoints of our driver's networks
+// (swarm networks included: a node lists the swarm networks it has tasks on), inspected at once for
 // its endpoint IDs (`Containers`, which also lists endpoints with no container such as swarm's
 // load balancers). Any failure but a network removed meanwhile means "Docker cannot be asked":
 // undefined, and the reconciler then takes no record as stale.
@@ -18,7 +18,9 @@ interface InspectedNetwork {
 export class DockerEndpoints {
   private readonly docker: Docker;
 
-  constructor(socketPath: string) {
+  /** `driverName`: our network driver's name (a managed plugin's networks show it as
+   * `<name>:<tag>`); other drivers' networks hold none of our endpoints and are not read. */
+  constructor(socketPath: string, private readonly driverName: string) {
     this.docker = new Docker({ socketPath, timeout: REQUEST_TIMEOUT_MS });
   }
 
@@ -33,19 +35,21 @@ export class DockerEndpoints {
 
   async knownEndpoints(): Promise<ReadonlySet<string> | undefined> {
     try {
-      const networks = (await this.docker.listNetworks()) as { Id?: string }[];
-      const ids = new Set<string>();
-      for (const n of networks) {
-        if (typeof n.Id !== 'string') return undefined;
-        let info: InspectedNetwork;
+      const networks = (await this.docker.listNetworks()) as { Id?: string; Driver?: string }[];
+      if (networks.some((n) => typeof n.Id !== 'string')) return undefined;
+      const ours = networks.filter((n) => n.Driver === this.driverName || n.Driver?.startsWith(`${this.driverName}:`) === true);
+      const inspected = await Promise.all(ours.map(async (n): Promise<InspectedNetwork | undefined> => {
         try {
-          info = (await this.docker.getNetwork(n.Id).inspect()) as InspectedNetwork;
+          return (await this.docker.getNetwork(n.Id ?? '').inspect()) as InspectedNetwork;
         } catch (err) {
           // Removed since the listing: it has no endpoints left.
-          if ((err as { statusCode?: unknown }).statusCode === 404) continue;
+          if ((err as { statusCode?: unknown }).statusCode === 404) return undefined;
           throw err;
         }
-        for (const c of Object.values(info.Containers ?? {})) {
+      }));
+      const ids = new Set<string>();
+      for (const info of inspected) {
+        for (const c of Object.values(info?.Containers ?? {})) {
           if (typeof c?.EndpointID === 'string' && c.EndpointID !== '') ids.add(c.EndpointID);
         }
       }

@@ -3,7 +3,7 @@
 // (or starts resolving) its policy, and takes it away again; it knows nothing of Docker's or CNI's
 // wire types. Each step undoes its own work when a later one fails (the veth plumbing keeps an
 // explicit undo list: dataplane/veth.ts), so a failed request leaves nothing behind.
-import type { Datastore } from '../datastore/datastore';
+import type { Datastore, KeyValue } from '../datastore/datastore';
 import type { Keys } from '../datastore/keys';
 import type { EndpointDataplane } from '../dataplane/endpoint-dataplane';
 import { modifyKey } from '../datastore/cas';
@@ -144,21 +144,33 @@ export class EndpointService {
    * namespace's other endpoints on this host leave free. Front ends attach one endpoint of a
    * workload at a time (Docker serialises Join and Leave per sandbox), so two never pick alike. */
   private async placeInSandbox(endpointId: string, sandbox: string): Promise<{ ep: Endpoint; gatewayIndex: number; recorded: Promise<unknown> }> {
+    // One read of this host's records; only the namespace's own are parsed (a raw match first:
+    // a host may hold hundreds of endpoints, a namespace a handful).
+    const key = this.o.keys.endpoint(this.o.node, endpointId);
     const { items } = await this.o.store.list(this.o.keys.endpointsPrefix(this.o.node));
-    const local = items.map((kv) => parseStored(Endpoint, kv));
-    const ep = local.find((e) => e.id === endpointId);
-    if (ep === undefined) throw new NotFoundError(`endpoint ${endpointId.slice(0, 12)} does not exist on ${this.o.node}`);
+    const own = items.find((kv) => kv.key === key);
+    if (own === undefined) throw new NotFoundError(`endpoint ${endpointId.slice(0, 12)} does not exist on ${this.o.node}`);
+    const ep = parseStored(Endpoint, own);
     if (ep.sandbox === sandbox) return { ep, gatewayIndex: ep.gatewayIndex, recorded: Promise.resolve() };
-    const used = new Set(local.filter((e) => e.id !== endpointId && e.sandbox === sandbox).map((e) => e.gatewayIndex));
+    const quoted = JSON.stringify(sandbox);
+    const used = new Set(items
+      .filter((kv) => kv.key !== key && kv.value.includes(quoted))
+      .map((kv) => parseStored(Endpoint, kv))
+      .filter((e) => e.sandbox === sandbox)
+      .map((e) => e.gatewayIndex));
     let gatewayIndex = 0;
     while (used.has(gatewayIndex)) gatewayIndex++;
     if (gatewayIndex >= MAX_WORKLOAD_INTERFACES) {
       throw new InvalidRequestError(`${sandbox} already has ${MAX_WORKLOAD_INTERFACES} interfaces on our networks`);
     }
-    const recorded = modifyKey(this.o.store, this.o.keys.endpoint(this.o.node, endpointId), `record the namespace of endpoint ${endpointId.slice(0, 12)}`, (kv) => {
+    const record = (kv: KeyValue | undefined): string => {
       if (kv === undefined) throw new NotFoundError(`endpoint ${endpointId.slice(0, 12)} does not exist on ${this.o.node}`);
       return serialize({ ...parseStored(Endpoint, kv), sandbox, gatewayIndex });
-    });
+    };
+    // Conditional on the revision just read; only if someone wrote meanwhile (the label
+    // resolver), read again and retry.
+    const recorded = this.o.store.update(key, record(own), own.revision).then((written) =>
+      written !== undefined ? undefined : modifyKey(this.o.store, key, `record the namespace of endpoint ${endpointId.slice(0, 12)}`, record));
     // Awaited by attach after the veth; handled here so a quick failure is never "unhandled".
     recorded.catch(() => undefined);
     return { ep, gatewayIndex, recorded };

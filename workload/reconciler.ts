@@ -127,6 +127,9 @@ export class Reconciler {
     });
     if (knownEndpoints === undefined) log.warn('Docker cannot be asked for its endpoints: no endpoint record is taken as stale this time');
     let removedEndpoints = 0;
+    // An endpoint whose removal failed keeps its veth and route: its addresses must stay held, or
+    // they could be handed out again while the old route still points at the old veth.
+    const kept = new Set<string>();
     for (const { endpoint, reason } of plan.staleEndpoints) {
       try {
         await this.o.endpoints.remove(endpoint.id);
@@ -134,7 +137,9 @@ export class Reconciler {
         const addresses = [...endpoint.ipv4, ...endpoint.ipv6].map(addressPart).join(', ') || 'no address';
         log.info('removed endpoint %s (%s, veth %s): %s', endpoint.id.slice(0, 12), addresses, endpoint.hostInterface, reason);
       } catch (err) {
-        log.warn('removing stale endpoint %s: %s', endpoint.id.slice(0, 12), errorMessage(err));
+        log.warn('removing stale endpoint %s: %s; its addresses stay held until it is removed', endpoint.id.slice(0, 12), errorMessage(err));
+        kept.add(endpoint.id);
+        for (const a of [...endpoint.ipv4, ...endpoint.ipv6]) kept.add(addressPart(a));
       }
     }
     let removedLinks = 0;
@@ -150,6 +155,7 @@ export class Reconciler {
     for (const link of plan.keptLinks) log.warn('veth %s has no endpoint record but Docker still knows its endpoint: left alone', link);
     let released = 0;
     for (const r of plan.releases) {
+      if (kept.has(r.ip) || (r.owner.endpointId !== undefined && kept.has(r.owner.endpointId))) continue;
       try {
         const outcome = await this.o.allocator.release({ ip: r.ip, requester: { node: r.owner.node, handle: r.owner.handle }, ifOwner: r.owner });
         if (outcome.status === 'released') {

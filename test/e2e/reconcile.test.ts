@@ -4,7 +4,7 @@
 // veth or host route behind. And an allocation whose CreateEndpoint has not come yet (a request in
 // flight) is left alone for the grace period, then released.
 import test, { type ExecutionContext } from 'ava';
-import { randomBytes, randomInt } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import Docker from 'dockerode';
 import { run } from '../../dataplane/exec';
@@ -13,6 +13,7 @@ import { startDockerd, type Dockerd } from '../harness/dockerd';
 import { importTestImage } from '../harness/image';
 import { post } from '../harness/plugin-client';
 import { calicoctl, linksWithPrefix, startPlugin, type Plugin } from '../harness/plugin';
+import { reserveTestSubnet } from '../harness/test-subnets';
 
 interface Context {
   dockerd: Dockerd;
@@ -46,10 +47,10 @@ async function plugin(t: ExecutionContext, pool: string, env: Record<string, str
   return p;
 }
 
-function randomPool(): { cidr: string; prefix: string } {
-  // RFC 2544 benchmark range: never routed outside this machine; random per run.
-  const octet = randomInt(0, 256);
-  return { cidr: `198.18.${octet}.0/24`, prefix: `198.18.${octet}.` };
+/** A pool of its own (reserved: test files running at once never share one). */
+async function testPool(): Promise<{ cidr: string; prefix: string }> {
+  const cidr = await reserveTestSubnet();
+  return { cidr, prefix: cidr.replace('0/24', '') };
 }
 
 interface Traces {
@@ -85,7 +86,7 @@ async function removeAllContainers(docker: Docker): Promise<void> {
 }
 
 test.serial('plugin killed during 10 concurrent container starts, restarted: nothing leaked once every container is removed', async (t) => {
-  const pool = randomPool();
+  const pool = await testPool();
   const p = await plugin(t, pool.cidr, { CALICO_RECONCILE_INTERVAL: '2', CALICO_RECONCILE_GRACE: '3' });
   const name = `net-${randomBytes(3).toString('hex')}`;
   const net = await createNetwork(c().docker, { name, driver: p.networkDriver, ipamDriver: p.ipamDriver });
@@ -135,7 +136,7 @@ test.serial('plugin killed during 10 concurrent container starts, restarted: not
 });
 
 test.serial('an allocation whose endpoint is not recorded yet is left alone for the grace period, then released', async (t) => {
-  const pool = randomPool();
+  const pool = await testPool();
   // Long enough that the check below (two calicoctl runs on a busy machine) ends well inside it.
   const graceS = 20;
   const p = await plugin(t, pool.cidr, { CALICO_RECONCILE_INTERVAL: '1', CALICO_RECONCILE_GRACE: String(graceS) });
@@ -167,7 +168,7 @@ test.serial('an allocation whose endpoint is not recorded yet is left alone for 
 });
 
 test.serial('containers removed while the plugin is down: their records, veths, routes and addresses go once it is back', async (t) => {
-  const pool = randomPool();
+  const pool = await testPool();
   const p = await plugin(t, pool.cidr, { CALICO_RECONCILE_INTERVAL: '2', CALICO_RECONCILE_GRACE: '3' });
   const name = `net-${randomBytes(3).toString('hex')}`;
   const net = await createNetwork(c().docker, { name, driver: p.networkDriver, ipamDriver: p.ipamDriver });
