@@ -18,9 +18,8 @@ import type { Datastore } from '../datastore/datastore';
 import { Keys } from '../datastore/keys';
 import { openDatastore } from '../datastore/open-datastore';
 import { serveStore, storeSocketPath } from '../datastore/store-socket';
-import { DockerNetworkNames } from '../driver/docker-network-names';
+import { DockerApi } from '../driver/docker-api';
 import { IpamDriver, isDockerHandle } from '../driver/ipam-driver';
-import { DockerEndpoints } from '../driver/docker-endpoints';
 import { Reconciler } from '../workload/reconciler';
 import { NetworkDriver } from '../driver/network-driver';
 import { EndpointService } from '../workload/endpoint-service';
@@ -31,7 +30,6 @@ import { registerNode } from './register-node';
 import { defaultPools, ensureDefaultPools } from './default-pools';
 import { upgradeBlockLayout } from '../ipam/ipam-store';
 import { assertSocketFree, startPluginServer, type PluginApi, type PluginServer } from '../protocol/plugin-server';
-import Docker from 'dockerode';
 import { listAllocations } from '../ipam/block';
 import { DaemonMetrics, type HostSample } from './metrics';
 import { observedDatastore } from './observed-datastore';
@@ -156,8 +154,9 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
     closers.push(() => agent.stop());
     // Set once the endpoint service exists (the resolver starts before it, for pending labels).
     let recordWorkload: ((endpointId: string, containerId: string, addresses: readonly string[]) => void) | undefined;
+    const docker = new DockerApi(config.dockerSocket);
     const labels = new LabelResolver({
-      dockerSocket: config.dockerSocket,
+      docker,
       store,
       keys,
       node: config.nodeName,
@@ -190,7 +189,7 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
       store,
       keys,
       endpoints,
-      names: new DockerNetworkNames(config.dockerSocket),
+      names: docker,
       node: config.nodeName,
       pluginName: config.networkDriverName,
       ipamPluginName: config.ipamDriverName,
@@ -216,10 +215,7 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
       servers.push(networkServer, ipamServer);
       log.info('serving %s and %s as node %s (%s datastore)', sockets.network, sockets.ipam, config.nodeName, config.etcd === undefined ? 'embedded' : 'etcd');
     }
-    const docker = new Docker({ socketPath: config.dockerSocket, timeout: PROBE_TIMEOUT_MS });
-    const pingDocker = async (): Promise<void> => {
-      await docker.ping();
-    };
+    const pingDocker = (): Promise<void> => docker.ping();
     // A managed plugin starts before Docker's API answers, so this only warns; readiness keeps
     // reporting it until Docker answers.
     const dockerAtStart = await runCheck('docker', pingDocker, PROBE_TIMEOUT_MS);
@@ -248,15 +244,14 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
     }
     // After the sockets: a managed plugin starts before Docker's API, so the first pass waits
     // (in the background) until Docker answers. Stopped before the sockets close.
-    const dockerEndpoints = new DockerEndpoints(config.dockerSocket, config.networkDriverName);
     const reconciler = new Reconciler({
       store,
       keys,
       node: config.nodeName,
       allocator,
       endpoints,
-      knownEndpoints: () => dockerEndpoints.knownEndpoints(),
-      frontEndReady: () => dockerEndpoints.ready(),
+      knownEndpoints: () => docker.knownEndpoints(config.networkDriverName),
+      frontEndReady: () => docker.answers(),
       listLinks: () => listEndpointVeths(config.hostIfPrefix, ns),
       removeLink: (name) => endpointDataplane.detach(name),
       ownsHandle: isDockerHandle,

@@ -8,7 +8,6 @@
 // endpoint is marked ready and the agent programs its full policy. The same listing names the
 // container's networks, which is how an endpoint whose network name Docker could not tell at
 // CreateEndpoint gets its profile.
-import Docker from 'dockerode';
 import type { Datastore } from '../datastore/datastore';
 import type { Keys } from '../datastore/keys';
 import { modifyKey } from '../datastore/cas';
@@ -18,6 +17,7 @@ import { parseStored, serialize } from '../model/codec';
 import { Endpoint } from '../model/endpoint';
 import { PROFILE_NAME } from '../policy/profile-resource';
 import { containerLabelsToEndpointLabels } from './container-labels';
+import type { DockerApi } from './docker-api';
 import { recordNetworkProfile } from './network-profile';
 
 const log = logger('labels');
@@ -28,16 +28,9 @@ const FAST_POLLS = 80;
 const MAX_DELAY_MS = 2_000;
 /** After this long the container is gone or Docker is unreachable; the endpoint stays isolated. */
 const GIVE_UP_MS = 120_000;
-const REQUEST_TIMEOUT_MS = 5_000;
-
-interface ListedContainer {
-  Id?: string;
-  Labels?: Record<string, string> | null;
-  NetworkSettings?: { Networks?: Record<string, { EndpointID?: string } | undefined> | null } | null;
-}
 
 export interface LabelResolverOptions {
-  readonly dockerSocket: string;
+  readonly docker: Pick<DockerApi, 'containersOnNetwork'>;
   readonly store: Datastore;
   readonly keys: Keys;
   readonly node: string;
@@ -50,13 +43,10 @@ export interface LabelResolverOptions {
 }
 
 export class LabelResolver {
-  private readonly docker: Docker;
   private readonly pending = new Map<string, NodeJS.Timeout>();
   private closed = false;
 
-  constructor(private readonly o: LabelResolverOptions) {
-    this.docker = new Docker({ socketPath: o.dockerSocket, timeout: REQUEST_TIMEOUT_MS });
-  }
+  constructor(private readonly o: LabelResolverOptions) {}
 
   /** Starts resolving in the background; a second call for the same endpoint is ignored. */
   resolveLater(endpointId: string, networkId: string): void {
@@ -93,7 +83,7 @@ export class LabelResolver {
     const key = this.o.keys.endpoint(this.o.node, endpointId);
     const kv = await this.o.store.get(key);
     if (kv === undefined) return true;
-    const containers = (await this.docker.listContainers({ all: true, filters: { network: [networkId] } })) as ListedContainer[];
+    const containers = await this.o.docker.containersOnNetwork(networkId);
     const container = containers.find((c) => Object.values(c.NetworkSettings?.Networks ?? {}).some((n) => n?.EndpointID === endpointId));
     if (container === undefined) return false;
     // The network's name, when CreateEndpoint could not learn it: the container's network entry
