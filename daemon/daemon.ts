@@ -11,8 +11,7 @@ import { VXLAN_DEVICE, VxlanDataplane } from '../dataplane/vxlan';
 import { VXLAN_OVERHEAD } from '../ipam/pool';
 import { Agent } from '../agent/agent';
 import { LabelResolver } from '../driver/label-resolver';
-import { parseStored } from '../model/codec';
-import { Endpoint } from '../model/endpoint';
+import { listNodeEndpoints } from '../model/endpoint';
 import { ensureHostForwarding, listEndpointVeths } from '../dataplane/veth';
 import type { Datastore } from '../datastore/datastore';
 import { Keys } from '../datastore/keys';
@@ -40,8 +39,7 @@ const PROBE_TIMEOUT_MS = 3_000;
 
 /** This host's endpoints and IPAM, for the gauges (read when metrics are scraped). */
 async function sampleHost(store: Datastore, keys: Keys, node: string, allocator: Allocator): Promise<HostSample> {
-  const [{ items }, blocks] = await Promise.all([store.list(keys.endpointsPrefix(node)), allocator.listBlocks()]);
-  const endpoints = items.map((kv) => parseStored(Endpoint, kv));
+  const [endpoints, blocks] = await Promise.all([listNodeEndpoints(store, keys, node), allocator.listBlocks()]);
   return {
     activeEndpoints: endpoints.length,
     endpointsNotReady: endpoints.filter((e) => !e.ready).length,
@@ -60,9 +58,7 @@ const log = logger('daemon');
 
 /** Endpoints whose labels (or network name) were still unknown when the daemon last stopped. */
 async function resumePendingLabels(store: Datastore, keys: Keys, node: string, labels: LabelResolver): Promise<void> {
-  const { items } = await store.list(keys.endpointsPrefix(node));
-  for (const kv of items) {
-    const ep = parseStored(Endpoint, kv);
+  for (const ep of await listNodeEndpoints(store, keys, node)) {
     if (!ep.ready) labels.resolveLater(ep.id, ep.networkId);
   }
 }

@@ -1,7 +1,10 @@
 // A workload endpoint: one container's attachment to one network on one host. Stored under its
 // node so a host lists only its own endpoints, and so policy agents on other hosts can find the
 // addresses behind a profile or label.
+import type { Datastore } from '../datastore/datastore';
+import type { Keys } from '../datastore/keys';
 import { array, bool, num, object, optional, record, str, withDefault } from '../lib/validate';
+import { parseStored } from './codec';
 
 export const Endpoint = object({
   id: str,
@@ -34,3 +37,9 @@ export const Endpoint = object({
   createdAt: str,
 });
 export type Endpoint = ReturnType<typeof Endpoint>;
+
+/** Every endpoint recorded for the node (one listing of its prefix). */
+export async function listNodeEndpoints(store: Datastore, keys: Keys, node: string): Promise<Endpoint[]> {
+  const { items } = await store.list(keys.endpointsPrefix(node));
+  return items.map((kv) => parseStored(Endpoint, kv));
+}

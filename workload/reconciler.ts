@@ -12,8 +12,7 @@ import { listAllocations } from '../ipam/block';
 import { addressPart } from '../ipam/cidr';
 import { errorMessage } from '../lib/errors';
 import { logger } from '../lib/log';
-import { parseStored } from '../model/codec';
-import { Endpoint } from '../model/endpoint';
+import { listNodeEndpoints } from '../model/endpoint';
 import type { EndpointService } from './endpoint-service';
 import { allocationKey, isOwnAllocation, planReconcile, type PlanAllocation, type ReconcilePlan } from './reconcile-plan';
 
@@ -107,8 +106,7 @@ export class Reconciler {
   async reconcileOnce(): Promise<ReconcileResult> {
     // Kernel first, then records, then allocations, then Docker (see reconcile-plan.ts).
     const links = await this.o.listLinks();
-    const { items } = await this.o.store.list(this.o.keys.endpointsPrefix(this.o.node));
-    const records = items.map((kv) => parseStored(Endpoint, kv));
+    const records = await listNodeEndpoints(this.o.store, this.o.keys, this.o.node);
     const allocations: PlanAllocation[] = (await this.o.allocator.listBlocks()).flatMap((b) => listAllocations(b.block));
     const knownEndpoints = await this.o.knownEndpoints();
     const now = Date.now();
