@@ -1,7 +1,17 @@
 // Settling a write whose answer was lost, against an in-memory multi-version history: each case
 // is a history etcd can produce around one lost transaction.
 import test from 'ava';
+import {
+  EtcdAuthenticationFailedError,
+  EtcdPermissionDeniedError,
+  GRPCCancelledError,
+  GRPCDeadlineExceededError,
+  GRPCGenericError,
+  GRPCInvalidArgumentError,
+  GRPCUnavailableError,
+} from 'etcd3';
 import type { TxnOp } from '../../datastore/datastore';
+import { mayHaveBeenApplied } from '../../datastore/etcd-store';
 import { conditionsHold, firstChange, resolveOutcome, type HistoryReader, type KeyState, type Snapshot } from '../../datastore/write-outcome';
 
 /** Every store revision's full state, as etcd keeps it until compaction. */
@@ -180,4 +190,20 @@ test('firstChange bisects: a long history costs a logarithmic number of reads', 
   t.is(await firstChange('/k', start, now, h), changed);
   t.true(h.reads <= 13, `${h.reads} reads`);
   t.is(await firstChange('/noise/5', now.revision, now, h), undefined, 'no change after now');
+});
+
+test('which failed writes are read back: everything but a refusal or a call that never went out', (t) => {
+  const cases: [Error, boolean][] = [
+    [new GRPCUnavailableError('14 UNAVAILABLE: Connection dropped'), true],
+    [new GRPCDeadlineExceededError('4 DEADLINE_EXCEEDED: Deadline exceeded'), true],
+    [new GRPCCancelledError('1 CANCELLED'), true],
+    [new GRPCGenericError('something new'), true],
+    [new Error('etcdserver: leader changed'), true],
+    [new EtcdPermissionDeniedError('etcdserver: permission denied'), false],
+    [new EtcdAuthenticationFailedError('etcdserver: authentication failed, invalid user ID or password'), false],
+    [new GRPCInvalidArgumentError('3 INVALID_ARGUMENT: etcdserver: too many operations in txn request'), false],
+    // cockatiel's BrokenCircuitError: every member held back, nothing was sent.
+    [new Error('Execution prevented because the circuit breaker is open'), false],
+  ];
+  for (const [err, expected] of cases) t.is(mayHaveBeenApplied(err), expected, err.message);
 });
