@@ -31,6 +31,7 @@ import {
   type IRangeResponse,
 } from 'etcd3';
 import { ConfigError, DatastoreUnavailableError, errorMessage } from '../lib/errors';
+import { logger } from '../lib/log';
 import type { Datastore, KeyValue, ListResult, TxnOp, Watch, WatchHandlers, WatchOptions } from './datastore';
 import { EtcdWatch } from './etcd-watch';
 import { parseRevision, requireKey, requirePrefix, requireTxnOps } from './store-args';
@@ -60,6 +61,8 @@ const MIN_ATTEMPT_MS = 1_000;
 /** Between attempts after a fast failure (connection refused): lets the breaker and reconnects
  * move on instead of spinning. */
 const RETRY_PAUSE_MS = 50;
+
+const log = logger('etcd');
 /** Keeps each list response far below gRPC's 4 MiB default message limit. */
 const LIST_PAGE_SIZE = 256;
 const LIST_ATTEMPTS = 3;
@@ -354,6 +357,9 @@ export class EtcdStore implements Datastore {
       } catch (err) {
         throw this.unavailable(`${what}: its outcome is unknown (it may or may not have been applied; reading back failed: ${errorMessage(err)})`, lost);
       }
+      // One line per settled write: an operator sees a member failing without any request failing.
+      log.warn('%s: %s: answer lost (%s); read back: %s', this.where, what, errorMessage(lost),
+        outcome.kind === 'applied' ? `it was applied at revision ${outcome.revision}` : outcome.kind === 'conflict' ? 'not applied, another writer came first' : 'not applied, sending it again');
       if (outcome.kind === 'applied') {
         this.stats.foundApplied++;
         return { revision: outcome.revision, deleted: true };
