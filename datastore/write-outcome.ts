@@ -15,7 +15,9 @@
 //   write committed if and only if at that revision every key it writes holds exactly what it
 //   wrote. A different writer's byte-identical write at that revision is indistinguishable, and
 //   harmless in the store; callers whose values must be told apart carry their own identity in
-//   them (IPAM owner records carry node, handle and allocation time).
+//   them (IPAM owner records carry node, handle and allocation time). A key a create made and
+//   another writer deleted again before the read-back looks never created (the window is one
+//   request; the create is then sent again).
 //
 // Pure over a HistoryReader, so the decision is unit-tested against an in-memory history.
 import { compareRevisions, type TxnOp } from './datastore';
