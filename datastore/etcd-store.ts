@@ -22,6 +22,7 @@ import {
   GRPCNotImplementedError,
   GRPCOutOfRangeError,
   GRPCUnauthenticatedError,
+  GRPCUnavailableError,
   Range,
   isRecoverableError,
   type IKeyValue,
@@ -54,8 +55,9 @@ export interface EtcdOptions {
 }
 
 export const DEFAULT_REQUEST_TIMEOUT_MS = 5_000;
-/** One attempt gets at most this share of an operation's bound (but at least MIN_ATTEMPT_MS), so
- * a hung member leaves time to settle the outcome and try another member. */
+/** With several members, one attempt gets at most this share of an operation's bound (but at
+ * least MIN_ATTEMPT_MS), so a hung member leaves time to try another. With one member there is
+ * no other to try: an attempt may use the whole bound (a loaded etcd is slow, not gone). */
 const ATTEMPT_SHARE = 0.5;
 const MIN_ATTEMPT_MS = 1_000;
 /** Between attempts after a fast failure (connection refused): lets the breaker and reconnects
@@ -106,6 +108,40 @@ const SINGLE_ATTEMPT: GlobalPolicy = {
   execute: async (fn) => fn({ signal: new AbortController().signal }),
 };
 
+/** Connection failures in a row after which a member is held back. */
+const BREAK_AFTER = 3;
+const HOLD_BACK_MS = 1_000;
+
+/** Per member: after BREAK_AFTER connection failures in a row (refused, dropped: a dead member)
+ * calls skip it for HOLD_BACK_MS, then one call tries it again. Unlike etcd3's default breaker,
+ * a missed deadline does not count: on a loaded machine etcd is slow, not gone, and holding back
+ * the only member would fail requests that could have waited, including the read-back that
+ * settles a write. Holding back is said with cockatiel's words, which callers recognise. */
+function memberBreaker(): GlobalPolicy {
+  let failures = 0;
+  let heldUntil = 0;
+  return {
+    ...SINGLE_ATTEMPT,
+    execute: async (fn) => {
+      if (Date.now() < heldUntil) throw new Error('Execution prevented because the circuit breaker is open');
+      try {
+        const result = await fn({ signal: new AbortController().signal });
+        failures = 0;
+        return result;
+      } catch (err) {
+        if (err instanceof GRPCUnavailableError || (err instanceof Error && /UNAVAILABLE|ECONNREFUSED/.test(err.message))) {
+          failures++;
+          if (failures >= BREAK_AFTER) {
+            heldUntil = Date.now() + HOLD_BACK_MS;
+            failures = BREAK_AFTER - 1; // the trial call after the hold decides alone
+          }
+        }
+        throw err;
+      }
+    },
+  };
+}
+
 export class EtcdStore implements Datastore {
   readonly stats: EtcdStoreStats = { readRetries: 0, unknownOutcomes: 0, foundApplied: 0, resent: 0 };
   private readonly watches = new Set<Watch>();
@@ -121,6 +157,7 @@ export class EtcdStore implements Datastore {
     endpoints: readonly string[],
     private readonly dialTimeoutMs: number,
     private readonly requestTimeoutMs: number,
+    private readonly attemptMs: number,
   ) {
     this.where = `etcd at ${endpoints.map(redact).join(',')}`;
   }
@@ -137,9 +174,10 @@ export class EtcdStore implements Datastore {
       ...(credentials !== undefined && { credentials }),
       ...(options.username !== undefined && { auth: { username: options.username, password: options.password ?? '' } }),
       defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + requestTimeoutMs }),
-      faultHandling: { global: SINGLE_ATTEMPT },
+      faultHandling: { global: SINGLE_ATTEMPT, host: () => memberBreaker() },
     });
-    const store = new EtcdStore(client, options.endpoints, dialTimeoutMs, requestTimeoutMs);
+    const attemptMs = options.endpoints.length > 1 ? Math.max(MIN_ATTEMPT_MS, requestTimeoutMs * ATTEMPT_SHARE) : requestTimeoutMs;
+    const store = new EtcdStore(client, options.endpoints, dialTimeoutMs, requestTimeoutMs, attemptMs);
     try {
       const status = await client.maintenance.status({ deadline: Date.now() + dialTimeoutMs });
       store.see(status.header.revision);
@@ -300,8 +338,7 @@ export class EtcdStore implements Datastore {
 
   /** gRPC options of one attempt within the budget. */
   private attempt(b: Budget): { deadline: number } {
-    const share = Math.max(MIN_ATTEMPT_MS, this.requestTimeoutMs * ATTEMPT_SHARE);
-    return { deadline: Math.min(b.deadline, Date.now() + share) };
+    return { deadline: Math.min(b.deadline, Date.now() + this.attemptMs) };
   }
 
   private see(revision: string): void {
@@ -447,7 +484,7 @@ export class EtcdStore implements Datastore {
       err instanceof GRPCDeadlineExceededError
         ? `no answer within ${boundMs} ms (CALICO_DATASTORE_TIMEOUT; ${errorMessage(err)})`
         : /circuit breaker is open/.test(errorMessage(err))
-          ? 'recent requests failed, so requests are held back for a few seconds'
+          ? `it refused connections just now, so requests are held back for ${HOLD_BACK_MS} ms`
           : errorMessage(err);
     return new DatastoreUnavailableError(`${this.where}: ${what}: ${detail}`, { cause: err });
   }
