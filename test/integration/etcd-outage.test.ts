@@ -4,10 +4,14 @@ import test from 'ava';
 import { randomBytes } from 'node:crypto';
 import { connect, createServer, type Socket } from 'node:net';
 import { Etcd3 } from 'etcd3';
+import type { Manager } from '../../agent/sync-loop';
+import { SyncLoop } from '../../agent/sync-loop';
+import type { KeyValue } from '../../datastore/datastore';
 import { EtcdStore } from '../../datastore/etcd-store';
 import { Keys } from '../../datastore/keys';
 import { Allocator } from '../../ipam/allocator';
 import { DatastoreUnavailableError } from '../../lib/errors';
+import { logger } from '../../lib/log';
 import { startEtcd, startEtcdCluster, type EtcdClusterHandle } from '../harness/etcd';
 import { reserveTestSubnet } from '../harness/test-subnets';
 
@@ -147,11 +151,25 @@ test('3-member etcd, its leader killed during IPAM churn: no operation fails, no
 
 /** A TCP proxy in front of etcd that can lose traffic in one direction for a moment, then cut
  * every connection: a member dying mid-request, as the client sees it. */
-async function lossyProxy(target: string): Promise<{ endpoint: string; lose(direction: 'answers' | 'requests', ms: number): Promise<void>; close(): Promise<void> }> {
+interface LossyProxy {
+  readonly endpoint: string;
+  /** Loses traffic in one direction for `ms`, then cuts every connection. */
+  lose(direction: 'answers' | 'requests', ms: number): Promise<void>;
+  /** Cuts every connection and refuses new ones for `ms`: etcd unreachable. */
+  down(ms: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+async function lossyProxy(target: string): Promise<LossyProxy> {
   const url = new URL(target);
   const pairs = new Set<{ client: Socket; server: Socket }>();
   let losing: 'answers' | 'requests' | undefined;
+  let refusing = false;
   const server = createServer((client) => {
+    if (refusing) {
+      client.destroy();
+      return;
+    }
     const upstream = connect({ host: url.hostname, port: Number(url.port) });
     const pair = { client, server: upstream };
     pairs.add(pair);
@@ -179,6 +197,12 @@ async function lossyProxy(target: string): Promise<{ endpoint: string; lose(dire
       await new Promise((r) => setTimeout(r, ms));
       for (const p of pairs) p.client.destroy();
       losing = undefined;
+    },
+    down: async (ms) => {
+      refusing = true;
+      for (const p of pairs) p.client.destroy();
+      await new Promise((r) => setTimeout(r, ms));
+      refusing = false;
     },
     close: async () => {
       for (const p of pairs) p.client.destroy();
@@ -225,4 +249,66 @@ test('a write whose answer is lost is settled by reading back: found applied, ne
   // A definite conflict is never read back.
   t.is(await store.update(key, 'v4', created.revision), undefined);
   t.is(store.stats.unknownOutcomes, 2);
+});
+
+/** Records what the sync loop asks of it, for the keys under its prefix. */
+class RecordingManager implements Manager {
+  readonly name = 'recording';
+  readonly calls: string[] = [];
+  private readonly known = new Map<string, string>();
+  constructor(private readonly prefix: string) {}
+  update(key: string, kv: KeyValue | undefined): boolean {
+    if (!key.startsWith(this.prefix)) return false;
+    if (kv === undefined) this.known.delete(key);
+    else this.known.set(key, kv.value);
+    this.calls.push(`update ${key.slice(this.prefix.length)}`);
+    return true;
+  }
+  clear(): void {
+    this.known.clear();
+    this.calls.push('clear');
+  }
+  resync(): void {
+    this.calls.push('resync');
+  }
+  apply(): Promise<void> {
+    this.calls.push(`apply ${[...this.known.values()].sort().join(',')}`);
+    return Promise.resolve();
+  }
+}
+
+test('the agent keeps what it programmed while etcd is unreachable, and resyncs when it returns', async (t) => {
+  const etcd = await startEtcd({ inMemory: true });
+  t.teardown(() => etcd.stop());
+  const proxy = await lossyProxy(etcd.endpoints[0] ?? '');
+  t.teardown(() => proxy.close());
+  const direct = await EtcdStore.open({ endpoints: etcd.endpoints, ...PATIENT });
+  t.teardown(() => direct.close());
+  const agentStore = await EtcdStore.open({ endpoints: [proxy.endpoint], dialTimeoutMs: PATIENT.dialTimeoutMs, requestTimeoutMs: TIMEOUT_MS });
+  t.teardown(() => agentStore.close());
+  const keys = new Keys(`/sync-${randomBytes(3).toString('hex')}`);
+  await direct.create(`${keys.root}/a/1`, 'x');
+  const manager = new RecordingManager(`${keys.root}/a/`);
+  const loop = new SyncLoop(agentStore, keys, [manager], logger('etcd-outage-test'));
+  t.teardown(() => loop.stop());
+  await loop.start();
+  t.deepEqual(manager.calls, ['clear', 'update 1', 'resync', 'apply x']);
+  manager.calls.length = 0;
+
+  const outage = proxy.down(4_000);
+  await new Promise((r) => setTimeout(r, 500));
+  await direct.create(`${keys.root}/a/2`, 'y'); // changed while this host cannot see etcd
+  await new Promise((r) => setTimeout(r, 2_000));
+  t.deepEqual(manager.calls, [], 'nothing cleared or rewritten while etcd is unreachable');
+  t.regex(loop.status().failure ?? '', /watch lost|resync failed/, 'readiness says why the kernel may lag');
+  await outage;
+
+  await eventually(20_000, async () => {
+    const status = loop.status();
+    if (status.failure !== undefined) throw new Error(`not resynced yet: ${status.failure}`);
+  });
+  // A resync whose new watch broke on a stale connection is followed by another: each is a full
+  // listing, and no apply ever ran with less than etcd holds.
+  t.deepEqual(manager.calls.slice(-5), ['clear', 'update 1', 'update 2', 'resync', 'apply x,y'], 'a full resync with what changed meanwhile');
+  t.deepEqual(manager.calls.filter((c) => c.startsWith('apply') && c !== 'apply x,y'), []);
 });
