@@ -402,7 +402,7 @@ export class EtcdStore implements Datastore {
         return { revision: outcome.revision, deleted: true };
       }
       if (outcome.kind === 'conflict') return undefined;
-      if (Date.now() + RETRY_PAUSE_MS >= b.deadline) throw this.unavailable(`${what} (not applied)`, lost);
+      if (Date.now() + RETRY_PAUSE_MS >= b.deadline) throw this.unavailable(`${what} (not applied when read back; an attempt still in flight may apply later)`, lost);
       this.stats.resent++;
     }
   }
