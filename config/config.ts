@@ -16,6 +16,9 @@ export interface EtcdConfig {
   readonly keyFile?: string;
   readonly username?: string;
   readonly password?: string;
+  /** Bound of each datastore operation (CALICO_DATASTORE_TIMEOUT): an unreachable or hung etcd
+   * fails a Docker request with a datastore error within about this. */
+  readonly requestTimeoutMs: number;
 }
 
 /** `split`: one socket per interface, named after each driver (the legacy plugin Docker finds in
@@ -99,6 +102,7 @@ export const DEFAULTS = {
   vxlanPort: 4789,
   reconcileIntervalSeconds: 300,
   reconcileGraceSeconds: 60,
+  datastoreTimeoutSeconds: 5,
 } as const;
 
 type Env = Readonly<Record<string, string | undefined>>;
@@ -146,6 +150,8 @@ function poolCidr(env: Env, name: string, fallback: string): string | undefined 
 
 function etcdConfig(env: Env): EtcdConfig | undefined {
   const raw = value(env, 'ETCD_ENDPOINTS');
+  // Validated even without etcd, so a typo fails at start rather than when etcd is configured.
+  const requestTimeoutMs = 1000 * integer(env, 'CALICO_DATASTORE_TIMEOUT', DEFAULTS.datastoreTimeoutSeconds, 1, 300);
   if (raw === undefined) {
     for (const n of ['ETCD_CA_CERT_FILE', 'ETCD_CERT_FILE', 'ETCD_KEY_FILE', 'ETCD_USERNAME', 'ETCD_PASSWORD']) {
       if (value(env, n) !== undefined) throw new ConfigError(`${n} is set but ETCD_ENDPOINTS is not: set ETCD_ENDPOINTS to use etcd`);
@@ -180,6 +186,7 @@ function etcdConfig(env: Env): EtcdConfig | undefined {
   }
   return {
     endpoints,
+    requestTimeoutMs,
     ...(absolutePath(env, 'ETCD_CA_CERT_FILE') !== undefined && { caFile: absolutePath(env, 'ETCD_CA_CERT_FILE') }),
     ...(certFile !== undefined && { certFile, keyFile }),
     ...(username !== undefined && { username, password }),

@@ -1,12 +1,28 @@
-// Datastore on etcd v3, for multi-host deployments. Conditional writes are single etcd
-// transactions, so their atomicity is etcd's. Writes are never retried by the client: a retried
-// transaction whose first attempt did commit would report a false conflict, and a caller's
-// read-modify-write loop would then apply its change twice.
+// Datastore on etcd v3, for multi-host deployments. Every write is one etcd transaction, so its
+// atomicity is etcd's.
+//
+// Outages are bounded: each operation (with everything it does to recover) answers or fails with
+// DatastoreUnavailableError within `requestTimeoutMs` (CALICO_DATASTORE_TIMEOUT), whether etcd
+// refuses connections or hangs. Within that bound a member that fails is worked around: a read
+// is sent again (etcd3 picks another member, and its per-member circuit breaker soon skips the
+// dead one). A write is never sent again blindly: a write whose answer was lost is settled by
+// reading back (write-outcome.ts), and sent again only once proven not committed, with the same
+// conditions, so that at most one of its attempts can ever commit.
 import { readFile } from 'node:fs/promises';
 import { rootCertificates } from 'node:tls';
 import {
   Etcd3,
+  EtcdAuthenticationFailedError,
+  EtcdPermissionDeniedError,
+  EtcdRoleNotGrantedError,
+  EtcdUserNotFoundError,
   GRPCDeadlineExceededError,
+  GRPCFailedPreconditionError,
+  GRPCInvalidArgumentError,
+  GRPCNotImplementedError,
+  GRPCOutOfRangeError,
+  GRPCUnauthenticatedError,
+  GRPCUnavailableError,
   Range,
   isRecoverableError,
   type IKeyValue,
@@ -16,10 +32,12 @@ import {
   type IRangeResponse,
 } from 'etcd3';
 import { ConfigError, DatastoreUnavailableError, errorMessage } from '../lib/errors';
+import { logger } from '../lib/log';
 import type { Datastore, KeyValue, ListResult, TxnOp, Watch, WatchHandlers, WatchOptions } from './datastore';
 import { EtcdWatch } from './etcd-watch';
 import { parseRevision, requireKey, requirePrefix, requireTxnOps } from './store-args';
 import { WatchCompactedError } from './store-errors';
+import { type HistoryReader, type KeyState, resolveOutcome } from './write-outcome';
 
 export interface EtcdOptions {
   /** Client URLs, http:// or https://. */
@@ -29,14 +47,24 @@ export interface EtcdOptions {
   readonly keyFile?: string;
   readonly username?: string;
   readonly password?: string;
-  /** How long to wait for an unreachable etcd before failing. Default 3 s. */
+  /** How long to wait for an unreachable etcd at open() and for a watch to start. Default: the
+   * request timeout. */
   readonly dialTimeoutMs?: number;
-  /** Deadline of each request. Default 10 s. */
+  /** Bound of each operation, retries and read-backs included. Default 5 s. */
   readonly requestTimeoutMs?: number;
 }
 
-const DEFAULT_DIAL_TIMEOUT_MS = 3_000;
-const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
+export const DEFAULT_REQUEST_TIMEOUT_MS = 5_000;
+/** With several members, one attempt gets at most this share of an operation's bound (but at
+ * least MIN_ATTEMPT_MS), so a hung member leaves time to try another. With one member there is
+ * no other to try: an attempt may use the whole bound (a loaded etcd is slow, not gone). */
+const ATTEMPT_SHARE = 0.5;
+const MIN_ATTEMPT_MS = 1_000;
+/** Between attempts after a fast failure (connection refused): lets the breaker and reconnects
+ * move on instead of spinning. */
+const RETRY_PAUSE_MS = 50;
+
+const log = logger('etcd');
 /** Keeps each list response far below gRPC's 4 MiB default message limit. */
 const LIST_PAGE_SIZE = 256;
 const LIST_ATTEMPTS = 3;
@@ -49,7 +77,30 @@ export interface HeldKey {
 
 type GlobalPolicy = NonNullable<NonNullable<IOptions['faultHandling']>['global']>;
 
-/** Runs each call once; see the header comment for why writes must not be retried. */
+/** What one operation may still spend. */
+interface Budget {
+  readonly deadline: number;
+}
+
+/** Counters of outage handling (tests, logs). */
+export interface EtcdStoreStats {
+  /** Reads sent again after a failed attempt. */
+  readRetries: number;
+  /** Writes whose answer was lost and that were settled by reading back. */
+  unknownOutcomes: number;
+  /** Of those, the ones found committed. */
+  foundApplied: number;
+  /** Writes sent again after a read-back proved them not committed. */
+  resent: number;
+}
+
+interface WriteResult {
+  readonly revision: string;
+  /** Keys a delete removed (only meaningful for a single delete). */
+  readonly deleted: boolean;
+}
+
+/** Runs each call once: this class retries itself, reads freely, writes only after reading back. */
 const SINGLE_ATTEMPT: GlobalPolicy = {
   _altReturn: undefined as never,
   onSuccess: () => ({ dispose: () => undefined }),
@@ -57,17 +108,56 @@ const SINGLE_ATTEMPT: GlobalPolicy = {
   execute: async (fn) => fn({ signal: new AbortController().signal }),
 };
 
+/** Connection failures in a row after which a member is held back. */
+const BREAK_AFTER = 3;
+const HOLD_BACK_MS = 1_000;
+
+/** Per member: after BREAK_AFTER connection failures in a row (refused, dropped: a dead member)
+ * calls skip it for HOLD_BACK_MS, then one call tries it again. Unlike etcd3's default breaker,
+ * a missed deadline does not count: on a loaded machine etcd is slow, not gone, and holding back
+ * the only member would fail requests that could have waited, including the read-back that
+ * settles a write. Holding back is said with cockatiel's words, which callers recognise. */
+function memberBreaker(): GlobalPolicy {
+  let failures = 0;
+  let heldUntil = 0;
+  return {
+    ...SINGLE_ATTEMPT,
+    execute: async (fn) => {
+      if (Date.now() < heldUntil) throw new Error('Execution prevented because the circuit breaker is open');
+      try {
+        const result = await fn({ signal: new AbortController().signal });
+        failures = 0;
+        return result;
+      } catch (err) {
+        if (err instanceof GRPCUnavailableError || (err instanceof Error && /UNAVAILABLE|ECONNREFUSED/.test(err.message))) {
+          failures++;
+          if (failures >= BREAK_AFTER) {
+            heldUntil = Date.now() + HOLD_BACK_MS;
+            failures = BREAK_AFTER - 1; // the trial call after the hold decides alone
+          }
+        }
+        throw err;
+      }
+    },
+  };
+}
+
 export class EtcdStore implements Datastore {
+  readonly stats: EtcdStoreStats = { readRetries: 0, unknownOutcomes: 0, foundApplied: 0, resent: 0 };
   private readonly watches = new Set<Watch>();
   /** Leases of held keys: close() stops renewing them (without revoking), as a process exit would. */
   private readonly leases = new Set<Lease>();
   private closed = false;
   private readonly where: string;
+  /** The newest store revision any answer carried: a write sent after it commits above it. */
+  private seenRevision = 0n;
 
   private constructor(
     private readonly client: Etcd3,
     endpoints: readonly string[],
     private readonly dialTimeoutMs: number,
+    private readonly requestTimeoutMs: number,
+    private readonly attemptMs: number,
   ) {
     this.where = `etcd at ${endpoints.map(redact).join(',')}`;
   }
@@ -75,8 +165,8 @@ export class EtcdStore implements Datastore {
   /** Connects and checks that etcd answers, so a wrong endpoint fails at start, not first use. */
   static async open(options: EtcdOptions): Promise<EtcdStore> {
     if (options.endpoints.length === 0) throw new ConfigError('etcd: no endpoints given');
-    const dialTimeoutMs = options.dialTimeoutMs ?? DEFAULT_DIAL_TIMEOUT_MS;
     const requestTimeoutMs = options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
+    const dialTimeoutMs = options.dialTimeoutMs ?? requestTimeoutMs;
     const credentials = await readTls(options);
     const client = new Etcd3({
       hosts: [...options.endpoints],
@@ -84,21 +174,23 @@ export class EtcdStore implements Datastore {
       ...(credentials !== undefined && { credentials }),
       ...(options.username !== undefined && { auth: { username: options.username, password: options.password ?? '' } }),
       defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + requestTimeoutMs }),
-      faultHandling: { global: SINGLE_ATTEMPT },
+      faultHandling: { global: SINGLE_ATTEMPT, host: () => memberBreaker() },
     });
-    const store = new EtcdStore(client, options.endpoints, dialTimeoutMs);
+    const attemptMs = options.endpoints.length > 1 ? Math.max(MIN_ATTEMPT_MS, requestTimeoutMs * ATTEMPT_SHARE) : requestTimeoutMs;
+    const store = new EtcdStore(client, options.endpoints, dialTimeoutMs, requestTimeoutMs, attemptMs);
     try {
-      await client.maintenance.status({ deadline: Date.now() + dialTimeoutMs });
+      const status = await client.maintenance.status({ deadline: Date.now() + dialTimeoutMs });
+      store.see(status.header.revision);
     } catch (err) {
       client.close();
-      throw store.unavailable('connect', err);
+      throw store.unavailable('connect', err, dialTimeoutMs);
     }
     return store;
   }
 
   async get(key: string): Promise<KeyValue | undefined> {
     requireKey(key);
-    const res = await this.read(`get ${key}`, () => this.client.get(key).exec());
+    const res = await this.read(`get ${key}`, this.budget(), (o) => this.client.get(key).options(o).exec());
     const kv = res.kvs[0];
     return kv === undefined ? undefined : toKeyValue(kv);
   }
@@ -117,69 +209,30 @@ export class EtcdStore implements Datastore {
 
   async create(key: string, value: string): Promise<KeyValue | undefined> {
     requireKey(key);
-    const res = await this.once(`create ${key}`, () =>
-      this.client.if(key, 'Create', '==', 0).then(this.client.put(key).value(value)).commit(),
-    );
-    return res.succeeded ? { key, value, revision: res.header.revision } : undefined;
+    const res = await this.write(`create ${key}`, [{ type: 'create', key, value }]);
+    return res === undefined ? undefined : { key, value, revision: res.revision };
   }
 
   async update(key: string, value: string, revision: string): Promise<KeyValue | undefined> {
     requireKey(key);
     parseRevision(revision);
-    // Version > 0: an absent key has mod revision 0, and revision '0' must not create it.
-    const res = await this.once(`update ${key}`, () =>
-      this.client
-        .if(key, 'Mod', '==', revision)
-        .and(key, 'Version', '>', 0)
-        .then(this.client.put(key).value(value))
-        .commit(),
-    );
-    return res.succeeded ? { key, value, revision: res.header.revision } : undefined;
+    const res = await this.write(`update ${key}`, [{ type: 'update', key, value, revision }]);
+    return res === undefined ? undefined : { key, value, revision: res.revision };
   }
 
   async delete(key: string, revision?: string): Promise<boolean> {
     requireKey(key);
-    if (revision === undefined) {
-      const res = await this.once(`delete ${key}`, () => this.client.delete().key(key).exec());
-      return res.deleted !== '0';
-    }
-    parseRevision(revision);
-    const res = await this.once(`delete ${key}`, () =>
-      this.client.if(key, 'Mod', '==', revision).and(key, 'Version', '>', 0).then(this.client.delete().key(key)).commit(),
-    );
-    return res.succeeded && res.responses[0]?.response_delete_range.deleted !== '0';
+    if (revision !== undefined) parseRevision(revision);
+    const res = await this.write(`delete ${key}`, [{ type: 'delete', key, ...(revision !== undefined && { revision }) }]);
+    return res?.deleted ?? false;
   }
 
   async commit(ops: readonly TxnOp[]): Promise<string | undefined> {
     requireTxnOps(ops);
     const first = ops[0];
     if (first === undefined) return undefined;
-    // Every txn needs a first compare; a key's version is never negative, so this one always holds.
-    let txn = this.client.if(first.key, 'Version', '>', -1);
-    const writes: IOperation[] = [];
-    for (const op of ops) {
-      switch (op.type) {
-        case 'create':
-          txn = txn.and(op.key, 'Create', '==', 0);
-          writes.push(this.client.put(op.key).value(op.value));
-          break;
-        case 'update':
-          txn = txn.and(op.key, 'Mod', '==', op.revision).and(op.key, 'Version', '>', 0);
-          writes.push(this.client.put(op.key).value(op.value));
-          break;
-        case 'delete':
-          if (op.revision !== undefined) txn = txn.and(op.key, 'Mod', '==', op.revision).and(op.key, 'Version', '>', 0);
-          writes.push(this.client.delete().key(op.key));
-          break;
-        case 'check':
-          txn = txn.and(op.key, 'Mod', '==', op.revision).and(op.key, 'Version', '>', 0);
-          break;
-      }
-    }
-    const res = await this.once(`commit ${ops.length} operation${ops.length === 1 ? '' : 's'} on ${first.key}`, () =>
-      txn.then(...writes).commit(),
-    );
-    return res.succeeded ? res.header.revision : undefined;
+    const res = await this.write(`commit ${ops.length} operation${ops.length === 1 ? '' : 's'} on ${first.key}`, ops);
+    return res?.revision;
   }
 
   /** Keeps `key` = `value` for as long as this client lives: bound to an etcd lease of
@@ -263,9 +316,14 @@ export class EtcdStore implements Datastore {
     let start = whole.start;
     let revision: string | undefined;
     for (;;) {
-      const builder = this.client.getAll().inRange(new Range(start, whole.end)).sort('Key', 'Ascend').limit(LIST_PAGE_SIZE);
-      if (revision !== undefined) builder.revision(revision);
-      const res: IRangeResponse = await this.call(() => builder.exec());
+      const from = start;
+      const pinned = revision;
+      // Each page has the whole bound: a large listing is progress, not a hung etcd.
+      const res: IRangeResponse = await this.read(`list ${prefix}`, this.budget(), (o) => {
+        const builder = this.client.getAll().inRange(new Range(from, whole.end)).sort('Key', 'Ascend').limit(LIST_PAGE_SIZE).options(o);
+        if (pinned !== undefined) builder.revision(pinned);
+        return builder.exec();
+      });
       revision ??= res.header.revision;
       items.push(...res.kvs.map(toKeyValue));
       const last = res.kvs[res.kvs.length - 1];
@@ -274,29 +332,131 @@ export class EtcdStore implements Datastore {
     }
   }
 
-  /** Reads are idempotent, so one retry covers a dead endpoint among several. */
-  private async read<T>(what: string, fn: () => Promise<T>): Promise<T> {
-    try {
-      return await this.call(fn);
-    } catch (err) {
-      if (!(err instanceof Error) || !isRecoverableError(err)) throw this.unavailable(what, err);
-      return this.once(what, fn);
+  private budget(): Budget {
+    return { deadline: Date.now() + this.requestTimeoutMs };
+  }
+
+  /** gRPC options of one attempt within the budget. */
+  private attempt(b: Budget): { deadline: number } {
+    return { deadline: Math.min(b.deadline, Date.now() + this.attemptMs) };
+  }
+
+  private see(revision: string): void {
+    const r = BigInt(revision);
+    if (r > this.seenRevision) this.seenRevision = r;
+  }
+
+  /** Reads are idempotent: sent again while the budget lasts, so a dead or hung member among
+   * several costs time, not the request. */
+  private async read<T extends { header: { revision: string } }>(what: string, b: Budget, fn: (options: { deadline: number }) => Promise<T>): Promise<T> {
+    for (;;) {
+      this.assertOpen();
+      try {
+        const res = await fn(this.attempt(b));
+        this.see(res.header.revision);
+        return res;
+      } catch (err) {
+        if (!this.mayRetry(err, b)) throw this.unavailable(what, err);
+        this.stats.readRetries++;
+        await sleep(RETRY_PAUSE_MS);
+      }
     }
   }
 
-  /** One attempt, failures reported as DatastoreUnavailableError: all that writes get (see the
-   * header), and a read's second try. */
-  private async once<T>(what: string, fn: () => Promise<T>): Promise<T> {
-    try {
-      return await this.call(fn);
-    } catch (err) {
-      throw this.unavailable(what, err);
+  private mayRetry(err: unknown, b: Budget): boolean {
+    return !this.closed && err instanceof Error && isRecoverableError(err) && Date.now() + RETRY_PAUSE_MS < b.deadline;
+  }
+
+  /** One transaction: the conditions of `ops`, then their writes. Undefined when a condition did
+   * not hold. An attempt whose answer is lost is settled by reading back (see the header). */
+  private async write(what: string, ops: readonly TxnOp[]): Promise<WriteResult | undefined> {
+    const b = this.budget();
+    const sentAfter = this.seenRevision.toString();
+    let lost: unknown; // the error of an attempt whose outcome was unknown
+    for (;;) {
+      this.assertOpen();
+      try {
+        const res = await this.txn(ops).options(this.attempt(b)).commit();
+        this.see(res.header.revision);
+        // Only the requested kind of a response is set (a oneof), whatever the typings say.
+        const deleted = res.responses.some((r) => (r.response_delete_range as { deleted: string } | null | undefined)?.deleted !== undefined && r.response_delete_range.deleted !== '0');
+        if (res.succeeded) return { revision: res.header.revision, deleted };
+        // A lost condition after a lost answer may be our own earlier attempt: settle it.
+        if (lost === undefined) return undefined;
+      } catch (err) {
+        if (!mayHaveBeenApplied(err) && lost === undefined) throw this.unavailable(what, err);
+        lost ??= err;
+      }
+      this.stats.unknownOutcomes++;
+      let outcome;
+      try {
+        outcome = await resolveOutcome(ops, sentAfter, this.history(b));
+      } catch (err) {
+        throw this.unavailable(`${what}: its outcome is unknown (it may or may not have been applied; reading back failed: ${errorMessage(err)})`, lost);
+      }
+      // One line per settled write: an operator sees a member failing without any request failing.
+      log.warn('%s: %s: answer lost (%s); read back: %s', this.where, what, errorMessage(lost),
+        outcome.kind === 'applied' ? `it was applied at revision ${outcome.revision}` : outcome.kind === 'conflict' ? 'not applied, another writer came first' : 'not applied, sending it again');
+      if (outcome.kind === 'applied') {
+        this.stats.foundApplied++;
+        return { revision: outcome.revision, deleted: true };
+      }
+      if (outcome.kind === 'conflict') return undefined;
+      if (Date.now() + RETRY_PAUSE_MS >= b.deadline) throw this.unavailable(`${what} (not applied when read back; an attempt still in flight may apply later)`, lost);
+      this.stats.resent++;
     }
   }
 
-  private call<T>(fn: () => Promise<T>): Promise<T> {
-    this.assertOpen();
-    return fn();
+  private txn(ops: readonly TxnOp[]): ReturnType<Etcd3['if']> {
+    const first = ops[0];
+    if (first === undefined) throw new Error('unreachable: empty transaction');
+    // Every txn needs a first compare; a key's version is never negative, so this one always holds.
+    let txn = this.client.if(first.key, 'Version', '>', -1);
+    const writes: IOperation[] = [];
+    for (const op of ops) {
+      switch (op.type) {
+        case 'create':
+          txn = txn.and(op.key, 'Create', '==', 0);
+          writes.push(this.client.put(op.key).value(op.value));
+          break;
+        case 'update':
+          // Version > 0: an absent key has mod revision 0, and revision '0' must not create it.
+          txn = txn.and(op.key, 'Mod', '==', op.revision).and(op.key, 'Version', '>', 0);
+          writes.push(this.client.put(op.key).value(op.value));
+          break;
+        case 'delete':
+          if (op.revision !== undefined) txn = txn.and(op.key, 'Mod', '==', op.revision).and(op.key, 'Version', '>', 0);
+          writes.push(this.client.delete().key(op.key));
+          break;
+        case 'check':
+          txn = txn.and(op.key, 'Mod', '==', op.revision).and(op.key, 'Version', '>', 0);
+          break;
+      }
+    }
+    return txn.then(...writes);
+  }
+
+  /** Past and present states of keys, for settling a write; reads share the write's budget. */
+  private history(b: Budget): HistoryReader {
+    return {
+      read: async (keys, revision) => {
+        let at = revision;
+        const states = new Map<string, KeyState | undefined>();
+        for (const key of keys) {
+          const pinned = at;
+          const res = await this.read(`read back ${key}`, b, (o) => {
+            const builder = this.client.get(key).options(o);
+            if (pinned !== undefined) builder.revision(pinned);
+            return builder.exec();
+          });
+          at ??= res.header.revision;
+          const kv = res.kvs[0];
+          states.set(key, kv === undefined ? undefined : { value: kv.value.toString('utf8'), modRevision: kv.mod_revision, createRevision: kv.create_revision });
+        }
+        if (at === undefined) throw new Error('unreachable: no keys read');
+        return { revision: at, states };
+      },
+    };
   }
 
   private async classifyWatchError(err: unknown, cause: string, prefix: string, start: string | undefined): Promise<Error> {
@@ -318,16 +478,43 @@ export class EtcdStore implements Datastore {
     if (this.closed) throw new DatastoreUnavailableError(`${this.where}: client is closed`);
   }
 
-  private unavailable(what: string, err: unknown): DatastoreUnavailableError {
+  private unavailable(what: string, err: unknown, boundMs: number = this.requestTimeoutMs): DatastoreUnavailableError {
     if (err instanceof DatastoreUnavailableError) return err;
     const detail =
       err instanceof GRPCDeadlineExceededError
-        ? `no answer within the deadline (${errorMessage(err)})`
+        ? `no answer within ${boundMs} ms (CALICO_DATASTORE_TIMEOUT; ${errorMessage(err)})`
         : /circuit breaker is open/.test(errorMessage(err))
-          ? 'recent requests failed, so requests are held back for a few seconds'
+          ? `it refused connections just now, so requests are held back for ${HOLD_BACK_MS} ms`
           : errorMessage(err);
     return new DatastoreUnavailableError(`${this.where}: ${what}: ${detail}`, { cause: err });
   }
+}
+
+/** etcd's refusals: the request was answered and nothing was written. */
+const REFUSALS = [
+  EtcdPermissionDeniedError,
+  EtcdAuthenticationFailedError,
+  EtcdRoleNotGrantedError,
+  EtcdUserNotFoundError,
+  GRPCInvalidArgumentError,
+  GRPCUnauthenticatedError,
+  GRPCFailedPreconditionError,
+  GRPCOutOfRangeError,
+  GRPCNotImplementedError,
+] as const;
+
+/** Whether a failed write may still have committed. Only two kinds of failure say for sure that
+ * it did not: the call never went out (every member's circuit breaker open, client closed), or
+ * etcd refused it. Anything else (connection lost, deadline, leader change, an error this list
+ * does not know) leaves the outcome open, and reading back costs little. */
+export function mayHaveBeenApplied(err: unknown): boolean {
+  if (!(err instanceof Error)) return true;
+  if (/circuit breaker is open|Connection pool has no hosts|client was already closed/.test(err.message)) return false;
+  return !REFUSALS.some((c) => err instanceof c);
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 function toKeyValue(kv: IKeyValue): KeyValue {

@@ -13,11 +13,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # busybox-static: ping/ping6 in namespace tests, and the rootfs of the e2e test image
 # netcat-openbsd: `nc -U` health checks on the plugin socket
 # docker-compose: the compose front/back stack test (several networks per container)
+# openssl: the certificates of the etcd TLS test (test/harness/tls-certs.ts)
 # ca-certificates, tar, util-linux (mount/umount/findmnt/nsenter): base tools the harnesses use and
 #   scripts/build-plugin.sh copies or runs (with libc-bin's ldd and ldconfig and coreutils' chroot)
 PACKAGES=(
   docker.io etcd-server iptables ipset conntrack iproute2 procps busybox-static netcat-openbsd
-  docker-compose ca-certificates tar util-linux
+  docker-compose ca-certificates tar util-linux openssl
 )
 
 if [[ $(id -u) -ne 0 ]]; then

@@ -11,7 +11,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { request } from 'node:http';
-import { createServer } from 'node:net';
+import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -23,6 +23,9 @@ export interface EtcdHandle {
   readonly netnsEndpoints: string[];
   /** Its temp directory (data, unix socket); removed by stop(). */
   readonly dir: string;
+  /** Sends a signal to etcd: SIGSTOP hangs it (connections stay open, nothing answers), SIGCONT
+   * resumes it. stop() resumes a stopped etcd before ending it. */
+  signal(signal: 'SIGSTOP' | 'SIGCONT' | 'SIGKILL'): void;
   stop(): Promise<void>;
 }
 
@@ -33,7 +36,17 @@ const STOP_GRACE_MS = 5_000;
 /** Free-port probing races other processes; a lost race shows as etcd exiting early. */
 const START_ATTEMPTS = 3;
 
+/** Files of a TLS setup made for one test (tls-certs.ts). */
+export interface EtcdTls {
+  readonly caFile: string;
+  readonly serverCertFile: string;
+  readonly serverKeyFile: string;
+}
+
 export interface EtcdStartOptions {
+  /** Serve clients over TLS and require a client certificate signed by the CA
+   * (--client-cert-auth). Loopback only (not with `netns`). */
+  readonly tls?: EtcdTls;
   /** Keep the data in memory (tmpfs), so writes skip the disk's fsync. For tests whose subject
    * is contention between clients, not etcd's durability: rounds then take a fraction of the
    * time on a slow disk. */
@@ -50,7 +63,7 @@ export async function startEtcd(options: EtcdStartOptions = {}): Promise<EtcdHan
   let lastError: unknown;
   for (let attempt = 0; attempt < START_ATTEMPTS; attempt++) {
     try {
-      return await startOnce(parent);
+      return await startOnce(parent, options.tls);
     } catch (err) {
       lastError = err;
     }
@@ -60,7 +73,7 @@ export async function startEtcd(options: EtcdStartOptions = {}): Promise<EtcdHan
 
 const SHM = '/dev/shm';
 
-async function startOnce(parent: string): Promise<EtcdHandle> {
+async function startOnce(parent: string, tls: EtcdTls | undefined): Promise<EtcdHandle> {
   const dir = mkdtempSync(join(parent, 'calico-test-etcd-'));
   let clientPort: number;
   let peerPort: number;
@@ -70,16 +83,77 @@ async function startOnce(parent: string): Promise<EtcdHandle> {
     rmSync(dir, { recursive: true, force: true });
     throw err;
   }
-  const clientUrl = `http://127.0.0.1:${clientPort}`;
+  const clientUrl = `${tls === undefined ? 'http' : 'https'}://127.0.0.1:${clientPort}`;
   const peerUrl = `http://127.0.0.1:${peerPort}`;
-  const proc = spawnEtcd(dir, [], { clientUrls: [clientUrl], advertiseUrl: clientUrl, peerUrl });
+  const tlsArgs = tls === undefined ? [] : ['--cert-file', tls.serverCertFile, '--key-file', tls.serverKeyFile, '--trusted-ca-file', tls.caFile, '--client-cert-auth'];
+  const proc = spawnEtcd(dir, [], { clientUrls: [clientUrl], advertiseUrl: clientUrl, peerUrl }, { extraArgs: tlsArgs });
   try {
-    await waitHealthy(clientUrl, proc, () => probeUrl(clientUrl));
+    // With TLS the health probe would need a client certificate: wait for the port instead.
+    await waitHealthy(clientUrl, proc, () => (tls === undefined ? probeUrl(clientUrl) : probePort(clientPort)));
   } catch (err) {
     await proc.stop();
     throw err;
   }
-  return { endpoints: [clientUrl], netnsEndpoints: [clientUrl], dir, stop: proc.stop };
+  return { endpoints: [clientUrl], netnsEndpoints: [clientUrl], dir, signal: proc.signal, stop: proc.stop };
+}
+
+export interface EtcdMember {
+  readonly name: string;
+  readonly endpoint: string;
+  signal(signal: 'SIGSTOP' | 'SIGCONT' | 'SIGKILL'): void;
+  /** Resolves once the member's process has exited (after SIGKILL). */
+  exited(): Promise<void>;
+}
+
+export interface EtcdClusterHandle {
+  /** Every member's client URL. */
+  readonly endpoints: string[];
+  readonly members: readonly EtcdMember[];
+  stop(): Promise<void>;
+}
+
+/** A cluster of `size` members on loopback, in memory (tmpfs): for tests of losing a member. */
+export async function startEtcdCluster(size = 3): Promise<EtcdClusterHandle> {
+  let lastError: unknown;
+  for (let attempt = 0; attempt < START_ATTEMPTS; attempt++) {
+    try {
+      return await startClusterOnce(size);
+    } catch (err) {
+      lastError = err;
+    }
+  }
+  throw lastError;
+}
+
+async function startClusterOnce(size: number): Promise<EtcdClusterHandle> {
+  const ports = await freePorts(2 * size);
+  const names = Array.from({ length: size }, (_, i) => `m${i}`);
+  const peerUrls = names.map((_, i) => `http://127.0.0.1:${ports[2 * i + 1] ?? 0}`);
+  const clientUrls = names.map((_, i) => `http://127.0.0.1:${ports[2 * i] ?? 0}`);
+  const initialCluster = names.map((n, i) => `${n}=${peerUrls[i] ?? ''}`).join(',');
+  const procs: EtcdProcess[] = [];
+  const stop = async (): Promise<void> => {
+    await Promise.all(procs.map((p) => p.stop()));
+  };
+  try {
+    for (const [i, name] of names.entries()) {
+      const dir = mkdtempSync(join(SHM, 'calico-test-etcd-'));
+      const clientUrl = clientUrls[i] ?? '';
+      const peerUrl = peerUrls[i] ?? '';
+      procs.push(spawnEtcd(dir, [], { clientUrls: [clientUrl], advertiseUrl: clientUrl, peerUrl }, { name, initialCluster }));
+    }
+    await Promise.all(procs.map((p, i) => waitHealthy(clientUrls[i] ?? '', p, () => probeUrl(clientUrls[i] ?? ''))));
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  const members = procs.map((p, i): EtcdMember => ({
+    name: names[i] ?? '',
+    endpoint: clientUrls[i] ?? '',
+    signal: p.signal,
+    exited: () => (p.child.exitCode !== null || p.child.signalCode !== null ? Promise.resolve() : new Promise((resolve) => p.child.once('exit', () => resolve()))),
+  }));
+  return { endpoints: clientUrls, members, stop };
 }
 
 const NETNS_CLIENT_PORT = 2379;
@@ -112,13 +186,14 @@ async function startInNetns(parent: string, netns: { readonly name: string; read
     await stop();
     throw err;
   }
-  return { endpoints: [`http://127.0.0.1:${proxy.port}`], netnsEndpoints: [clientUrl], dir, stop };
+  return { endpoints: [`http://127.0.0.1:${proxy.port}`], netnsEndpoints: [clientUrl], dir, signal: proc.signal, stop };
 }
 
 interface EtcdProcess {
   readonly child: ChildProcess;
   stderr(): string;
   spawnError(): Error | undefined;
+  signal(signal: 'SIGSTOP' | 'SIGCONT' | 'SIGKILL'): void;
   /** Idempotent: kill, then delete the data directory. */
   stop(): Promise<void>;
 }
@@ -129,18 +204,21 @@ function spawnEtcd(
   dir: string,
   wrapper: readonly string[],
   urls: { clientUrls: string[]; advertiseUrl: string; peerUrl: string },
+  member: { name?: string; initialCluster?: string; extraArgs?: readonly string[] } = {},
 ): EtcdProcess {
+  const name = member.name ?? 'test';
   const args = [
-    '--name', 'test',
+    '--name', name,
     '--data-dir', join(dir, 'data'),
     '--listen-client-urls', urls.clientUrls.join(','),
     '--advertise-client-urls', urls.advertiseUrl,
     '--listen-peer-urls', urls.peerUrl,
     '--initial-advertise-peer-urls', urls.peerUrl,
-    '--initial-cluster', `test=${urls.peerUrl}`,
+    '--initial-cluster', member.initialCluster ?? `${name}=${urls.peerUrl}`,
     '--initial-cluster-state', 'new',
     '--logger', 'zap',
     '--log-level', 'error',
+    ...(member.extraArgs ?? []),
   ];
   const [file, ...rest] = [...wrapper, ETCD_BINARY, ...args] as [string, ...string[]];
   const child = spawn(file, rest, { stdio: ['ignore', 'ignore', 'pipe'], env: etcdEnv(), cwd: dir });
@@ -159,16 +237,21 @@ function spawnEtcd(
     rmSync(dir, { recursive: true, force: true });
   };
   process.on('exit', cleanupOnExit);
+  const signal = (sig: 'SIGSTOP' | 'SIGCONT' | 'SIGKILL'): void => {
+    if (child.exitCode === null && child.signalCode === null) child.kill(sig);
+  };
   let stopped: Promise<void> | undefined;
   const stop = (): Promise<void> => {
     stopped ??= (async () => {
+      // A stopped process would take SIGTERM only once continued.
+      signal('SIGCONT');
       await kill(child);
       process.off('exit', cleanupOnExit);
       rmSync(dir, { recursive: true, force: true });
     })();
     return stopped;
   };
-  return { child, stderr: () => stderr, spawnError: () => spawnError, stop };
+  return { child, stderr: () => stderr, spawnError: () => spawnError, signal, stop };
 }
 
 /** etcd refuses to start on architectures it does not officially support unless told to. */
@@ -204,6 +287,20 @@ async function probeUrl(clientUrl: string): Promise<boolean> {
   } catch {
     return false; // Not listening yet.
   }
+}
+
+/** Whether something accepts connections on a loopback port. */
+function probePort(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect({ port, host: '127.0.0.1' });
+    socket.setTimeout(1_000, () => socket.destroy());
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+    socket.once('close', () => resolve(false));
+  });
 }
 
 /** GET /health over etcd's unix socket. */

@@ -68,7 +68,16 @@ test('etcd settings are read and TLS files are kept', (t) => {
     keyFile: '/etc/k.pem',
     username: 'u',
     password: 'p',
+    requestTimeoutMs: 5_000,
   });
+});
+
+test('CALICO_DATASTORE_TIMEOUT bounds each etcd operation; invalid values name the variable', (t) => {
+  t.is(parseConfig({ ETCD_ENDPOINTS: 'http://127.0.0.1:2379', CALICO_DATASTORE_TIMEOUT: '2' }, 'h').etcd?.requestTimeoutMs, 2_000);
+  for (const bad of ['0', '-1', '1.5', 'soon', '301']) {
+    const err = t.throws(() => parseConfig({ CALICO_DATASTORE_TIMEOUT: bad }, 'h'), { instanceOf: ConfigError });
+    t.regex(err?.message ?? '', /CALICO_DATASTORE_TIMEOUT/);
+  }
 });
 
 test('pools can be turned off with none', (t) => {
