@@ -11,8 +11,9 @@
 //
 //   npm run bench:policy -- [--endpoints N] [--profiles M] [--reps K] [--remote R] [--seed S]
 //
-// Models are rebuilt from plain records before every apply, as the agent's PolicyState.input()
-// does, so nothing is shared by identity between applies except unchanged Profile objects.
+// Models are built from plain records as the agent's PolicyState.input() builds them: the same
+// model while nothing changed, and a new model keeps the objects of the endpoints that did not
+// change (the render cache is keyed on them).
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { cpus, loadavg } from 'node:os';
@@ -22,7 +23,7 @@ import { run } from '../dataplane/exec';
 import { hostVethName } from '../dataplane/names';
 import { PolicyDataplane, type ApplyStats } from '../dataplane/policy-dataplane';
 import { effectiveLabels } from '../policy/evaluate';
-import type { PolicyModel } from '../policy/render';
+import type { LabelledEndpoint, PolicyEndpoint, PolicyModel } from '../policy/render';
 import { parseSelector } from '../policy/selector';
 import type { Labels, PortRange, Profile, Rule } from '../policy/types';
 import { createNetns, deleteNetns, execInNetns } from '../test/harness/netns';
@@ -123,6 +124,11 @@ interface EndpointRecord {
   readonly labels: Labels;
 }
 
+function sameLabels(a: Labels, b: Labels): boolean {
+  const ka = Object.keys(a);
+  return ka.length === Object.keys(b).length && ka.every((k) => Object.hasOwn(b, k) && a[k] === b[k]);
+}
+
 function endpointLabels(k: number, random: () => number): Labels {
   const labels: Record<string, string> = {
     role: `frontend-${Math.floor(random() * 10)}`,
@@ -167,6 +173,10 @@ export class World {
   private readonly profileCount: number;
   private readonly seed: number;
   private nextLocal = 1;
+  /** The last model, until something changes; its profiles map, until a profile changes. */
+  private cached: PolicyModel | undefined;
+  private byName: ReadonlyMap<string, Profile> | undefined;
+  private readonly views = new WeakMap<EndpointRecord, { profileLabels: Labels[]; local: PolicyEndpoint; labelled: LabelledEndpoint }>();
 
   constructor(endpoints: number, profiles: number, remotes: number, seed: number) {
     this.random = rng(seed);
@@ -183,35 +193,41 @@ export class World {
   addLocal(): void {
     if (this.nextLocal > MAX_ENDPOINTS) throw new Error(`at most ${MAX_ENDPOINTS} local endpoints`);
     this.locals.push(makeLocal(this.nextLocal++, this.profileCount, this.random));
+    this.cached = undefined;
   }
 
   /** Replace one profile with a new object in which one rule's port range differs. */
   changeProfile(round: number): void {
     const i = (round * 7) % this.profileCount;
     this.profiles.set(profileName(i), makeProfile(i, this.seed, round + 1));
+    this.cached = undefined;
+    this.byName = undefined;
   }
 
-  /** What the agent's PolicyState.input() hands over: fresh objects every time. */
+  /** What the agent's PolicyState.input() hands over (see the top of this file). */
   model(): PolicyModel {
-    const all = [...this.locals, ...this.remotes];
-    return {
-      localEndpoints: this.locals.map((e) => ({
-        id: e.id,
-        hostIf: e.hostIf,
-        ipv4: [e.ipv4],
-        ipv6: [e.ipv6],
-        profiles: e.profiles,
-        ready: true,
-      })),
-      remoteAndLocalEndpoints: all.map((e) => ({
-        ipv4: [e.ipv4],
-        ipv6: [e.ipv6],
-        labels: effectiveLabels(e.profiles.map((p) => this.profiles.get(p)?.labelsToApply ?? {}), e.labels),
-      })),
-      profiles: new Map(this.profiles),
+    if (this.cached !== undefined) return this.cached;
+    const view = (e: EndpointRecord) => {
+      const profileLabels = e.profiles.map((p) => this.profiles.get(p)?.labelsToApply ?? {});
+      let v = this.views.get(e);
+      if (v === undefined || !v.profileLabels.every((l, i) => sameLabels(l, profileLabels[i] ?? {}))) {
+        v = {
+          profileLabels,
+          local: { id: e.id, hostIf: e.hostIf, ipv4: [e.ipv4], ipv6: [e.ipv6], profiles: e.profiles, ready: true },
+          labelled: { ipv4: [e.ipv4], ipv6: [e.ipv6], labels: effectiveLabels(profileLabels, e.labels) },
+        };
+        this.views.set(e, v);
+      }
+      return v;
+    };
+    this.cached = {
+      localEndpoints: this.locals.map((e) => view(e).local),
+      remoteAndLocalEndpoints: [...this.locals, ...this.remotes].map((e) => view(e).labelled),
+      profiles: (this.byName ??= new Map(this.profiles)),
       natOutgoingPools: ['198.18.0.0/15'],
       allPools: ['198.18.0.0/15', '2001:db8::/32'],
     };
+    return this.cached;
   }
 }
 
