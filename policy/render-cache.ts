@@ -60,10 +60,10 @@ export interface LocalEntry {
   readonly v6: readonly string[];
   /** Without repeats, in order. */
   readonly profiles: readonly string[];
-  /** Its shared chains, and what they were looked up with: the profiles map (which of its
-   * profiles exist) and the trie roots (prefix and mark). */
+  /** Its shared chains, and what they were looked up with: which of its profiles exist, and the
+   * trie roots (prefix and mark). */
   chains?: {
-    readonly profiles: ReadonlyMap<string, unknown>;
+    readonly existing: readonly boolean[];
     readonly roots: Readonly<Record<'egress' | 'ingress', EndpointRulesNode>>;
     readonly egress: EndpointChain;
     readonly ingress: EndpointChain;
@@ -138,16 +138,20 @@ export class RenderCache {
   readonly ruleJson = new WeakMap<readonly Rule[], string | undefined>();
   /** `<dispatch chain> <family> <leaf>` → the leaf's rules and the entries they came from. */
   readonly leaves = new Map<string, DispatchLeaf>();
-  /** The last successful render: the same input again (same objects) gives the same state. */
-  last?: { readonly input: PolicyInput; readonly state: DesiredState };
+  /** The last successful render: the same input again (same objects) gives the same state. The
+   * profiles map's entries are kept too: a caller may have updated the map in place. */
+  last?: { readonly input: PolicyInput; readonly profiles: ReadonlyArray<readonly [string, unknown]>; readonly state: DesiredState };
 }
 
-/** Whether two inputs are the same objects with the same parameters (a no-op render). */
-export function sameInput(a: PolicyInput, b: PolicyInput): boolean {
+/** Whether an input is the last one again: the same objects (the profiles map with the same
+ * entries) and the same parameters (a no-op render). */
+export function sameInput(last: NonNullable<RenderCache['last']>, b: PolicyInput): boolean {
+  const a = last.input;
   return (
     a.localEndpoints === b.localEndpoints &&
     a.remoteAndLocalEndpoints === b.remoteAndLocalEndpoints &&
-    a.profiles === b.profiles &&
+    b.profiles.size === last.profiles.length &&
+    last.profiles.every(([name, p]) => b.profiles.get(name) === p) &&
     a.natOutgoingPools === b.natOutgoingPools &&
     a.allPools === b.allPools &&
     a.prefix === b.prefix &&

@@ -112,7 +112,7 @@ const ICMPV6_ND_TYPES = [130, 131, 132, 133, 134, 135, 136] as const;
  */
 export function renderPolicy(input: PolicyInput, cache: RenderCache = new RenderCache()): DesiredState {
   const last = cache.last;
-  if (last !== undefined && sameInput(last.input, input)) return last.state;
+  if (last !== undefined && sameInput(last, input)) return last.state;
   const prefix = assertPolicyPrefix(input.prefix);
   const mark = assertMarkBit(input.markBit);
   const ifPrefix = assertIfPrefix(input.ifPrefix ?? HOST_IF_PREFIX);
@@ -171,10 +171,11 @@ export function renderPolicy(input: PolicyInput, cache: RenderCache = new Render
   };
   for (const l of ready) {
     // Its chains depend on its profile list, which of those profiles exist, the prefix and the
-    // mark: the same profiles map (the agent keeps it while no profile changes) and the same trie
-    // roots (prefix and mark) give the same chains, without walking the trie.
+    // mark: the same existing profiles and the same trie roots (prefix and mark) give the same
+    // chains, without walking the trie. (Existence is checked, not the map's identity: callers
+    // may update a map in place.)
     let mine = l.chains;
-    if (mine === undefined || mine.profiles !== input.profiles || mine.roots.egress !== roots.egress || mine.roots.ingress !== roots.ingress) {
+    if (mine === undefined || mine.roots.egress !== roots.egress || mine.roots.ingress !== roots.ingress || !sameExisting(l.profiles, mine.existing, profileChain)) {
       const found: Partial<Record<'egress' | 'ingress', EndpointChain>> = {};
       for (const direction of DIRECTIONS) {
         // Looked up along a path of chain names (a trie: no key string to build and hash).
@@ -207,7 +208,7 @@ export function renderPolicy(input: PolicyInput, cache: RenderCache = new Render
         }
         found[direction] = cached;
       }
-      mine = { profiles: input.profiles, roots, egress: found.egress as EndpointChain, ingress: found.ingress as EndpointChain };
+      mine = { existing: l.profiles.map((p) => profileChain.has(p)), roots, egress: found.egress as EndpointChain, ingress: found.ingress as EndpointChain };
       l.chains = mine;
     }
     for (const direction of DIRECTIONS) {
@@ -314,12 +315,17 @@ export function renderPolicy(input: PolicyInput, cache: RenderCache = new Render
   }
   const sorted = new Map([...sets.entries()].sort((a, b) => cmp(a[0], b[0])));
   const state: DesiredState = { prefix, filter, nat, jumps, sets: sorted, warnings };
-  cache.last = { input, state };
+  cache.last = { input, profiles: [...input.profiles], state };
   return state;
 }
 
 const DIRECTIONS = ['egress', 'ingress'] as const;
 const hostIfOf = (l: LocalEntry): string => l.hostIf;
+
+function sameExisting(profiles: readonly string[], existing: readonly boolean[], chains: ReadonlyMap<string, unknown>): boolean {
+  for (let i = 0; i < profiles.length; i++) if (chains.has(profiles[i] as string) !== existing[i]) return false;
+  return true;
+}
 
 function keepEqual(now: Map<string, readonly string[]>, before: ChainMap, chain: string): void {
   const a = now.get(chain);

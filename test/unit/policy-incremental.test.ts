@@ -133,17 +133,20 @@ function change(w: World, random: () => number, next: () => number): string {
     w.remotes = w.remotes.map((e, j) => (j === i ? { ...e, labels: makeRemote(next(), random).labels } : e));
     return 'relabel remote';
   }
+  // Profiles: a new map, or the same map updated in place (tests and other callers do that; only
+  // the profile objects themselves are immutable).
+  const inPlace = random() < 0.5;
+  const profiles = inPlace ? w.profiles : new Map(w.profiles);
+  w.profiles = profiles;
   if (r < 0.82) {
     const name = PROFILE_NAMES[at(PROFILE_NAMES)] as string;
-    w.profiles = new Map(w.profiles).set(name, makeProfile(name, random));
-    return `change profile ${name}`;
+    profiles.set(name, makeProfile(name, random));
+    return `change profile ${name}${inPlace ? ' in place' : ''}`;
   }
   if (r < 0.86) {
     const name = PROFILE_NAMES[at(PROFILE_NAMES)] as string;
-    const profiles = new Map(w.profiles);
     profiles.delete(name);
-    w.profiles = profiles;
-    return `delete profile ${name}`;
+    return `delete profile ${name}${inPlace ? ' in place' : ''}`;
   }
   if (r < 0.89) {
     w.natOutgoingPools = random() < 0.5 ? [] : ['10.65.0.0/16'];
