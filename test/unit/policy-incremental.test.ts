@@ -175,8 +175,8 @@ function text(s: DesiredState): string {
   return `${formatDesiredState(s, 4)}${formatDesiredState(s, 6)}${JSON.stringify([...s.sets])}${JSON.stringify(s.warnings)}`;
 }
 
-for (const seed of [1, 2, 3, 4]) {
-  test(`incremental render equals a full render over 150 random changes (seed ${seed})`, (t) => {
+for (const seed of [1, 2, 3]) {
+  test(`incremental render equals a full render over 100 random changes (seed ${seed})`, (t) => {
     const random = rng(seed);
     let n = 0;
     const next = (): number => ++n;
@@ -192,7 +192,7 @@ for (const seed of [1, 2, 3, 4]) {
     };
     const cache = new RenderCache();
     let last = renderPolicy(inputOf(w), cache);
-    for (let step = 0; step < 150; step++) {
+    for (let step = 0; step < 100; step++) {
       const what = change(w, random, next);
       const input = inputOf(w);
       const incremental = renderPolicy(input, cache);
