@@ -52,15 +52,22 @@ export function canonicalHostAddresses(values: readonly string[], family: Family
 }
 
 /** Remote data: an invalid address matches no packet, so leaving it out of a set changes
- * nothing; note it and go on rather than stop programming the host. */
-export function lenientAddresses(values: readonly string[], family: Family, index: number, warnings: string[]): string[] {
-  const out: string[] = [];
+ * nothing; it is noted (invalidAddressWarning) and skipped rather than stop programming the host.
+ * Returns the canonical addresses and the values skipped. */
+export function lenientAddresses(values: readonly string[], family: Family): { valid: string[]; invalid: string[] } {
+  const valid: string[] = [];
+  const invalid: string[] = [];
   for (const v of values) {
     const a = hostAddress(v, family);
-    if (a === undefined) warnings.push(`endpoint #${index}: ignored invalid IPv${family} address ${JSON.stringify(v)}`);
-    else out.push(a);
+    if (a === undefined) invalid.push(v);
+    else valid.push(a);
   }
-  return out;
+  return { valid, invalid };
+}
+
+/** The warning for an invalid address of the index-th endpoint (render's warnings). */
+export function invalidAddressWarning(index: number, family: Family, value: string): string {
+  return `endpoint #${index}: ignored invalid IPv${family} address ${JSON.stringify(value)}`;
 }
 
 const ADDRESS_CACHE_MAX = 65536;

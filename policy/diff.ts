@@ -106,6 +106,8 @@ export function diffPolicy(
   }
   const prefix = desired.prefix;
   const stats: PlanStats = { chainsWritten: 0, chainsRemoved: 0, setsWritten: 0, setsRemoved: 0, jumpsWritten: 0 };
+  // A render of an unchanged model returns the very state it returned last time.
+  if (applied === desired) return { ipsetBefore: '', iptables: { 4: '', 6: '' }, ipsetAfter: '', stats };
   const iptables = {} as Record<Family, string>;
   for (const family of FAMILIES) {
     const sections: string[] = [];

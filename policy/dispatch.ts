@@ -4,6 +4,7 @@
 import { familyBits } from '../ipam/cidr.js';
 import { comment } from './iptables-text.js';
 import type { TopChainNames } from './names.js';
+import type { DispatchLeaf } from './render-cache.js';
 import type { Family } from './render-types.js';
 
 /** Ready endpoints up to which dispatch is one flat chain per direction. */
@@ -28,6 +29,10 @@ export interface DispatchEntry {
  * an endpoint then rewrites one small leaf instead of a chain with a rule per endpoint, which is
  * what an iptables-restore of the change costs. The rules go (`-g`) to the endpoint's shared policy
  * chain, so its RETURN (allowed) returns to the chain that called dispatch.
+ *
+ * With a memo (the RenderCache's), a leaf whose entries are the same objects as in the last render
+ * keeps its frozen rule arrays: only the leaves a change touches are rebuilt, and the diff skips
+ * the others by reference. `epoch` marks the memo entries this render used.
  */
 export function renderDispatch(
   f: Map<string, readonly string[]>,
@@ -35,9 +40,16 @@ export function renderDispatch(
   family: Family,
   ifPrefix: string,
   names: TopChainNames,
+  memo?: { readonly leaves: Map<string, DispatchLeaf>; readonly epoch: number },
 ): void {
   const bits = familyBits(family);
-  const leafRules = (eps: typeof ready): { from: string[]; to: string[] } => {
+  const leafRules = (eps: typeof ready, leaf: string): { readonly from: readonly string[]; readonly to: readonly string[] } => {
+    const key = `${names.fromDispatch} ${family} ${leaf}`;
+    const hit = memo?.leaves.get(key);
+    if (hit !== undefined && sameEntries(hit.entries, eps)) {
+      hit.epoch = memo?.epoch ?? -1;
+      return hit;
+    }
     const from: string[] = [];
     const to: string[] = [];
     for (const l of eps) {
@@ -46,10 +58,12 @@ export function renderDispatch(
     }
     from.push(DROP_UNKNOWN);
     to.push(DROP_UNKNOWN);
-    return { from, to };
+    const out = { from: Object.freeze(from), to: Object.freeze(to) };
+    if (memo !== undefined) memo.leaves.set(key, { epoch: memo.epoch, entries: eps, ...out });
+    return out;
   };
   if (ready.length <= DISPATCH_FLAT_MAX) {
-    const { from, to } = leafRules(ready);
+    const { from, to } = leafRules(ready, '');
     f.set(names.fromDispatch, from);
     f.set(names.toDispatch, to);
     return;
@@ -65,9 +79,10 @@ export function renderDispatch(
   }
   const rootFrom: string[] = [];
   const rootTo: string[] = [];
-  const leaves: Array<[string, string[], string[]]> = [];
+  const leaves: Array<[string, readonly string[], readonly string[]]> = [];
   for (const [c, eps] of groups) {
-    const { from, to } = leafRules(eps);
+    // '+' (not an interface name character) keeps leaf keys apart from the flat chains' ''.
+    const { from, to } = leafRules(eps, `+${c}`);
     if (c === '') {
       // Only the bare prefix: its rules go straight into the roots.
       rootFrom.push(...from.slice(0, -1));
@@ -86,4 +101,10 @@ export function renderDispatch(
   f.set(names.toDispatch, rootTo);
   for (const [c, from] of leaves) f.set(`${names.fromDispatch}-${c}`, from);
   for (const [c, , to] of leaves) f.set(`${names.toDispatch}-${c}`, to);
+}
+
+function sameEntries(a: readonly DispatchEntry[], b: readonly DispatchEntry[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }

@@ -1,8 +1,10 @@
 // Profile policy → the iptables chains and ipsets a host needs for its local endpoints. Pure: no
 // I/O, no clock; the same input always renders the same text, in iptables-save's canonical
 // spelling, so a resync can compare what the kernel prints with what is wanted line by line.
-// A RenderCache (one per dataplane) remembers content-keyed pieces of earlier renders, so a render
-// after one change costs little more than walking the model; it never changes the output.
+// A RenderCache (one per dataplane) remembers what earlier renders worked out, per model object
+// and per piece of content, so a render after one change redoes only what it touches (and hands
+// the diff the same frozen arrays for everything else), and the same model again renders nothing;
+// it never changes the output.
 //
 // Layout (per family; every name starts with `<prefix>-`, at most 28 characters):
 //
@@ -42,23 +44,27 @@
 // assembles them; it re-exports what importers use, so they need not know the layout.
 
 import { InvalidRequestError } from '../lib/errors.js';
-import { assertIfName, isValidIfName } from '../lib/interface-names.js';
+import { assertIfName } from '../lib/interface-names.js';
 import { canonicalHostAddresses, parseNet, setMembers } from './addresses.js';
 import { renderDispatch, type DispatchEntry } from './dispatch.js';
-import { comment, cmp } from './iptables-text.js';
+import { comment, cmp, sameStrings } from './iptables-text.js';
 import { assertIfPrefix, assertMarkBit, assertPolicyPrefix, endpointChainName, HOST_IF_PREFIX, natSetNames, profileChainName, topChainNames } from './names.js';
 import {
   CACHE_SLACK,
   endpointRulesRoot,
   profileRules,
   RenderCache,
+  sameInput,
   selectorMembers,
+  sortedLike,
   sweep,
+  type EndpointChain,
   type EndpointRulesNode,
+  type LocalEntry,
 } from './render-cache.js';
-import { FAMILIES, type DesiredState, type Family, type IpSetSpec, type PolicyInput, type PolicyModel, type TopLevelJump } from './render-types.js';
+import { FAMILIES, type ChainMap, type DesiredState, type Family, type IpSetSpec, type PolicyEndpoint, type PolicyInput, type PolicyModel, type TopLevelJump } from './render-types.js';
 import type { Selector } from './selector.js';
-import type { Profile, Rule } from './types.js';
+import type { Profile } from './types.js';
 
 export { DISPATCH_FLAT_MAX } from './dispatch.js';
 export { formatDesiredState } from './iptables-text.js';
@@ -99,38 +105,32 @@ export { MULTIPORT_MAX_SLOTS, portChunks } from './rule-render.js';
 /** IPv6 neighbour discovery and MLD (130-136), accepted from workloads before policy. */
 const ICMPV6_ND_TYPES = [130, 131, 132, 133, 134, 135, 136] as const;
 
-const defaultCache = new RenderCache();
-
-export function renderPolicy(input: PolicyInput, cache: RenderCache = defaultCache): DesiredState {
+/**
+ * The desired state for a model. With a cache (the dataplane's), the model's objects must not be
+ * changed after they were rendered: a changed endpoint or profile is a new object (see
+ * RenderCache). Without one, every call starts from nothing.
+ */
+export function renderPolicy(input: PolicyInput, cache: RenderCache = new RenderCache()): DesiredState {
+  const last = cache.last;
+  if (last !== undefined && sameInput(last, input)) return last.state;
   const prefix = assertPolicyPrefix(input.prefix);
   const mark = assertMarkBit(input.markBit);
   const ifPrefix = assertIfPrefix(input.ifPrefix ?? HOST_IF_PREFIX);
   const families: Family[] = input.ipv6 === false ? [4] : [4, 6];
   const warnings: string[] = [];
 
-  // Local endpoints: validated names, unique interfaces, canonical addresses.
+  // Local endpoints: validated names, unique interfaces, canonical addresses; by interface.
   const seenIf = new Set<string>();
-  const locals = input.localEndpoints.map((ep) => {
-    // The message only when it is needed: this runs for every endpoint on every render.
-    const hostIf =
-      typeof ep.hostIf === 'string' && isValidIfName(ep.hostIf)
-        ? ep.hostIf
-        : assertIfName(ep.hostIf, `host interface name of endpoint ${JSON.stringify(ep.id)}`);
-    if (!hostIf.startsWith(ifPrefix)) {
-      throw new InvalidRequestError(`host interface ${hostIf} of endpoint ${ep.id} does not start with ${ifPrefix}`);
+  const entries = input.localEndpoints.map((ep) => {
+    const l = localEntry(cache, ep);
+    if (!l.hostIf.startsWith(ifPrefix)) {
+      throw new InvalidRequestError(`host interface ${l.hostIf} of endpoint ${ep.id} does not start with ${ifPrefix}`);
     }
-    if (seenIf.has(hostIf)) throw new InvalidRequestError(`host interface ${hostIf} is used by two local endpoints`);
-    seenIf.add(hostIf);
-    return {
-      ep,
-      hostIf,
-      v4: canonicalHostAddresses(ep.ipv4, 4, `endpoint ${ep.id}`),
-      v6: canonicalHostAddresses(ep.ipv6, 6, `endpoint ${ep.id}`),
-      profiles: [...new Set(ep.profiles)],
-    };
+    if (seenIf.has(l.hostIf)) throw new InvalidRequestError(`host interface ${l.hostIf} is used by two local endpoints`);
+    seenIf.add(l.hostIf);
+    return l;
   });
-  locals.sort((a, b) => cmp(a.hostIf, b.hostIf));
-  const ready = locals.filter((l) => l.ep.ready);
+  const ready = sortedLike(cache.localOrder, entries, hostIfOf).filter((l) => l.ready);
 
   const epoch = ++cache.epoch;
   const sets = new Map<string, IpSetSpec>();
@@ -153,7 +153,6 @@ export function renderPolicy(input: PolicyInput, cache: RenderCache = defaultCac
       name,
       profile,
       chains: { ingress: profileChainName(prefix, 'ingress', name), egress: profileChainName(prefix, 'egress', name) },
-      json: { ingress: jsonOf(profile.ingress), egress: jsonOf(profile.egress) },
     }));
 
   // Endpoint chains are the same in both families: render them once.
@@ -161,7 +160,7 @@ export function renderPolicy(input: PolicyInput, cache: RenderCache = defaultCac
   // An endpoint chain's rules depend only on the mark and its existing profiles' chains, so
   // endpoints with the same list share one chain (named after the list, rules in a cached, frozen
   // array that the diff compares by reference); the dispatch rules send each interface there.
-  const endpointChains = new Map<string, readonly string[]>();
+  const endpointChains: EndpointChain[] = [];
   const dispatch: DispatchEntry[] = [];
   const clearMark = `-j MARK --set-xmark 0x0/${mark}`;
   const returnIfMarked = `-m mark --mark ${mark}/${mark} -j RETURN`;
@@ -171,47 +170,67 @@ export function renderPolicy(input: PolicyInput, cache: RenderCache = defaultCac
     ingress: endpointRulesRoot(cache, prefix, 'ingress', mark),
   };
   for (const l of ready) {
-    const chainOf = { egress: '', ingress: '' };
-    for (const direction of DIRECTIONS) {
-      // Looked up along a path of chain names (a trie: no key string to build and hash).
-      let node = roots[direction];
-      for (const p of l.profiles) {
-        const chains = profileChain.get(p);
-        if (chains === undefined) continue;
-        let child: EndpointRulesNode | undefined = node.next.get(chains[direction]);
-        if (child === undefined) {
-          child = { next: new Map() };
-          node.next.set(chains[direction], child);
-        }
-        node = child;
-      }
-      let cached = node.chain;
-      if (cached === undefined) {
-        const rules = [clearMark];
-        const existing: string[] = [];
+    // Its chains depend on its profile list, which of those profiles exist, the prefix and the
+    // mark: the same existing profiles and the same trie roots (prefix and mark) give the same
+    // chains, without walking the trie. (Existence is checked, not the map's identity: callers
+    // may update a map in place.)
+    let mine = l.chains;
+    if (mine === undefined || mine.roots.egress !== roots.egress || mine.roots.ingress !== roots.ingress || !sameExisting(l.profiles, mine.existing, profileChain)) {
+      const found: Partial<Record<'egress' | 'ingress', EndpointChain>> = {};
+      for (const direction of DIRECTIONS) {
+        // Looked up along a path of chain names (a trie: no key string to build and hash).
+        let node = roots[direction];
         for (const p of l.profiles) {
           const chains = profileChain.get(p);
-          if (chains === undefined) continue; // unknown profile: no allow from it (fail closed)
-          existing.push(p);
-          rules.push(`-j ${chains[direction]}`, returnIfMarked);
+          if (chains === undefined) continue;
+          let child: EndpointRulesNode | undefined = node.next.get(chains[direction]);
+          if (child === undefined) {
+            child = { next: new Map() };
+            node.next.set(chains[direction], child);
+          }
+          node = child;
         }
-        rules.push(direction === 'egress' ? DROP_NO_EGRESS : DROP_NO_INGRESS);
-        const name = endpointChainName(prefix, direction === 'egress' ? 'fw' : 'tw', existing);
-        cached = { epoch: -1, name, rules: Object.freeze(rules) };
-        cache.endpointRulesCount++;
-        node.chain = cached;
+        let cached = node.chain;
+        if (cached === undefined) {
+          const rules = [clearMark];
+          const existing: string[] = [];
+          for (const p of l.profiles) {
+            const chains = profileChain.get(p);
+            if (chains === undefined) continue; // unknown profile: no allow from it (fail closed)
+            existing.push(p);
+            rules.push(`-j ${chains[direction]}`, returnIfMarked);
+          }
+          rules.push(direction === 'egress' ? DROP_NO_EGRESS : DROP_NO_INGRESS);
+          const name = endpointChainName(prefix, direction === 'egress' ? 'fw' : 'tw', existing);
+          cached = { epoch: -1, name, rules: Object.freeze(rules) };
+          cache.endpointRulesCount++;
+          node.chain = cached;
+        }
+        found[direction] = cached;
       }
+      mine = { existing: l.profiles.map((p) => profileChain.has(p)), roots, egress: found.egress as EndpointChain, ingress: found.ingress as EndpointChain };
+      l.chains = mine;
+    }
+    for (const direction of DIRECTIONS) {
+      const cached = mine[direction];
       if (cached.epoch !== epoch) {
         cached.epoch = epoch;
         endpointRulesUsed++;
-        endpointChains.set(cached.name, cached.rules);
+        endpointChains.push(cached);
       }
-      chainOf[direction] = cached.name;
     }
-    dispatch.push({ hostIf: l.hostIf, fw: chainOf.egress, tw: chainOf.ingress, v4: l.v4, v6: l.v6 });
+    const chainOf = { egress: mine.egress.name, ingress: mine.ingress.name };
+    // The same entry object as last time while its chains are the same: dispatch reuses a leaf
+    // whose entries are all the same objects.
+    let entry = l.dispatch;
+    if (entry === undefined || entry.fw !== chainOf.egress || entry.tw !== chainOf.ingress) {
+      entry = Object.freeze({ hostIf: l.hostIf, fw: chainOf.egress, tw: chainOf.ingress, v4: l.v4, v6: l.v6 });
+      l.dispatch = entry;
+    }
+    dispatch.push(entry);
   }
   // By name, so the layout reads the same whatever order the endpoints come in.
-  const sharedChains = [...endpointChains].sort((a, b) => cmp(a[0], b[0]));
+  const sharedChains = sortedLike(cache.sharedOrder, endpointChains, nameOf);
 
   const names = topChainNames(prefix);
   const wild = `${ifPrefix}+`;
@@ -245,14 +264,14 @@ export function renderPolicy(input: PolicyInput, cache: RenderCache = defaultCac
       `-i ${wild} -j ACCEPT`,
     ]);
 
-    renderDispatch(f, dispatch, family, ifPrefix, names);
+    renderDispatch(f, dispatch, family, ifPrefix, names, { leaves: cache.leaves, epoch });
 
-    for (const [chain, rules] of sharedChains) f.set(chain, rules);
+    for (const c of sharedChains) f.set(c.name, c.rules);
 
-    for (const { profile, chains, json } of usedProfiles) {
+    for (const { profile, chains } of usedProfiles) {
       for (const direction of ['ingress', 'egress'] as const) {
         const chain = chains[direction];
-        const rendered = profileRules(cache, epoch, { prefix, mark, refs: [] }, family, chain, profile[direction], json[direction]);
+        const rendered = profileRules(cache, epoch, { prefix, mark, refs: [] }, family, chain, profile[direction]);
         chainsUsed++;
         f.set(chain, rendered.rules);
         for (const ref of rendered.refs) {
@@ -279,18 +298,57 @@ export function renderPolicy(input: PolicyInput, cache: RenderCache = defaultCac
   }
   sweep(cache.labels, epoch, labelsUsed);
   sweep(cache.members, epoch, selectorSets.size);
+  sweep(cache.leaves, epoch, 0);
+  // The few chains and sets rebuilt on every render (top-level, dispatch roots, NAT) keep the last
+  // render's arrays when equal, so the diff skips them by reference like everything else.
+  const prev = cache.last?.state;
+  if (prev !== undefined) {
+    for (const family of families) {
+      for (const chain of [names.forward, names.input, names.fromDispatch, names.toDispatch]) keepEqual(filter[family], prev.filter[family], chain);
+      keepEqual(nat[family], prev.nat[family], names.postrouting);
+      for (const name of Object.values(natSetNames(prefix, family))) {
+        const now = sets.get(name);
+        const before = prev.sets.get(name);
+        if (now !== undefined && before !== undefined && before.type === now.type && sameStrings(before.members, now.members)) sets.set(name, before);
+      }
+    }
+  }
   const sorted = new Map([...sets.entries()].sort((a, b) => cmp(a[0], b[0])));
-  return { prefix, filter, nat, jumps, sets: sorted, warnings };
+  const state: DesiredState = { prefix, filter, nat, jumps, sets: sorted, warnings };
+  cache.last = { input, profiles: [...input.profiles], state };
+  return state;
 }
 
 const DIRECTIONS = ['egress', 'ingress'] as const;
+const hostIfOf = (l: LocalEntry): string => l.hostIf;
 
-function jsonOf(rules: readonly Rule[]): string | undefined {
-  try {
-    return JSON.stringify(rules);
-  } catch {
-    return undefined; // e.g. a BigInt: let rendering refuse it
+function sameExisting(profiles: readonly string[], existing: readonly boolean[], chains: ReadonlyMap<string, unknown>): boolean {
+  for (let i = 0; i < profiles.length; i++) if (chains.has(profiles[i] as string) !== existing[i]) return false;
+  return true;
+}
+
+function keepEqual(now: Map<string, readonly string[]>, before: ChainMap, chain: string): void {
+  const a = now.get(chain);
+  const b = before.get(chain);
+  if (a !== undefined && b !== undefined && a !== b && sameStrings(a, b)) now.set(chain, b);
+}
+const nameOf = (c: EndpointChain): string => c.name;
+
+/** A local endpoint's interface, canonical addresses and profiles, validated once per object (an
+ * invalid one throws every time: nothing is remembered for it). */
+function localEntry(cache: RenderCache, ep: PolicyEndpoint): LocalEntry {
+  let l = cache.locals.get(ep);
+  if (l === undefined) {
+    l = {
+      hostIf: assertIfName(ep.hostIf, `host interface name of endpoint ${JSON.stringify(ep.id)}`),
+      ready: ep.ready,
+      v4: canonicalHostAddresses(ep.ipv4, 4, `endpoint ${ep.id}`),
+      v6: canonicalHostAddresses(ep.ipv6, 6, `endpoint ${ep.id}`),
+      profiles: [...new Set(ep.profiles)],
+    };
+    cache.locals.set(ep, l);
   }
+  return l;
 }
 
 const DROP_NO_EGRESS = `${comment('no profile allowed this egress')} -j DROP`;
