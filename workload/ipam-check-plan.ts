@@ -21,7 +21,7 @@
 // - orphan-block: a block affine to a host that is not registered any more. Repaired as `calicoctl
 //   node remove` does (the host's addresses freed, its empty blocks deleted, the rest left to no
 //   host), only when no record of that host exists and nothing the host holds is in use.
-import { type Block, type Owner, listAllocations, sameAttribute } from '../ipam/block';
+import { type Block, type Owner, endpointHandle, listAllocations, sameAttribute } from '../ipam/block';
 import { addressPart } from '../ipam/cidr';
 import type { Endpoint } from '../model/endpoint';
 import { planReconcile, type PlanAllocation } from './reconcile-plan';
@@ -64,8 +64,8 @@ export interface CheckInput {
   readonly records: readonly Endpoint[];
   /** Whether a handle is Docker's (`docker:<PoolID>`). */
   readonly ownsHandle: (handle: string) => boolean;
-  /** The handle Docker's ReleaseAddress would name for this endpoint's address; undefined when it
-   * cannot be told (its network's record is gone). */
+  /** The handle family Docker's ReleaseAddress would name for this endpoint's address (the claim
+   * adds the endpoint to it); undefined when it cannot be told (its network's record is gone). */
   readonly claimHandle: (endpoint: Endpoint, ip: string) => string | undefined;
 }
 
@@ -138,7 +138,7 @@ export function planIpamCheck(input: CheckInput): Finding[] {
         endpoints: [describe(r)],
         ...(handle === undefined
           ? { repair: 'none' as const, reason: `endpoint ${short(r.id)} uses ${ip} but no block holds it, and its network's record is gone, so the handle to allocate it under cannot be told` }
-          : { handle, repair: 'claim' as const, reason: `endpoint ${short(r.id)} uses ${ip} but no block holds it: it could be handed out again` }),
+          : { handle: endpointHandle(handle, r.id), repair: 'claim' as const, reason: `endpoint ${short(r.id)} uses ${ip} but no block holds it: it could be handed out again` }),
       });
     }
   }

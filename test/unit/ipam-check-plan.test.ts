@@ -98,7 +98,7 @@ test('an endpoint without allocation is claimed under the handle Docker releases
     records: [record(EP1, '10.0.0.1'), record(EP2, '10.0.0.2', 'node-a', ago(1_000))],
   }));
   t.deepEqual(brief(findings), ['node-a endpoint-without-allocation 10.0.0.1 claim']);
-  t.is(findings[0]?.handle, 'docker:CalicoPoolIPv4');
+  t.is(findings[0]?.handle, `docker:CalicoPoolIPv4#${EP1}`, 'the handle Docker releases, naming the endpoint');
   const unknown = planIpamCheck(input({ records: [record(EP1, '10.0.0.1')], claimHandle: () => undefined }));
   t.deepEqual(brief(unknown), ['node-a endpoint-without-allocation 10.0.0.1 none']);
   t.regex(unknown[0]?.reason ?? '', /network's record is gone/);
