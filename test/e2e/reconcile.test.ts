@@ -2,19 +2,18 @@
 // killed (SIGKILL) while 10 containers start, restarted, every container removed, and then the
 // reconciler (interval and grace period made short here) leaves no endpoint record, allocation,
 // veth or host route behind. And an allocation whose CreateEndpoint has not come yet (a request in
-// flight) is left alone for the grace period, then released. And a simulated reboot: dockerd (with
-// its containers) and the plugin killed, our kernel state gone, both started again.
+// flight) is left alone for the grace period, then released. (The simulated reboot is in
+// reboot.test.ts, with a dockerd of its own.)
 import test, { type ExecutionContext } from 'ava';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import Docker from 'dockerode';
-import { run } from '../../dataplane/exec';
-import { addressOn, createNetwork, exec, runContainer } from '../harness/containers';
+import { createNetwork, runContainer } from '../harness/containers';
 import { startDockerd, type Dockerd } from '../harness/dockerd';
 import { importTestImage } from '../harness/image';
 import { post } from '../harness/plugin-client';
-import { calicoctl, linksWithPrefix, startPlugin, waitProgrammed, type Plugin } from '../harness/plugin';
-import { reserveTestSubnet } from '../harness/test-subnets';
+import { calicoctl, linksWithPrefix, startPlugin, type Plugin } from '../harness/plugin';
+import { clean, removeAllContainers, testPool, traces } from '../harness/leaks';
 
 interface Context {
   dockerd: Dockerd;
@@ -46,44 +45,6 @@ async function plugin(t: ExecutionContext, pool: string, env: Record<string, str
   const p = await startPlugin({ dockerSocket: c().dockerd.socketPath, ipv4Pool: pool, env });
   t.teardown(() => p.cleanup());
   return p;
-}
-
-/** A pool of its own (reserved: test files running at once never share one). */
-async function testPool(): Promise<{ cidr: string; prefix: string }> {
-  const cidr = await reserveTestSubnet();
-  return { cidr, prefix: cidr.replace('0/24', '') };
-}
-
-interface Traces {
-  readonly endpoints: number;
-  readonly addresses: string[];
-  readonly veths: string[];
-  readonly routes: string[];
-}
-
-async function traces(p: Plugin, poolPrefix: string): Promise<Traces> {
-  const eps = await calicoctl(p, ['endpoint', 'list', '-o', 'json']);
-  if (eps.code !== 0) throw new Error(eps.stderr);
-  const ipam = await calicoctl(p, ['ipam', 'show', '-o', 'json']);
-  if (ipam.code !== 0) throw new Error(ipam.stderr);
-  const blocks = JSON.parse(ipam.stdout) as { allocations: { ip: string }[] }[];
-  const { stdout } = await run('ip', ['-j', '-4', 'route', 'show'], 'list routes');
-  const routes = (JSON.parse(stdout || '[]') as { dst: string }[]).map((r) => r.dst)
-    // Host routes to containers (ip prints them without a prefix); not the block's own route.
-    .filter((d) => d.startsWith(poolPrefix) && !d.includes('/'));
-  return {
-    endpoints: (JSON.parse(eps.stdout) as unknown[]).length,
-    addresses: blocks.flatMap((b) => b.allocations.map((a) => a.ip)),
-    veths: await linksWithPrefix(p.ifPrefix),
-    routes,
-  };
-}
-
-const clean = (x: Traces): boolean => x.endpoints === 0 && x.addresses.length === 0 && x.veths.length === 0 && x.routes.length === 0;
-
-async function removeAllContainers(docker: Docker): Promise<void> {
-  const all = await docker.listContainers({ all: true });
-  await Promise.all(all.map((x) => docker.getContainer(x.Id).remove({ force: true }).catch(() => undefined)));
 }
 
 test.serial('plugin killed during 10 concurrent container starts, restarted: nothing leaked once every container is removed', async (t) => {
@@ -121,7 +82,8 @@ test.serial('plugin killed during 10 concurrent container starts, restarted: not
   const info = await again.inspect();
   const ep = info.NetworkSettings.Networks[name];
   t.true(ep?.IPAddress.startsWith(pool.prefix));
-  // Its allocation names more than the pool: when it was handed out, the endpoint and the container.
+  // Its allocation names more than the pool: when it was handed out, the endpoint (in the handle
+  // too) and the container.
   type Shown = { ip: string; handle: string; endpointId?: string; containerId?: string; allocatedAt?: string };
   const shown = async (): Promise<Shown[]> =>
     (JSON.parse((await calicoctl(p, ['ipam', 'show', '-o', 'json'])).stdout) as { allocations: Shown[] }[]).flatMap((b) => b.allocations);
@@ -131,7 +93,7 @@ test.serial('plugin killed during 10 concurrent container starts, restarted: not
     allocations = await shown();
   }
   t.is(allocations.length, 1);
-  t.like(allocations[0], { ip: ep?.IPAddress, handle: 'docker:CalicoPoolIPv4', endpointId: ep?.EndpointID, containerId: info.Id });
+  t.like(allocations[0], { ip: ep?.IPAddress, handle: `docker:CalicoPoolIPv4#${ep?.EndpointID ?? ''}`, endpointId: ep?.EndpointID, containerId: info.Id });
   t.false(Number.isNaN(Date.parse(allocations[0]?.allocatedAt ?? '')));
   await again.remove({ force: true });
 });
@@ -198,102 +160,4 @@ test.serial('containers removed while the plugin is down: their records, veths, 
   if (left.endpoints > 0) {
     for (const id of endpoints) t.regex(p.output(), new RegExp(`removed endpoint ${id.slice(0, 12)} `));
   }
-});
-
-/** This plugin's chains (IPv4 and IPv6) and ipsets, by name: what must be back to the baseline
- * once every container and network is gone. */
-async function kernelObjects(p: Plugin): Promise<string[]> {
-  const names: string[] = [];
-  for (const tool of ['iptables-save', 'ip6tables-save']) {
-    const { stdout } = await run(tool, [], `read ${tool}`);
-    for (const line of stdout.split('\n')) if (line.startsWith(`:${p.chainPrefix}`)) names.push(`${tool} ${line.slice(1).split(' ')[0] ?? ''}`);
-  }
-  const { stdout } = await run('ipset', ['list', '-n'], 'list ipsets');
-  names.push(...stdout.split('\n').filter((n) => n.startsWith(p.chainPrefix)).map((n) => `ipset ${n}`));
-  return names.sort();
-}
-
-test.serial('a simulated reboot: dockerd and plugin killed, veths, routes and chains gone; both restarted, containers come back reachable with policy, and nothing is leaked once they are removed', async (t) => {
-  const t0 = Date.now();
-  const mark = (what: string): void => t.log(`${((Date.now() - t0) / 1000).toFixed(1)}s ${what}`);
-  const pool = await testPool();
-  const p = await plugin(t, pool.cidr, { CALICO_RECONCILE_INTERVAL: '2', CALICO_RECONCILE_GRACE: '3' });
-  const baseline = await kernelObjects(p);
-  const names = ['a', 'b'].map((x) => `${x}-${randomBytes(3).toString('hex')}`);
-  const nets = await Promise.all(names.map((name) => createNetwork(c().docker, { name, driver: p.networkDriver, ipamDriver: p.ipamDriver })));
-  const [front, back] = names as [string, string];
-  t.teardown(async () => {
-    await removeAllContainers(c().docker);
-    for (const n of nets) await n.remove().catch(() => undefined);
-  });
-  // Two on one network (they talk), one on another (its profile keeps it out).
-  const [a1, a2, b1] = await Promise.all([front, front, back].map((network) => runContainer(c().docker, { image: c().image, network, restart: 'always' })));
-  if (a1 === undefined || a2 === undefined || b1 === undefined) throw new Error('unreachable');
-  const reachable = async (): Promise<void> => {
-    const [x, y, z] = await Promise.all([addressOn(a1, front), addressOn(a2, front), addressOn(b1, back)]);
-    await Promise.all([x, y, z].map((e) => waitProgrammed(p, e.endpointId, 30_000)));
-    const same = await exec(a1, ['ping', '-c', '1', '-W', '5', y.ipv4]);
-    t.is(same.code, 0, `same network: ${same.output}`);
-    const across = await exec(b1, ['ping', '-c', '1', '-W', '2', y.ipv4]);
-    t.not(across.code, 0, 'another network is kept out by policy');
-  };
-  await reachable();
-  mark('containers up and reachable');
-  const before = await Promise.all([a1, a2, b1].map(async (x, i) => addressOn(x, i < 2 ? front : back)));
-
-  // The reboot: everything dies at once, and the kernel forgets our veths, routes, chains and sets.
-  await p.kill();
-  await c().dockerd.crash();
-  await p.wipeKernel();
-  t.deepEqual(await linksWithPrefix(p.ifPrefix), []);
-  t.deepEqual((await traces(p, pool.prefix)).routes, []);
-  t.deepEqual(await kernelObjects(p), []);
-  // Boot: the plugin starts before Docker (as its systemd unit does), Docker restarts the containers.
-  mark('rebooted');
-  await p.restart();
-  await c().dockerd.start();
-  mark('plugin and dockerd started');
-  const until = Date.now() + 60_000;
-  const running = async (): Promise<boolean> => {
-    const states = await Promise.all([a1, a2, b1].map(async (x) => (await x.inspect()).State.Running));
-    return states.every(Boolean);
-  };
-  while (!(await running()) && Date.now() < until) await new Promise((r) => setTimeout(r, 250));
-  t.true(await running(), 'Docker restarted every container');
-  const after = await Promise.all([a1, a2, b1].map(async (x, i) => addressOn(x, i < 2 ? front : back)));
-  t.log(`endpoints before ${before.map((e) => `${e.endpointId.slice(0, 12)} ${e.ipv4}`).join(', ')}; after ${after.map((e) => `${e.endpointId.slice(0, 12)} ${e.ipv4}`).join(', ')}`);
-  mark('containers restarted');
-  await reachable();
-  mark('reachable again');
-  // The old endpoints go. Docker 20.10, restoring, sends ReleaseAddress for their addresses but no
-  // Leave or DeleteEndpoint, so their records go through the reconciler (seen: 'removed endpoint
-  // ... its endpoint is gone from Docker'). Then: one record and one address per container, and
-  // nothing for ipam check to find.
-  let now = await traces(p, pool.prefix);
-  const settled = Date.now() + 30_000;
-  while ((now.endpoints !== 3 || now.addresses.length !== 3) && Date.now() < settled) {
-    await new Promise((r) => setTimeout(r, 500));
-    now = await traces(p, pool.prefix);
-  }
-  t.is(now.endpoints, 3, p.output());
-  const lines = p.output().split('\n').filter((l) => /removed endpoint|removed veth|released address/.test(l));
-  t.log(`reconciler after the reboot: ${lines.length} line(s)\n${lines.join('\n')}`);
-  t.deepEqual([...now.addresses].sort(), after.map((e) => e.ipv4).sort());
-  t.deepEqual([...now.veths].sort(), after.map((e) => p.hostIf(e.endpointId)).sort());
-  const check = await calicoctl(p, ['ipam', 'check', '-o', 'json']);
-  t.deepEqual((JSON.parse(check.stdout) as { findings: unknown[] }).findings, [], check.stdout);
-
-  mark('settled');
-  await removeAllContainers(c().docker);
-  for (const n of nets) await n.remove();
-  let last = await traces(p, pool.prefix);
-  let objects = await kernelObjects(p);
-  const drained = Date.now() + 30_000;
-  while ((!clean(last) || objects.join() !== baseline.join()) && Date.now() < drained) {
-    await new Promise((r) => setTimeout(r, 500));
-    [last, objects] = await Promise.all([traces(p, pool.prefix), kernelObjects(p)]);
-  }
-  t.deepEqual(last, { endpoints: 0, addresses: [], veths: [], routes: [] }, p.output());
-  t.deepEqual(objects, baseline, 'chains and ipsets as before the first container');
-  mark('clean');
 });
