@@ -34,12 +34,15 @@ interface CheckState {
 
 async function runCheck(ctx: Context): Promise<CheckState> {
   const nodesPrefix = ctx.keys.nodesPrefix();
-  const [nodeKeys, networks, blocks, records] = await Promise.all([
+  // Blocks before records: a container going away loses its record before its address, so a
+  // record read after its allocation was freed cannot be taken for one in use without an
+  // allocation (and one being created is young, which the plan leaves alone).
+  const [nodeKeys, networks, blocks] = await Promise.all([
     ctx.store.list(nodesPrefix),
     ctx.store.list(ctx.keys.networksPrefix()),
     ctx.allocator.listBlocks(),
-    listEndpoints(ctx),
   ]);
+  const records = await listEndpoints(ctx);
   const hosts = nodeKeys.items.filter((kv) => kv.key.endsWith('/info')).map((kv) => kv.key.slice(nodesPrefix.length).split('/')[0] ?? '');
   const byId = new Map<string, Network>();
   for (const kv of networks.items) {
