@@ -8,6 +8,7 @@ import { openDatastore } from '../datastore/open-datastore';
 import { Allocator } from '../ipam/allocator';
 import { InvalidRequestError } from '../lib/errors';
 import type { CliIo, Handler } from './context';
+import { ipamCheckCommands } from './ipam-check-commands';
 import { ipamCommands } from './ipam-commands';
 import { nodeCommands } from './node-commands';
 import { parseFormat } from './output';
@@ -27,6 +28,11 @@ Commands:
   ipam show                                                          show blocks, owners, used/free
   ipam release-swarm                                                 free the addresses a swarm left for good
                                                                      still holds (none may be in use)
+  ipam check                                                         per host: addresses without endpoint, endpoints
+                                                                     without allocation, duplicates, blocks of
+                                                                     removed hosts (-o json: a report for release)
+  ipam release --ip <address> | --from-report <file>                 repair what check finds (never an address in
+                                                                     use; each entry checked again first)
   node list                                                          hosts: addresses, blocks, endpoints, alive
   node remove <name> [--force]                                       forget a host that is gone: its blocks,
                                                                      addresses and (--force) endpoint records
@@ -45,7 +51,7 @@ Options:
 
 The datastore is etcd when ETCD_ENDPOINTS is set, else the embedded store in CALICO_DATA_DIR.`;
 
-const commands: Record<string, Handler> = { ...ipamCommands, ...policyCommands, ...nodeCommands };
+const commands: Record<string, Handler> = { ...ipamCommands, ...ipamCheckCommands, ...policyCommands, ...nodeCommands };
 
 function findCommand(positionals: string[]): { handler: Handler; args: string[] } {
   for (const words of [2, 1]) {
@@ -73,6 +79,8 @@ export async function runCalicoctl(argv: string[], env: NodeJS.ProcessEnv, io: C
       'src-port': { type: 'string' },
       'icmp-type': { type: 'string' },
       'icmp-code': { type: 'string' },
+      ip: { type: 'string' },
+      'from-report': { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -105,8 +113,10 @@ export async function runCalicoctl(argv: string[], env: NodeJS.ProcessEnv, io: C
       ...(values['src-port'] !== undefined && { srcPort: values['src-port'] }),
       ...(values['icmp-type'] !== undefined && { icmpType: values['icmp-type'] }),
       ...(values['icmp-code'] !== undefined && { icmpCode: values['icmp-code'] }),
+      ...(values.ip !== undefined && { ip: values.ip }),
+      ...(values['from-report'] !== undefined && { fromReport: values['from-report'] }),
     };
-    await handler({ store, keys, allocator, format, io, flags }, args);
+    await handler({ store, keys, allocator, format, io, flags, graceMs: config.reconcileGraceMs }, args);
   } finally {
     await store.close();
   }

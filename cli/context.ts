@@ -23,6 +23,10 @@ export interface Flags {
   readonly srcPort?: string;
   readonly icmpType?: string;
   readonly icmpCode?: string;
+  /** ipam release --ip */
+  readonly ip?: string;
+  /** ipam release --from-report */
+  readonly fromReport?: string;
 }
 
 export interface Context {
@@ -32,6 +36,8 @@ export interface Context {
   readonly format: OutputFormat;
   readonly io: CliIo;
   readonly flags: Flags;
+  /** CALICO_RECONCILE_GRACE: how old an allocation without endpoint must be to count as leaked. */
+  readonly graceMs: number;
 }
 
 export type Handler = (ctx: Context, args: string[]) => Promise<void>;

@@ -39,8 +39,9 @@ export const MAX_BLOCK_ADDRESSES = 4096;
 export type OwnerKind = 'container' | 'gateway' | 'reserved';
 const OWNER_KINDS: readonly OwnerKind[] = ['container', 'gateway', 'reserved'];
 
-/** Who holds an address. `handle` is opaque, chosen by the caller (e.g. PoolID + request
- * identity); node + handle + kind identify the holder, endpointId is informational. */
+/** Who holds an address. `handle` is chosen by the caller (e.g. `docker:<PoolID>`); node + handle
+ * + kind identify the holder, endpointId is informational. Once the endpoint is known the handle
+ * names it too (`<family>#<endpointId>`, see setEndpoint). */
 export interface Owner {
   readonly node: string;
   readonly handle: string;
@@ -88,13 +89,29 @@ export type ReleaseResult =
 // ---------------------------------------------------------------------------------------------
 // Owners
 
+/** Separates a handle's family (what its requester names on release) from the endpoint. */
+export const HANDLE_ENDPOINT_SEPARATOR = '#';
+
+/** The family of a handle: the handle as the requester gave it, without the endpoint. */
+export function handleFamily(handle: string): string {
+  const i = handle.indexOf(HANDLE_ENDPOINT_SEPARATOR);
+  return i < 0 ? handle : handle.slice(0, i);
+}
+
+/** The handle of an allocation whose endpoint is known: `<family>#<endpointId>`. */
+export function endpointHandle(handle: string, endpointId: string): string {
+  return `${handleFamily(handle)}${HANDLE_ENDPOINT_SEPARATOR}${endpointId}`;
+}
+
+/** The same holder: node, handle family (an allocation whose endpoint is recorded is still its
+ * requester's) and kind. */
 export function sameOwner(a: Owner, b: Owner): boolean {
-  return a.node === b.node && a.handle === b.handle && a.kind === b.kind;
+  return a.node === b.node && handleFamily(a.handle) === handleFamily(b.handle) && a.kind === b.kind;
 }
 
 /** The very same allocation record: owner, endpoint, workload and time. */
 export function sameAttribute(a: Owner, b: Owner): boolean {
-  return sameOwner(a, b) && a.endpointId === b.endpointId && a.containerId === b.containerId && a.allocatedAt === b.allocatedAt;
+  return sameOwner(a, b) && a.handle === b.handle && a.endpointId === b.endpointId && a.containerId === b.containerId && a.allocatedAt === b.allocatedAt;
 }
 
 /** Checks an owner given by a caller; returns a copy without extra fields. */
@@ -298,7 +315,9 @@ export function release(block: Block, ip: string, requester: Requester, expected
   const ordinal = ordinalOf(block, ip);
   const holder = holderAt(block, ordinal);
   if (holder === undefined) return { status: 'not-allocated' };
-  if (holder.node !== requester.node || holder.handle !== requester.handle) {
+  // A requester names a handle's family: Docker's ReleaseAddress carries only the pool and the
+  // address, so it cannot name the endpoint its allocation has been given since.
+  if (holder.node !== requester.node || (holder.handle !== requester.handle && handleFamily(holder.handle) !== requester.handle)) {
     return { status: 'owned-by-other', owner: holder };
   }
   // A conditional release (the reconciler's) frees only the very allocation it saw: not one the
@@ -310,7 +329,6 @@ export function release(block: Block, ip: string, requester: Requester, expected
   return { status: 'released', block: compact(freed), owner: holder };
 }
 
-/** Records the endpoint on an existing allocation; undefined when ip is not allocated. */
 /** The block without anything of `node`: its addresses freed, and its affinity dropped if the
  * block was `node`'s (the block then belongs to no host; an empty one can be deleted). */
 export function withoutHost(block: Block, node: string): { block: Block; released: number } {
@@ -328,14 +346,18 @@ export function withoutHost(block: Block, node: string): { block: Block; release
   return { block: out, released };
 }
 
+/** Records the endpoint (and the container, once known) on an existing allocation, and names the
+ * endpoint in its handle, so the allocation can be traced to its endpoint by its handle alone;
+ * undefined when ip is not allocated. */
 export function setEndpoint(block: Block, ip: string, endpointId: string, containerId?: string): Block | undefined {
   if (endpointId === '') throw new InvalidRequestError('endpoint id must be a non-empty string');
   if (containerId === '') throw new InvalidRequestError('container id must be a non-empty string');
   const ordinal = ordinalOf(block, ip);
   const holder = holderAt(block, ordinal);
   if (holder === undefined) return undefined;
-  if (holder.endpointId === endpointId && (containerId === undefined || holder.containerId === containerId)) return block;
-  const { attributes, index } = internOwner(block.attributes, { ...holder, endpointId, ...(containerId !== undefined && { containerId }) });
+  const handle = endpointHandle(holder.handle, endpointId);
+  if (holder.endpointId === endpointId && holder.handle === handle && (containerId === undefined || holder.containerId === containerId)) return block;
+  const { attributes, index } = internOwner(block.attributes, { ...holder, handle, endpointId, ...(containerId !== undefined && { containerId }) });
   const allocations = [...block.allocations];
   allocations[ordinal] = index;
   return compact({ ...block, allocations, attributes });

@@ -130,7 +130,7 @@ export function planReconcile(input: PlanInput): ReconcilePlan {
       ? 'allocated but no endpoint was ever recorded for it'
       : staleIds.has(endpoint)
         ? `its endpoint ${endpoint.slice(0, 12)} is gone`
-        : `its endpoint ${endpoint.slice(0, 12)} has no record on this host`;
+        : `its endpoint ${endpoint.slice(0, 12)} has no record on ${input.node}`;
     releases.push({ ip: a.ip, owner: a.owner, reason });
   }
   return { staleEndpoints, strayLinks, keptLinks, releases, pending };

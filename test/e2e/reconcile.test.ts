@@ -2,18 +2,18 @@
 // killed (SIGKILL) while 10 containers start, restarted, every container removed, and then the
 // reconciler (interval and grace period made short here) leaves no endpoint record, allocation,
 // veth or host route behind. And an allocation whose CreateEndpoint has not come yet (a request in
-// flight) is left alone for the grace period, then released.
+// flight) is left alone for the grace period, then released. (The simulated reboot is in
+// reboot.test.ts, with a dockerd of its own.)
 import test, { type ExecutionContext } from 'ava';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import Docker from 'dockerode';
-import { run } from '../../dataplane/exec';
 import { createNetwork, runContainer } from '../harness/containers';
 import { startDockerd, type Dockerd } from '../harness/dockerd';
 import { importTestImage } from '../harness/image';
 import { post } from '../harness/plugin-client';
 import { calicoctl, linksWithPrefix, startPlugin, type Plugin } from '../harness/plugin';
-import { reserveTestSubnet } from '../harness/test-subnets';
+import { clean, removeAllContainers, testPool, traces } from '../harness/leaks';
 
 interface Context {
   dockerd: Dockerd;
@@ -45,44 +45,6 @@ async function plugin(t: ExecutionContext, pool: string, env: Record<string, str
   const p = await startPlugin({ dockerSocket: c().dockerd.socketPath, ipv4Pool: pool, env });
   t.teardown(() => p.cleanup());
   return p;
-}
-
-/** A pool of its own (reserved: test files running at once never share one). */
-async function testPool(): Promise<{ cidr: string; prefix: string }> {
-  const cidr = await reserveTestSubnet();
-  return { cidr, prefix: cidr.replace('0/24', '') };
-}
-
-interface Traces {
-  readonly endpoints: number;
-  readonly addresses: string[];
-  readonly veths: string[];
-  readonly routes: string[];
-}
-
-async function traces(p: Plugin, poolPrefix: string): Promise<Traces> {
-  const eps = await calicoctl(p, ['endpoint', 'list', '-o', 'json']);
-  if (eps.code !== 0) throw new Error(eps.stderr);
-  const ipam = await calicoctl(p, ['ipam', 'show', '-o', 'json']);
-  if (ipam.code !== 0) throw new Error(ipam.stderr);
-  const blocks = JSON.parse(ipam.stdout) as { allocations: { ip: string }[] }[];
-  const { stdout } = await run('ip', ['-j', '-4', 'route', 'show'], 'list routes');
-  const routes = (JSON.parse(stdout || '[]') as { dst: string }[]).map((r) => r.dst)
-    // Host routes to containers (ip prints them without a prefix); not the block's own route.
-    .filter((d) => d.startsWith(poolPrefix) && !d.includes('/'));
-  return {
-    endpoints: (JSON.parse(eps.stdout) as unknown[]).length,
-    addresses: blocks.flatMap((b) => b.allocations.map((a) => a.ip)),
-    veths: await linksWithPrefix(p.ifPrefix),
-    routes,
-  };
-}
-
-const clean = (x: Traces): boolean => x.endpoints === 0 && x.addresses.length === 0 && x.veths.length === 0 && x.routes.length === 0;
-
-async function removeAllContainers(docker: Docker): Promise<void> {
-  const all = await docker.listContainers({ all: true });
-  await Promise.all(all.map((x) => docker.getContainer(x.Id).remove({ force: true }).catch(() => undefined)));
 }
 
 test.serial('plugin killed during 10 concurrent container starts, restarted: nothing leaked once every container is removed', async (t) => {
@@ -120,7 +82,8 @@ test.serial('plugin killed during 10 concurrent container starts, restarted: not
   const info = await again.inspect();
   const ep = info.NetworkSettings.Networks[name];
   t.true(ep?.IPAddress.startsWith(pool.prefix));
-  // Its allocation names more than the pool: when it was handed out, the endpoint and the container.
+  // Its allocation names more than the pool: when it was handed out, the endpoint (in the handle
+  // too) and the container.
   type Shown = { ip: string; handle: string; endpointId?: string; containerId?: string; allocatedAt?: string };
   const shown = async (): Promise<Shown[]> =>
     (JSON.parse((await calicoctl(p, ['ipam', 'show', '-o', 'json'])).stdout) as { allocations: Shown[] }[]).flatMap((b) => b.allocations);
@@ -130,7 +93,7 @@ test.serial('plugin killed during 10 concurrent container starts, restarted: not
     allocations = await shown();
   }
   t.is(allocations.length, 1);
-  t.like(allocations[0], { ip: ep?.IPAddress, handle: 'docker:CalicoPoolIPv4', endpointId: ep?.EndpointID, containerId: info.Id });
+  t.like(allocations[0], { ip: ep?.IPAddress, handle: `docker:CalicoPoolIPv4#${ep?.EndpointID ?? ''}`, endpointId: ep?.EndpointID, containerId: info.Id });
   t.false(Number.isNaN(Date.parse(allocations[0]?.allocatedAt ?? '')));
   await again.remove({ force: true });
 });

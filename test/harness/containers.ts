@@ -28,6 +28,8 @@ export interface RunSpec {
   readonly ipv6?: string;
   readonly cmd?: string[];
   readonly labels?: Record<string, string>;
+  /** Docker's restart policy (`always`: started again when dockerd starts). */
+  readonly restart?: 'always' | 'unless-stopped';
 }
 
 /** Starts a container that keeps running (sleep), attached to one network. */
@@ -39,7 +41,7 @@ export async function runContainer(docker: Docker, spec: RunSpec): Promise<Docke
     Image: spec.image,
     Cmd: spec.cmd ?? ['sleep', '3600'],
     Labels: spec.labels ?? {},
-    HostConfig: { NetworkMode: spec.network },
+    HostConfig: { NetworkMode: spec.network, ...(spec.restart !== undefined && { RestartPolicy: { Name: spec.restart } }) },
     NetworkingConfig: { EndpointsConfig: { [spec.network]: ipam } },
   });
   try {

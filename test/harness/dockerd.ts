@@ -42,15 +42,22 @@ export interface TestDockerd {
   /** Everything of this instance lives under here. */
   baseDir: string;
   logPath: string;
-  pid: number;
+  /** Of the dockerd running now (a new one after crash() and start()). */
+  readonly pid: number;
   /** Idempotent. */
   stop(): Promise<void>;
+  /** A simulated reboot's first half: SIGKILL dockerd, containerd, shims and containers, unmount
+   * their namespaces, empty the exec root. The data root stays (it is on disk). */
+  crash(): Promise<void>;
+  /** Starts dockerd again on the same directories (after crash()) and waits for /_ping. */
+  start(): Promise<void>;
 }
 
 interface Instance {
   baseDir: string;
   execRoot: string;
-  child: ChildProcess;
+  /** The dockerd running now; undefined only before the first spawn. */
+  child: ChildProcess | undefined;
   stopped: boolean;
 }
 
@@ -92,28 +99,27 @@ export async function startDockerd(opts: DockerdOptions = {}): Promise<TestDocke
     '--containerd-plugins-namespace', `ctest-plugins-${suffix}`,
     ...(opts.extraArgs ?? []),
   ];
-  const logFd = openSync(logPath, 'a');
-  let child: ChildProcess;
-  try {
-    child = spawn(DOCKERD, args, {
-      stdio: ['ignore', logFd, logFd],
-      env: { ...process.env, PATH: `/usr/sbin:/usr/bin:/sbin:/bin:${process.env['PATH'] ?? ''}` },
-    });
-  } finally {
-    closeSync(logFd);
-  }
-  const inst: Instance = { baseDir, execRoot, child, stopped: false };
+  const inst: Instance = { baseDir, execRoot, child: undefined, stopped: false };
   instances.add(inst);
-  let exited: string | undefined;
-  child.once('exit', (code, signal) => {
-    exited = `dockerd exited (${signal ?? `status ${code}`})`;
-  });
-  child.once('error', (err) => {
-    exited = `dockerd failed to start: ${err.message}`;
-  });
-
   const stop = () => stopInstance(inst);
-  try {
+  const launch = async (): Promise<void> => {
+    const logFd = openSync(logPath, 'a');
+    try {
+      inst.child = spawn(DOCKERD, args, {
+        stdio: ['ignore', logFd, logFd],
+        env: { ...process.env, PATH: `/usr/sbin:/usr/bin:/sbin:/bin:${process.env['PATH'] ?? ''}` },
+      });
+    } finally {
+      closeSync(logFd);
+    }
+    const child = inst.child;
+    let exited: string | undefined;
+    child.once('exit', (code, signal) => {
+      exited = `dockerd exited (${signal ?? `status ${code}`})`;
+    });
+    child.once('error', (err) => {
+      exited = `dockerd failed to start: ${err.message}`;
+    });
     const deadline = Date.now() + (opts.startTimeoutMs ?? START_TIMEOUT_MS);
     for (;;) {
       if (exited !== undefined) throw new Error(exited);
@@ -121,12 +127,38 @@ export async function startDockerd(opts: DockerdOptions = {}): Promise<TestDocke
       if (Date.now() > deadline) throw new Error('dockerd did not answer /_ping in time');
       await sleep(POLL_MS);
     }
-  } catch (err) {
-    const log = await tail(logPath, 40);
-    await stop().catch(() => undefined);
-    throw new Error(`${(err as Error).message}\n--- dockerd log (last lines) ---\n${log}`, { cause: err });
-  }
-  return { socketPath, dataRoot, execRoot, baseDir, logPath, pid: child.pid ?? -1, stop };
+  };
+  const launchOrStop = async (): Promise<void> => {
+    try {
+      await launch();
+    } catch (err) {
+      const log = await tail(logPath, 40);
+      await stop().catch(() => undefined);
+      throw new Error(`${(err as Error).message}\n--- dockerd log (last lines) ---\n${log}`, { cause: err });
+    }
+  };
+  await launchOrStop();
+  return {
+    socketPath, dataRoot, execRoot, baseDir, logPath, stop,
+    get pid() {
+      return inst.child?.pid ?? -1;
+    },
+    async crash() {
+      // As a power cut: dockerd, containerd, shims and every container process die at once, and
+      // what lived in memory and under /run goes: the exec root (network namespace mounts, so the
+      // containers' veths with them, containerd's state) is emptied.
+      const containerdPid = readPid(path.join(execRoot, 'containerd', 'containerd.pid'));
+      const dockerdPid = inst.child?.pid;
+      for (const pid of [dockerdPid, containerdPid]) if (pid !== undefined) signal(pid, 'SIGKILL');
+      killLeftovers(baseDir);
+      const deadline = Date.now() + STOP_TIMEOUT_MS;
+      while ([dockerdPid, containerdPid].some((pid) => isAlive(pid)) && Date.now() < deadline) await sleep(POLL_MS);
+      await unmountUnder(baseDir);
+      await rm(execRoot, { recursive: true, force: true });
+      await mkdir(execRoot);
+    },
+    start: launchOrStop,
+  };
 }
 
 /** GET /_ping over the unix socket: true on 200. */
@@ -149,11 +181,11 @@ async function stopInstance(inst: Instance): Promise<void> {
   const containerdPid = readPid(path.join(inst.execRoot, 'containerd', 'containerd.pid'));
 
   // 1. Let dockerd remove containers (kills their processes and unmounts their namespaces).
-  if (isAlive(inst.child.pid) && (await pingOk(socketPath))) {
+  if (isAlive(inst.child?.pid) && (await pingOk(socketPath))) {
     await removeAllContainers(socketPath).catch(() => undefined);
   }
   // 2. Stop dockerd; it stops its containerd on the way out.
-  await terminate(inst.child.pid, STOP_TIMEOUT_MS);
+  await terminate(inst.child?.pid, STOP_TIMEOUT_MS);
   await terminate(containerdPid, STOP_TIMEOUT_MS / 2);
   // 3. Whatever is left of this instance: shims (their command line names our directory) and their
   //    children (container processes).
@@ -330,7 +362,7 @@ function installExitHook(): void {
     for (const inst of instances) {
       if (inst.stopped) continue;
       const containerdPid = readPid(path.join(inst.execRoot, 'containerd', 'containerd.pid'));
-      if (inst.child.pid !== undefined) signal(inst.child.pid, 'SIGKILL');
+      if (inst.child?.pid !== undefined) signal(inst.child.pid, 'SIGKILL');
       if (containerdPid !== undefined) signal(containerdPid, 'SIGKILL');
       try {
         killLeftovers(inst.baseDir);

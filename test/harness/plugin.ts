@@ -45,6 +45,9 @@ export interface Plugin {
   /** SIGTERM (unless it is not running, e.g. after kill()), then start again with the same
    * names, store and chains. */
   restart(): Promise<void>;
+  /** Deletes this instance's kernel state (chains, ipsets, routes, veths) as a reboot would, the
+   * daemon being down; the datastore stays. */
+  wipeKernel(): Promise<void>;
   /** Stop if running and remove every trace (data dir, chains). Idempotent. */
   cleanup(): Promise<void>;
 }
@@ -134,17 +137,20 @@ export async function startPlugin(opts: PluginOptions): Promise<Plugin> {
       spawnDaemon();
       await waitServing();
     },
+    async wipeKernel() {
+      await new PolicyDataplane({ prefix: chainPrefix, markBit: 0x100000, ifPrefix }).removeAll();
+      for (const family of ['-4', '-6']) await run('ip', [family, 'route', 'flush', 'proto', String(routeProtocol)], 'flush test routes');
+      for (const link of await linksWithPrefix(ifPrefix)) await removeEndpointVeth(link);
+    },
     async cleanup() {
       if (cleaned) return;
       cleaned = true;
       const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
       await plugin.stop();
       clearTimeout(timer);
-      await new PolicyDataplane({ prefix: chainPrefix, markBit: 0x100000, ifPrefix }).removeAll();
-      for (const family of ['-4', '-6']) await run('ip', [family, 'route', 'flush', 'proto', String(routeProtocol)], 'flush test routes');
       // Safety net: a test that removed its containers after stopping the plugin would leave
       // their veths behind (Docker moves them back to the host); the prefix is this instance's.
-      for (const link of await linksWithPrefix(ifPrefix)) await removeEndpointVeth(link);
+      await plugin.wipeKernel();
       await rm(dataDir, { recursive: true, force: true });
     },
   };

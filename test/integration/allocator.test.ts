@@ -372,13 +372,13 @@ test('setEndpoint and findAllocation', async (t) => {
   const a = allocator(await openStore(t), 'node-a');
   await a.addPool({ cidr: '10.0.0.0/24' });
   const { ip } = await a.autoAssign({ family: 4, owner: owner('h') });
-  t.deepEqual(await a.setEndpoint(ip, 'ep-1'), { node: 'node-a', handle: 'h', kind: 'container', endpointId: 'ep-1' });
+  t.deepEqual(await a.setEndpoint(ip, 'ep-1'), { node: 'node-a', handle: 'h#ep-1', kind: 'container', endpointId: 'ep-1' });
   t.deepEqual(await a.findAllocation(ip), {
     ip,
     block: '10.0.0.0/26',
     affinity: 'node-a',
     pool: '10.0.0.0/24',
-    owner: { node: 'node-a', handle: 'h', kind: 'container', endpointId: 'ep-1' },
+    owner: { node: 'node-a', handle: 'h#ep-1', kind: 'container', endpointId: 'ep-1' },
   });
   t.like(await a.release({ ip, requester: { handle: 'h' } }), { status: 'released' }, 'the endpoint does not change the holder');
   await t.throwsAsync(a.setEndpoint(ip, 'ep-1'), { instanceOf: NotFoundError, message: `address ${ip} is not allocated` });

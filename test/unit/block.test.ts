@@ -199,16 +199,23 @@ test('setEndpoint records the endpoint on one allocation', (t) => {
   const block = filled('10.0.0.0/30', 2, alice);
   const updated = setEndpoint(block, '10.0.0.1', 'ep1');
   if (updated === undefined) throw new Error('not allocated');
-  t.deepEqual(ownerAt(updated, '10.0.0.1'), { ...alice, endpointId: 'ep1' });
+  // The handle names the endpoint too: `<the requester's handle>#<endpoint>`.
+  t.deepEqual(ownerAt(updated, '10.0.0.1'), { ...alice, handle: 'pool1:alice#ep1', endpointId: 'ep1' });
   t.deepEqual(ownerAt(updated, '10.0.0.0'), alice);
   t.is(setEndpoint(updated, '10.0.0.1', 'ep1'), updated, 'unchanged when already set');
   t.is(setEndpoint(block, '10.0.0.3', 'ep1'), undefined, 'free address');
   // Re-pointing drops the old attribute.
   const again = setEndpoint(updated, '10.0.0.1', 'ep2');
-  t.deepEqual(again?.attributes, [alice, { ...alice, endpointId: 'ep2' }]);
-  // The endpoint does not change who may release.
-  const rel = release(updated, '10.0.0.1', { node: 'node-a', handle: 'pool1:alice' });
-  t.is(rel.status, 'released');
+  t.deepEqual(again?.attributes, [alice, { ...alice, handle: 'pool1:alice#ep2', endpointId: 'ep2' }]);
+  // The endpoint does not change who may release: the requester's handle (Docker's ReleaseAddress
+  // names only the pool) or the full one; nobody else.
+  t.is(release(updated, '10.0.0.1', { node: 'node-a', handle: 'pool1:alice' }).status, 'released');
+  t.is(release(updated, '10.0.0.1', { node: 'node-a', handle: 'pool1:alice#ep1' }).status, 'released');
+  t.is(release(updated, '10.0.0.1', { node: 'node-a', handle: 'pool1:alice#ep2' }).status, 'owned-by-other');
+  t.is(release(updated, '10.0.0.1', { node: 'node-a', handle: 'pool1:al' }).status, 'owned-by-other');
+  // And the same holder asking again for the address (a swarm manager restoring its state) is
+  // still a replay, not a conflict.
+  t.is(assignSpecific(updated, '10.0.0.1', alice).status, 'already-owned');
   t.throws(() => setEndpoint(block, '10.0.0.0', ''), { instanceOf: InvalidRequestError });
 });
 

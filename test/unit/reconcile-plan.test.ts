@@ -193,7 +193,7 @@ test('an allocation records its time, endpoint and container, and old blocks wit
   const named = setEndpoint(taken.block, taken.ip, EP1, 'f'.repeat(64));
   if (named === undefined) throw new Error('not allocated');
   const back = parseBlock(serializeBlock(named), 'test');
-  t.deepEqual(ownerAt(back, taken.ip), { ...owner, endpointId: EP1, containerId: 'f'.repeat(64) });
+  t.deepEqual(ownerAt(back, taken.ip), { ...owner, handle: `docker:CalicoPoolIPv4#${EP1}`, endpointId: EP1, containerId: 'f'.repeat(64) });
   // Recording the endpoint again without the container keeps the container.
   t.is(setEndpoint(named, taken.ip, EP1), named);
   const legacy = JSON.stringify({ cidr: '10.0.0.0/30', affinity: NODE, allocations: [0, null, null, null], unallocated: [1, 2, 3], attributes: [{ node: NODE, handle: 'docker:CalicoPoolIPv4', kind: 'container' }] });
