@@ -23,6 +23,10 @@ export interface Flags {
   readonly srcPort?: string;
   readonly icmpType?: string;
   readonly icmpCode?: string;
+  readonly as?: string;
+  readonly node?: string;
+  readonly mesh?: string;
+  readonly routeReflector?: string;
 }
 
 export interface Context {
@@ -32,6 +36,8 @@ export interface Context {
   readonly format: OutputFormat;
   readonly io: CliIo;
   readonly flags: Flags;
+  /** This host's BIRD directory (CALICO_BIRD_DIR), for `node status`. */
+  readonly birdDir: string;
 }
 
 export type Handler = (ctx: Context, args: string[]) => Promise<void>;
