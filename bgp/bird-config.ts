@@ -119,7 +119,7 @@ export function renderBirdConfig(input: BirdInput): string {
   const asNumber = validAsNumber(input.asNumber, 'this host\'s AS number');
   const timers = validTimers(input.timers);
   const clusterId = input.routeReflectorClusterId === undefined ? undefined : validIpv4(input.routeReflectorClusterId, 'route reflector cluster ID');
-  const exports = [...new Set(input.exports.map((c) => {
+  const announced = [...new Set(input.exports.map((c) => {
     const cidr = parseCidr(c, 'exported route');
     if (cidr.family !== 4) throw new BgpConfigError(`exported route must be IPv4, got '${c}'`);
     return formatCidr(cidr);
@@ -164,7 +164,7 @@ export function renderBirdConfig(input: BirdInput): string {
     '',
     `protocol static ${EXPORT_PROTOCOL} {`,
     '  ipv4;',
-    ...exports.map((c) => `  route ${c} blackhole;`),
+    ...announced.map((c) => `  route ${c} blackhole;`),
     '}',
     '',
     'template bgp calico_peer {',
