@@ -138,6 +138,9 @@ export function renderBirdConfig(input: BirdInput): string {
       onSubnet ? 'direct;' : 'multihop;',
       ...(peerAs !== asNumber ? ['allow local as 1;'] : []),
       ...(p.rrClient === true && clusterId !== undefined && peerAs === asNumber ? ['rr client;', `rr cluster id ${clusterId};`] : []),
+      // A reflector passes on what it learned over iBGP (BIRD applies the reflection rules);
+      // every other session announces this host's own routes only.
+      ...(clusterId !== undefined && p.kind === 'rr' && peerAs === asNumber ? [`ipv4 { export where proto = "${EXPORT_PROTOCOL}" || source = RTS_BGP; };`] : []),
     ];
     byName.set(name, `protocol bgp ${name} from calico_peer {\n${options.map((o) => `  ${o}`).join('\n')}\n}\n`);
   }

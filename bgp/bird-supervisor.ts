@@ -13,7 +13,8 @@
 //
 // Configuration changes go through `bird -p` first (a file BIRD would refuse never replaces the
 // running one) and then `birdc configure`: BIRD applies the difference without dropping sessions
-// that did not change. BIRD is restarted only when it is not running (crash: backoff from 1 s).
+// that did not change. BIRD is started only when no BIRD of ours runs (its pid file names a live
+// `bird` with our socket); after a crash, again with a backoff from 1 s to 30 s.
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -70,7 +71,9 @@ export class BirdSupervisor implements BirdApplier {
 
   async apply(config: string): Promise<void> {
     this.withdrawn = false;
-    const running = await birdAnswers(this.paths.socket);
+    // By its pid, not by asking its socket: a slow answer on a loaded host must never start a
+    // second BIRD or restart a healthy one.
+    const running = ourBirdPid(this.paths) !== undefined;
     if (running && config === this.applied) return;
     mkdirSync(this.paths.dir, { recursive: true, mode: 0o700 });
     const next = `${this.paths.config}.next`;
@@ -85,9 +88,9 @@ export class BirdSupervisor implements BirdApplier {
     if (running) {
       const r = await birdc(this.paths.socket, ['configure']);
       if (!/Reconfigured|Reconfiguration in progress|queueing new config/.test(r.output)) {
-        throw new Error(`birdc configure: ${r.output.trim()}`);
+        throw new Error(`birdc configure: ${r.output.trim() || `no answer (exit ${r.code ?? 'timeout'})`}`);
       }
-      this.log.info('BIRD reconfigured');
+      this.log.info(this.applied === undefined ? 'BIRD adopted (pid %d) and reconfigured' : 'BIRD reconfigured', ourBirdPid(this.paths) ?? 0);
     } else {
       await this.start();
     }
@@ -159,16 +162,15 @@ export class BirdSupervisor implements BirdApplier {
 
   private async check(): Promise<void> {
     if (this.closed || this.withdrawn || this.applied === undefined) return;
-    if (await birdAnswers(this.paths.socket)) {
+    if (ourBirdPid(this.paths) !== undefined) {
       if (Date.now() - this.startedAt > HEALTHY_AFTER_MS) this.backoffMs = MIN_BACKOFF_MS;
       return;
     }
     const wait = this.backoffMs;
     this.backoffMs = Math.min(this.backoffMs * 2, MAX_BACKOFF_MS);
-    this.log.warn('BIRD does not answer on %s: restarting it in %d ms', this.paths.socket, wait);
+    this.log.warn('BIRD is not running: starting it again in %d ms', wait);
     await sleep(wait);
-    if (this.closed || this.withdrawn) return;
-    await stopBird(this.paths); // a hung one
+    if (this.closed || this.withdrawn || ourBirdPid(this.paths) !== undefined) return;
     try {
       await this.start();
     } catch (err) {

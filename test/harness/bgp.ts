@@ -32,13 +32,22 @@ export interface RouterBird {
 /** Starts BIRD in the router namespace, AS 65000, one eBGP session per host (protocol named like
  * the host), importing everything and exporting what it learned over BGP; its kernel protocol
  * writes the learned routes, so the router forwards container traffic natively. */
-export async function startRouterBird(c: Cluster, hosts: readonly Host[]): Promise<RouterBird> {
+export interface RouterSession {
+  readonly name: string;
+  readonly address: string;
+  readonly asNumber: number;
+  /** The router's own address towards it. */
+  readonly local: string;
+}
+
+export async function startRouterBird(c: Cluster, hosts: readonly Host[], more: readonly RouterSession[] = []): Promise<RouterBird> {
   const dir = join(c.dir, 'router-bird');
   const config = join(c.dir, 'router-bird.conf');
   const socket = `${dir}.ctl`;
-  const sessions = hosts.map((h) => `protocol bgp ${h.name} {
-  local ${h.gateway} as ${ROUTER_AS};
-  neighbor ${h.address} as 64512;
+  const all: RouterSession[] = [...hosts.map((h) => ({ name: h.name, address: h.address, asNumber: 64512, local: h.gateway })), ...more];
+  const sessions = all.map((h) => `protocol bgp ${h.name} {
+  local ${h.local} as ${ROUTER_AS};
+  neighbor ${h.address} as ${h.asNumber};
   direct;
   hold time 6; keepalive time 2; connect retry time 1; connect delay time 1; error wait time 1, 5;
   ipv4 { import all; export where source = RTS_BGP; };

@@ -12,8 +12,8 @@ const base: BirdInput = {
 
 /** The body of one `protocol bgp <name> ... { ... }` block. */
 function session(text: string, name: string): string | undefined {
-  const m = new RegExp(`protocol bgp ${name} from calico_peer \\{\\n([^}]*)\\}`).exec(text);
-  return m?.[1];
+  const m = new RegExp(`protocol bgp ${name} from calico_peer \\{\\n([\\s\\S]*?)\\n\\}\\n`).exec(text);
+  return m?.[1] === undefined ? undefined : `${m[1]}\n`;
 }
 
 test('router id, local AS, timers and the export filter come from the input', (t) => {
@@ -61,8 +61,8 @@ test('a route reflector marks its clients with its cluster ID; sessions to other
       { kind: 'rr', address: '198.18.1.13', asNumber: 64512 },
     ],
   });
-  t.is(session(text, 'rr_198_18_1_12'), '  neighbor 198.18.1.12 as 64512;\n  direct;\n  rr client;\n  rr cluster id 1.0.0.1;\n');
-  t.is(session(text, 'rr_198_18_1_13'), '  neighbor 198.18.1.13 as 64512;\n  direct;\n');
+  t.is(session(text, 'rr_198_18_1_12'), '  neighbor 198.18.1.12 as 64512;\n  direct;\n  rr client;\n  rr cluster id 1.0.0.1;\n  ipv4 { export where proto = "calico_exports" || source = RTS_BGP; };\n');
+  t.is(session(text, 'rr_198_18_1_13'), '  neighbor 198.18.1.13 as 64512;\n  direct;\n  ipv4 { export where proto = "calico_exports" || source = RTS_BGP; };\n');
 });
 
 test('the same input renders the same text (reloads only on change)', (t) => {
