@@ -71,8 +71,8 @@ export function planBgp(input: BgpPlanInput): BgpPlan {
       refused.push(errorMessage(err));
     }
   };
-  for (const p of input.nodePeers) add('node', p.address, p.asNumber, `node-specific peer ${String(p.address).slice(0, 40)}`);
-  for (const p of input.globalPeers) add('global', p.address, p.asNumber, `global peer ${String(p.address).slice(0, 40)}`);
+  for (const p of input.nodePeers) add('node', p.address, p.asNumber, `node-specific peer ${JSON.stringify(String(p.address).slice(0, 40))}`);
+  for (const p of input.globalPeers) add('global', p.address, p.asNumber, `global peer ${JSON.stringify(String(p.address).slice(0, 40))}`);
   const mesh = input.settings?.nodeToNodeMesh ?? true;
   for (const n of [...input.nodes].sort((a, b) => (a.name < b.name ? -1 : 1))) {
     if (n.name === input.node || n.ipv4Address === undefined) continue;

@@ -65,21 +65,22 @@ const LOG_PATH = /^\/[A-Za-z0-9._/-]{1,200}$/;
 
 export function validAsNumber(value: unknown, what = 'AS number'): number {
   if (typeof value !== 'number' || !Number.isInteger(value) || value < 1 || value > MAX_AS_NUMBER) {
-    throw new BgpConfigError(`${what} must be an integer from 1 to ${MAX_AS_NUMBER}, got '${String(value).slice(0, 40)}'`);
+    throw new BgpConfigError(`${what} must be an integer from 1 to ${MAX_AS_NUMBER}, got ${JSON.stringify(String(value).slice(0, 40))}`);
   }
   return value;
 }
 
 /** A unicast IPv4 address in canonical form (BGP peers are IPv4 here: the fabric is). */
 export function validIpv4(value: unknown, what: string): string {
-  if (typeof value !== 'string' || value.length > 15) throw new BgpConfigError(`${what} must be an IPv4 address, got '${String(value).slice(0, 40)}'`);
+  // Quoted as JSON: a hostile value must not put a newline into the log either.
+  if (typeof value !== 'string' || value.length > 15) throw new BgpConfigError(`${what} must be an IPv4 address, got ${JSON.stringify(String(value).slice(0, 40))}`);
   let text: string;
   try {
     const ip = parseIp(value, what);
     if (ip.family !== 4) throw new Error('IPv6');
     text = formatIp(ip);
   } catch {
-    throw new BgpConfigError(`${what} must be an IPv4 address, got '${value}'`);
+    throw new BgpConfigError(`${what} must be an IPv4 address, got ${JSON.stringify(value)}`);
   }
   if (text === '0.0.0.0' || text === '255.255.255.255' || Number(text.split('.')[0]) >= 224) {
     throw new BgpConfigError(`${what} must be a unicast address, got '${value}'`);
