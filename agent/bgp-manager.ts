@@ -102,8 +102,18 @@ export class BgpManager implements Manager {
       if (!this.nodes.has(this.keys.node(this.node))) await this.applier.withdraw();
       return;
     }
+    let config: string;
+    try {
+      config = renderBirdConfig({ ...plan.input, ...(this.options.logFile !== undefined && { logFile: this.options.logFile }) });
+    } catch (err) {
+      // Nothing a retry would change: said once, BIRD keeps what it runs.
+      const reason = `not reconfiguring BIRD: ${errorMessage(err)}`;
+      if (reason !== this.lastReason) this.log.error('BGP: %s', reason);
+      this.lastReason = reason;
+      return;
+    }
     this.lastReason = '';
-    await this.applier.apply(renderBirdConfig({ ...plan.input, ...(this.options.logFile !== undefined && { logFile: this.options.logFile }) }));
+    await this.applier.apply(config);
   }
 }
 

@@ -47,7 +47,7 @@ export function birdPaths(dir: string): BirdPaths {
 
 /** What the BGP manager drives (a fake in unit tests). */
 export interface BirdApplier {
-  /** BIRD runs with exactly this configuration (started, adopted or reconfigured as needed). */
+  /** BIRD is to run exactly this configuration (started, adopted or reconfigured as needed). */
   apply(config: string): Promise<void>;
   /** This host is gone for good: stop BIRD, withdrawing its routes from every peer. */
   withdraw(): Promise<void>;
@@ -56,12 +56,18 @@ export interface BirdApplier {
 
 export class BirdSupervisor implements BirdApplier {
   readonly paths: BirdPaths;
+  /** What BIRD should run; undefined: nothing asked yet, or withdrawn. */
+  private desired: string | undefined;
+  /** What the running BIRD was last given (undefined: unknown, so the next pass rewrites). */
   private applied: string | undefined;
+  private checkFile = false;
   private child: ChildProcess | undefined;
   private watchTimer: NodeJS.Timeout | undefined;
+  private busy: Promise<void> | undefined;
+  private again = false;
   private backoffMs = MIN_BACKOFF_MS;
+  private notBefore = 0;
   private startedAt = 0;
-  private restarting: Promise<void> | undefined;
   private closed = false;
   private withdrawn = false;
 
@@ -69,12 +75,91 @@ export class BirdSupervisor implements BirdApplier {
     this.paths = birdPaths(dir);
   }
 
-  async apply(config: string): Promise<void> {
+  /** Hands BIRD its configuration and returns: starting, adopting, reloading and retrying happen
+   * in the background (and are logged), so a slow or failing BIRD never holds up the agent's
+   * other managers, nor the daemon's start. */
+  apply(config: string): Promise<void> {
     this.withdrawn = false;
+    this.desired = config;
+    this.watch();
+    this.kick();
+    return Promise.resolve();
+  }
+
+  async withdraw(): Promise<void> {
+    if (this.withdrawn) return;
+    this.withdrawn = true;
+    this.desired = undefined;
+    this.applied = undefined;
+    this.stopWatching();
+    await this.busy;
+    if (await stopBird(this.paths)) this.log.info('BIRD stopped: this host\'s routes are withdrawn');
+  }
+
+  /** The next pass compares the file on disk with what BIRD should run (someone may have edited
+   * it) and reloads if they differ. */
+  resync(): void {
+    this.checkFile = true;
+  }
+
+  /** Stop supervising; BIRD keeps running (a daemon restart must not withdraw routes). */
+  async close(): Promise<void> {
+    this.closed = true;
+    this.stopWatching();
+    await this.busy;
+    this.child?.unref();
+  }
+
+  /** Resolves when BIRD runs the last configuration handed to it (tests, benchmarks). */
+  async settled(): Promise<void> {
+    while (this.busy !== undefined) await this.busy;
+  }
+
+  private kick(): void {
+    if (this.busy !== undefined) {
+      this.again = true;
+      return;
+    }
+    this.busy = (async () => {
+      do {
+        this.again = false;
+        await this.converge();
+      } while (this.again && !this.closed && !this.withdrawn);
+    })().finally(() => (this.busy = undefined));
+  }
+
+  private async converge(): Promise<void> {
+    const config = this.desired;
+    if (this.closed || this.withdrawn || config === undefined) return;
     // By its pid, not by asking its socket: a slow answer on a loaded host must never start a
     // second BIRD or restart a healthy one.
     const running = ourBirdPid(this.paths) !== undefined;
-    if (running && config === this.applied) return;
+    if (!running && this.applied !== undefined) {
+      this.applied = undefined;
+      this.notBefore = Date.now() + this.backoffMs;
+      this.log.warn('BIRD is not running: starting it again in %d ms', this.backoffMs);
+      this.backoffMs = Math.min(this.backoffMs * 2, MAX_BACKOFF_MS);
+    }
+    if (running && this.checkFile) {
+      this.checkFile = false;
+      if (readText(this.paths.config) !== this.applied) this.applied = undefined;
+    }
+    if (running && config === this.applied) {
+      if (Date.now() - this.startedAt > HEALTHY_AFTER_MS) this.backoffMs = MIN_BACKOFF_MS;
+      return;
+    }
+    if (Date.now() < this.notBefore) return; // the watch timer comes back
+    try {
+      await this.applyNow(config, running);
+      this.applied = config;
+    } catch (err) {
+      this.notBefore = Date.now() + this.backoffMs;
+      this.backoffMs = Math.min(this.backoffMs * 2, MAX_BACKOFF_MS);
+      this.log.error('BGP: %s; trying again', errorMessage(err));
+    }
+  }
+
+  private async applyNow(config: string, running: boolean): Promise<void> {
     mkdirSync(this.paths.dir, { recursive: true, mode: 0o700 });
     const next = `${this.paths.config}.next`;
     writeFileSync(next, config, { mode: 0o600 });
@@ -90,32 +175,11 @@ export class BirdSupervisor implements BirdApplier {
       if (!/Reconfigured|Reconfiguration in progress|queueing new config/.test(r.output)) {
         throw new Error(`birdc configure: ${r.output.trim() || `no answer (exit ${r.code ?? 'timeout'})`}`);
       }
-      this.log.info(this.applied === undefined ? 'BIRD adopted (pid %d) and reconfigured' : 'BIRD reconfigured', ourBirdPid(this.paths) ?? 0);
+      this.log.info(this.applied === undefined && this.startedAt === 0 ? 'BIRD adopted (pid %d) and reconfigured' : 'BIRD reconfigured', ourBirdPid(this.paths) ?? 0);
+      if (this.startedAt === 0) this.startedAt = Date.now();
     } else {
       await this.start();
     }
-    this.applied = config;
-    this.watch();
-  }
-
-  async withdraw(): Promise<void> {
-    if (this.withdrawn) return;
-    this.withdrawn = true;
-    this.applied = undefined;
-    this.stopWatching();
-    if (await stopBird(this.paths)) this.log.info('BIRD stopped: this host\'s routes are withdrawn');
-  }
-
-  /** The next apply writes and reloads even if the text did not change. */
-  resync(): void {
-    this.applied = undefined;
-  }
-
-  /** Stop supervising; BIRD keeps running (a daemon restart must not withdraw routes). */
-  close(): void {
-    this.closed = true;
-    this.stopWatching();
-    this.child?.unref();
   }
 
   private async start(): Promise<void> {
@@ -132,13 +196,16 @@ export class BirdSupervisor implements BirdApplier {
     child.once('exit', (code, signal) => {
       failed ??= `exited (${signal ?? code ?? '?'})`;
       if (this.child === child) this.child = undefined;
-      if (!this.closed && !this.withdrawn) this.log.warn('BIRD %s', failed);
+      if (!this.closed && !this.withdrawn) {
+        this.log.warn('BIRD %s', failed);
+        this.kick();
+      }
     });
     child.unref();
     const deadline = Date.now() + START_TIMEOUT_MS;
     while (!(await birdAnswers(this.paths.socket))) {
       if (failed !== undefined || Date.now() > deadline) {
-        // A slow one is left running: the next apply finds it by its pid and reconfigures it.
+        // A slow one is left running: the next pass finds it by its pid and reconfigures it.
         throw new Error(`BIRD did not start (${failed ?? `no answer on its socket within ${START_TIMEOUT_MS / 1000} s`}); see ${this.paths.log}`);
       }
       await sleep(50);
@@ -149,9 +216,7 @@ export class BirdSupervisor implements BirdApplier {
 
   private watch(): void {
     if (this.watchTimer !== undefined || this.closed) return;
-    this.watchTimer = setInterval(() => {
-      if (this.restarting === undefined) this.restarting = this.check().finally(() => (this.restarting = undefined));
-    }, WATCH_INTERVAL_MS);
+    this.watchTimer = setInterval(() => this.kick(), WATCH_INTERVAL_MS);
     this.watchTimer.unref();
   }
 
@@ -159,23 +224,13 @@ export class BirdSupervisor implements BirdApplier {
     if (this.watchTimer !== undefined) clearInterval(this.watchTimer);
     this.watchTimer = undefined;
   }
+}
 
-  private async check(): Promise<void> {
-    if (this.closed || this.withdrawn || this.applied === undefined) return;
-    if (ourBirdPid(this.paths) !== undefined) {
-      if (Date.now() - this.startedAt > HEALTHY_AFTER_MS) this.backoffMs = MIN_BACKOFF_MS;
-      return;
-    }
-    const wait = this.backoffMs;
-    this.backoffMs = Math.min(this.backoffMs * 2, MAX_BACKOFF_MS);
-    this.log.warn('BIRD is not running: starting it again in %d ms', wait);
-    await sleep(wait);
-    if (this.closed || this.withdrawn || ourBirdPid(this.paths) !== undefined) return;
-    try {
-      await this.start();
-    } catch (err) {
-      this.log.error('%s', errorMessage(err));
-    }
+function readText(path: string): string | undefined {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch {
+    return undefined;
   }
 }
 

@@ -137,7 +137,7 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
     // The agent owns our iptables chains; it programs everything before Docker can reach us.
     // BGP mode: BIRD outlives the daemon (bird-supervisor.ts); closing only stops supervising it.
     const bird = config.networkingBackend === 'bird' ? new BirdSupervisor(config.birdDir, logger('bird')) : undefined;
-    if (bird !== undefined) closers.push(async () => bird.close());
+    if (bird !== undefined) closers.push(() => bird.close());
     const policyDataplane = new PolicyDataplane({ prefix: config.iptablesChainPrefix, markBit: POLICY_MARK_BIT, ifPrefix: config.hostIfPrefix, ...ns });
     const agent = new Agent(store, keys, config.nodeName, {
       policy: {
