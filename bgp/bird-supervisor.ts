@@ -4,7 +4,7 @@
 //
 // Lifetime, decided for "a restart must not withdraw, a removal must": BIRD is started detached
 // and outlives the daemon. A daemon restart or upgrade (or crash) leaves BIRD and its sessions
-// alone; the next daemon finds it answering on the socket, adopts it and reconfigures it, so
+// alone; the next daemon finds it by its pid file, adopts it and reconfigures it, so
 // peers see nothing (no BGP graceful restart is needed, and none is configured: with it, peers
 // would keep a dead host's routes for the restart time). BIRD is stopped only when this host is
 // taken out for good: its node record disappears (`calicoctl node remove`) while the daemon runs,
