@@ -32,7 +32,7 @@ function birdPid(h: Host): number | undefined {
   return existsSync(file) ? Number(readFileSync(file, 'utf8').trim()) : undefined;
 }
 
-test('BGP to a top-of-rack router: native routes across subnets, new blocks announced, restart keeps, removal withdraws, link loss times out', async (t) => {
+test('BGP to a top-of-rack router: native routes across subnets, new blocks announced, restart keeps, crash recovers, link loss times out, removal withdraws', async (t) => {
   t.timeout(170_000);
   let cluster: Cluster | undefined;
   t.teardown(async () => {
@@ -100,6 +100,17 @@ test('BGP to a top-of-rack router: native routes across subnets, new blocks anno
   t.is(afterRestart?.since, sinceBefore, 'the session was never reset');
   t.is(afterRestart?.info, 'Established');
   t.truthy((await router.routes()).find((r) => r.dst === block26(a1)), 'routes kept');
+
+  // host3's BIRD crashes: the supervisor starts it again (same configuration), the session and
+  // the routes come back.
+  const crashed = birdPid(h3);
+  await h3.run(['kill', '-KILL', String(crashed)]);
+  await until('host3 BIRD restarted and Established again', async () => {
+    const pid = birdPid(h3);
+    const s = sessionOf(await router.birdc(['show', 'protocols']), 'host3');
+    return pid !== undefined && pid !== crashed && s?.info === 'Established' ? true : undefined;
+  }, 30_000);
+  t.truthy(await until('router relearns host3 block', async () => (await router.routes()).find((r) => r.dst === block26(a3)), 20_000));
 
   // host2 loses its link: the router drops the session after the hold time (6 s), not before.
   const c2 = await runContainer(h2.docker, { image: c.image, network: 'net1' });
