@@ -46,7 +46,7 @@ function renderedConfig(h: Host): string {
 }
 
 test('one subnet: full mesh, then a route reflector with the mesh off, then an AS override and a node-specific peer; hostile peer data refused', async (t) => {
-  t.timeout(170_000);
+  t.timeout(240_000);
   let cluster: Cluster | undefined;
   let admin: Etcd3 | undefined;
   t.teardown(async () => {

@@ -33,7 +33,7 @@ function birdPid(h: Host): number | undefined {
 }
 
 test('BGP to a top-of-rack router: native routes across subnets, new blocks announced, restart keeps, crash recovers, link loss times out, removal withdraws', async (t) => {
-  t.timeout(170_000);
+  t.timeout(240_000);
   let cluster: Cluster | undefined;
   t.teardown(async () => {
     await cluster?.stop();
