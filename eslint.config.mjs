@@ -14,6 +14,7 @@ const LAYERS = [
   ['ipam'],
   ['policy'],
   ['model', 'dataplane', 'protocol'],
+  ['bgp'],
   ['workload'],
   ['driver', 'agent', 'config'],
   ['daemon', 'cli'],

@@ -4,7 +4,10 @@
 import type { Datastore } from '../datastore/datastore';
 import type { Keys } from '../datastore/keys';
 import { logger } from '../lib/log';
+import type { BirdApplier } from '../bgp/bird-supervisor';
+import { BgpManager, type BgpManagerOptions } from './bgp-manager';
 import { type PolicyApplier, PolicyManager } from './policy-manager';
+import type { NetworkingBackend } from './route-plan';
 import { type RoutesApplier, RoutesManager } from './routes-manager';
 import { type SandboxApplier, SandboxManager } from './sandbox-manager';
 import { SyncLoop, type SyncObserver, type SyncStatus } from './sync-loop';
@@ -24,13 +27,21 @@ export class Agent {
     store: Datastore,
     keys: Keys,
     node: string,
-    appliers: { readonly policy: PolicyApplier; readonly routes?: RoutesApplier; readonly sandboxes?: SandboxApplier },
+    appliers: {
+      readonly policy: PolicyApplier;
+      readonly routes?: RoutesApplier;
+      readonly sandboxes?: SandboxApplier;
+      /** BGP mode: this host's BIRD and how to configure it. */
+      readonly bgp?: { readonly bird: BirdApplier; readonly options: BgpManagerOptions };
+    },
     observer?: SyncObserver,
+    backend: NetworkingBackend = 'vxlan',
   ) {
     this.policy = new PolicyManager(keys, node, appliers.policy, log);
-    const routes = appliers.routes === undefined ? [] : [new RoutesManager(keys, node, appliers.routes, log)];
+    const routes = appliers.routes === undefined ? [] : [new RoutesManager(keys, node, appliers.routes, log, backend)];
     const sandboxes = appliers.sandboxes === undefined ? [] : [new SandboxManager(keys, node, appliers.sandboxes, log)];
-    this.loop = new SyncLoop(store, keys, [this.policy, ...routes, ...sandboxes], log, observer);
+    const bgp = appliers.bgp === undefined ? [] : [new BgpManager(keys, node, appliers.bgp.bird, log, appliers.bgp.options)];
+    this.loop = new SyncLoop(store, keys, [this.policy, ...routes, ...sandboxes, ...bgp], log, observer);
   }
 
   /** Lists the datastore and programs the kernel before resolving; throws if it cannot. */

@@ -18,11 +18,18 @@
 // allocated or recorded; each device's MAC is derived from its host's name (vxlanMac), so every
 // host knows every other's without writing it anywhere. With `Never`, a host on another subnet is
 // reported as unreachable, not routed.
+//
+// Backends (CALICO_NETWORKING_BACKEND): `vxlan` (the default) is all of the above. With `bird`
+// the routes to other hosts' containers come from BGP (BIRD writes them, `proto bird`) and this
+// plan keeps only the blackholes of local blocks; `none` routes nothing between hosts either.
 import { createHash } from 'node:crypto';
 import { type Cidr, type IpAddress, type IpFamily, blockContaining, containsCidr, containsIp, formatCidr, formatIp, parseCidr, parseIp } from '../ipam/cidr';
 import type { VxlanMode } from '../ipam/pool';
 import type { KernelRoute } from '../dataplane/routes';
 import type { KernelVxlan, VxlanPeerEntry } from '../dataplane/vxlan';
+import type { NetworkingBackend } from '../bgp/backend';
+
+export type { NetworkingBackend } from '../bgp/backend';
 
 export interface PlanNode {
   readonly name: string;
@@ -54,6 +61,8 @@ export interface PlanInput {
   readonly endpoints: readonly PlanEndpoint[];
   /** Pools, for their VXLAN mode (absent or not listed: Never). */
   readonly pools?: readonly PlanPool[];
+  /** Default 'vxlan'. */
+  readonly backend?: NetworkingBackend;
 }
 
 /** What the routes and VXLAN dataplanes write (their types: the plan is their input). */
@@ -88,6 +97,7 @@ export function vxlanMac(node: string): string {
 
 export function planRoutes(input: PlanInput): RoutePlan {
   const routes = new Map<string, Route>();
+  const betweenHosts = (input.backend ?? 'vxlan') === 'vxlan';
   const unreachable = new Set<string>();
   const me = input.nodes.find((n) => n.name === input.node);
   const nodes = new Map(input.nodes.map((n) => [n.name, n]));
@@ -103,6 +113,7 @@ export function planRoutes(input: PlanInput): RoutePlan {
 
   /** How to send traffic for host `name`'s containers in `dst` (a block or an address), if at all. */
   const hopTo = (name: string, dst: Cidr): Route | undefined => {
+    if (!betweenHosts) return undefined;
     const mine = hostCidr(me, dst.family);
     const theirs = hostCidr(nodes.get(name), dst.family);
     const mode = modeOf(dst);
@@ -163,7 +174,7 @@ export function planRoutes(input: PlanInput): RoutePlan {
     }
   }
   unreachable.delete(input.node);
-  const vxlan = planVxlan(input, me, pools.some((p) => p.mode !== 'Never'));
+  const vxlan = betweenHosts ? planVxlan(input, me, pools.some((p) => p.mode !== 'Never')) : undefined;
   return {
     routes: [...routes.values()].sort((a, b) => (a.dst < b.dst ? -1 : a.dst > b.dst ? 1 : 0)),
     unreachable: [...unreachable].sort(),

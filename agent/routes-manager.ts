@@ -9,7 +9,7 @@ import type { Logger } from '../lib/log';
 import { parseStored } from '../model/codec';
 import { Endpoint } from '../model/endpoint';
 import { Node } from '../model/node';
-import { type PlanBlock, type PlanEndpoint, type PlanNode, type PlanPool, type Route, type VxlanPlan, planRoutes } from './route-plan';
+import { type NetworkingBackend, type PlanBlock, type PlanEndpoint, type PlanNode, type PlanPool, type Route, type VxlanPlan, planRoutes } from './route-plan';
 import type { Manager } from './sync-loop';
 
 /** The kernel side (dataplane/routes.ts), reduced to what the manager drives. */
@@ -32,6 +32,7 @@ export class RoutesManager implements Manager {
     private readonly node: string,
     private readonly applier: RoutesApplier,
     private readonly log: Logger,
+    private readonly backend: NetworkingBackend = 'vxlan',
   ) {}
 
   update(key: string, kv: KeyValue | undefined): boolean {
@@ -77,6 +78,7 @@ export class RoutesManager implements Manager {
       blocks: [...this.blocks.values()],
       endpoints: [...this.endpoints.values()],
       pools: [...this.pools.values()],
+      backend: this.backend,
     });
     const unreachable = plan.unreachable.join(', ');
     if (unreachable !== this.lastUnreachable && unreachable !== '') {

@@ -9,6 +9,7 @@ import { Allocator } from '../ipam/allocator';
 import { InvalidRequestError } from '../lib/errors';
 import type { CliIo, Handler } from './context';
 import { ipamCheckCommands } from './ipam-check-commands';
+import { bgpCommands } from './bgp-commands';
 import { ipamCommands } from './ipam-commands';
 import { nodeCommands } from './node-commands';
 import { parseFormat } from './output';
@@ -36,6 +37,14 @@ Commands:
   node list                                                          hosts: addresses, blocks, endpoints, alive
   node remove <name> [--force]                                       forget a host that is gone: its blocks,
                                                                      addresses and (--force) endpoint records
+  node set <name> [--as <asn>|default] [--route-reflector <cluster-id>|none]
+                                                                     a host's BGP AS and route reflector role
+  node status                                                        this host's BGP sessions (BIRD's view)
+  bgp peer add <address> --as <asn> [--node <name>]                  peer every host (or one) with a router
+  bgp peer remove <address> [--node <name>]                          remove a peer
+  bgp peer list                                                      list BGP peers
+  bgp config set [--mesh on|off] [--as <asn>]                        node-to-node mesh, default AS (64512)
+  bgp config show                                                    show them
   apply -f <file.yaml|file.json|->                                   create or replace profiles
   get profile [name]                                                 show profiles
   delete profile <name>                                              delete a profile
@@ -51,10 +60,10 @@ Options:
 
 The datastore is etcd when ETCD_ENDPOINTS is set, else the embedded store in CALICO_DATA_DIR.`;
 
-const commands: Record<string, Handler> = { ...ipamCommands, ...ipamCheckCommands, ...policyCommands, ...nodeCommands };
+const commands: Record<string, Handler> = { ...ipamCommands, ...ipamCheckCommands, ...policyCommands, ...nodeCommands, ...bgpCommands };
 
 function findCommand(positionals: string[]): { handler: Handler; args: string[] } {
-  for (const words of [2, 1]) {
+  for (const words of [3, 2, 1]) {
     const handler = commands[positionals.slice(0, words).join(' ')];
     if (handler !== undefined && positionals.length >= words) return { handler, args: positionals.slice(words) };
   }
@@ -81,6 +90,10 @@ export async function runCalicoctl(argv: string[], env: NodeJS.ProcessEnv, io: C
       'icmp-code': { type: 'string' },
       ip: { type: 'string' },
       'from-report': { type: 'string' },
+      as: { type: 'string' },
+      node: { type: 'string' },
+      mesh: { type: 'string' },
+      'route-reflector': { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -115,8 +128,12 @@ export async function runCalicoctl(argv: string[], env: NodeJS.ProcessEnv, io: C
       ...(values['icmp-code'] !== undefined && { icmpCode: values['icmp-code'] }),
       ...(values.ip !== undefined && { ip: values.ip }),
       ...(values['from-report'] !== undefined && { fromReport: values['from-report'] }),
+      ...(values.as !== undefined && { as: values.as }),
+      ...(values.node !== undefined && { node: values.node }),
+      ...(values.mesh !== undefined && { mesh: values.mesh }),
+      ...(values['route-reflector'] !== undefined && { routeReflector: values['route-reflector'] }),
     };
-    await handler({ store, keys, allocator, format, io, flags, graceMs: config.reconcileGraceMs }, args);
+    await handler({ store, keys, allocator, format, io, flags, graceMs: config.reconcileGraceMs, birdDir: config.birdDir }, args);
   } finally {
     await store.close();
   }

@@ -27,6 +27,10 @@ export interface Flags {
   readonly ip?: string;
   /** ipam release --from-report */
   readonly fromReport?: string;
+  readonly as?: string;
+  readonly node?: string;
+  readonly mesh?: string;
+  readonly routeReflector?: string;
 }
 
 export interface Context {
@@ -38,6 +42,8 @@ export interface Context {
   readonly flags: Flags;
   /** CALICO_RECONCILE_GRACE: how old an allocation without endpoint must be to count as leaked. */
   readonly graceMs: number;
+  /** This host's BIRD directory (CALICO_BIRD_DIR), for `node status`. */
+  readonly birdDir: string;
 }
 
 export type Handler = (ctx: Context, args: string[]) => Promise<void>;

@@ -2,7 +2,8 @@
 // the plugin made (dataplane/uninstall.ts), with the configuration the daemon reads. It refuses
 // while the daemon runs (it would put everything back at once; --force does not change that) and,
 // without --force, while this host has endpoint records (containers would lose their network) or
-// when the datastore cannot be asked. --force cleans the kernel without the datastore. The
+// when the datastore cannot be asked. --force cleans the kernel without the datastore. It stops
+// this host's BIRD (BGP mode), which the daemon leaves running across its restarts. The
 // datastore itself is left alone: `calicoctl node remove` forgets a host that is gone for good.
 import { join } from 'node:path';
 import { stringify } from 'yaml';
@@ -14,6 +15,7 @@ import { socketAnswers } from '../datastore/store-socket';
 import { HostCleanup, isEmptyHostState, type HostState } from '../dataplane/uninstall';
 import type { NetnsOption } from '../dataplane/veth';
 import { errorMessage, InvalidRequestError } from '../lib/errors';
+import { birdPaths, stopBird } from '../bgp/bird-supervisor';
 import type { CliIo } from './context';
 import type { OutputFormat } from './output';
 
@@ -95,6 +97,9 @@ export async function uninstall(config: Config, opts: UninstallOptions, io: CliI
     routeProtocol: config.routeProtocol,
     ...(opts.netns !== undefined && { netns: opts.netns }),
   });
+  // BIRD outlives the daemon (bgp/bird-supervisor.ts); uninstalling is taking the host out, so its
+  // routes are withdrawn from every peer now (BIRD also removes the routes it wrote).
+  if (opts.netns === undefined && (await stopBird(birdPaths(config.birdDir)))) notes.push('stopped BIRD: this host\'s BGP routes are withdrawn');
   const removed = await cleanup.removeAll();
   io.out(renderRemoved(removed, notes, opts.format));
 }

@@ -8,6 +8,8 @@ import { VXLAN_MODES, type VxlanMode, isVxlanMode } from '../ipam/pool';
 import { assertPolicyPrefix } from '../policy/names';
 import { type HostAddressSetting, parseHostAddressSetting } from './host-address';
 import { type ListenAddress, parseHealthListen } from './health-listen';
+import { NETWORKING_BACKENDS, type NetworkingBackend } from '../bgp/backend';
+import { type BirdTimers, DEFAULT_TIMERS, validTimers } from '../bgp/bird-config';
 
 export interface EtcdConfig {
   readonly endpoints: string[];
@@ -82,6 +84,15 @@ export interface Config {
   /** How old an allocation or endpoint record must be before the reconciler takes it as left
    * behind rather than a request in flight (CALICO_RECONCILE_GRACE, seconds). */
   readonly reconcileGraceMs: number;
+  /** How container routes cross between hosts (CALICO_NETWORKING_BACKEND, Calico's names): `vxlan`
+   * (routes and VXLAN from the datastore, the default), `bird` (BGP through this host's BIRD),
+   * `none`. */
+  readonly networkingBackend: NetworkingBackend;
+  /** BIRD's configuration, control socket, pid file and log (CALICO_BIRD_DIR). */
+  readonly birdDir: string;
+  /** BGP timers (CALICO_BGP_KEEPALIVE_TIME, CALICO_BGP_HOLD_TIME, CALICO_BGP_CONNECT_RETRY_TIME,
+   * seconds). */
+  readonly bgpTimers: BirdTimers;
 }
 
 export const DEFAULTS = {
@@ -103,6 +114,7 @@ export const DEFAULTS = {
   reconcileIntervalSeconds: 300,
   reconcileGraceSeconds: 60,
   datastoreTimeoutSeconds: 5,
+  birdDir: '/run/calico-libnetwork/bird',
 } as const;
 
 type Env = Readonly<Record<string, string | undefined>>;
@@ -265,7 +277,37 @@ export function parseConfig(env: Env, defaultNodeName: string = hostname()): Con
     ...(healthListen !== undefined && { healthListen }),
     reconcileIntervalMs: 1000 * integer(env, 'CALICO_RECONCILE_INTERVAL', DEFAULTS.reconcileIntervalSeconds, 1, 86_400),
     reconcileGraceMs: 1000 * integer(env, 'CALICO_RECONCILE_GRACE', DEFAULTS.reconcileGraceSeconds, 1, 86_400),
+    networkingBackend: networkingBackend(env),
+    birdDir: birdDir(env),
+    bgpTimers: bgpTimers(env),
   };
+}
+
+function networkingBackend(env: Env): NetworkingBackend {
+  const v = (value(env, 'CALICO_NETWORKING_BACKEND') ?? 'vxlan').toLowerCase();
+  const b = NETWORKING_BACKENDS.find((x) => x === v);
+  if (b === undefined) throw new ConfigError(`CALICO_NETWORKING_BACKEND must be one of ${NETWORKING_BACKENDS.join(', ')}, got '${env['CALICO_NETWORKING_BACKEND'] ?? ''}'`);
+  return b;
+}
+
+/** Rendered into BIRD's configuration (its log file): a plain path only. */
+function birdDir(env: Env): string {
+  const v = absolutePath(env, 'CALICO_BIRD_DIR', DEFAULTS.birdDir) ?? DEFAULTS.birdDir;
+  if (!/^\/[A-Za-z0-9._/-]{1,150}$/.test(v)) throw new ConfigError(`CALICO_BIRD_DIR must be an absolute path of letters, digits and . _ - /, got '${v}'`);
+  return v;
+}
+
+function bgpTimers(env: Env): BirdTimers {
+  const timers = {
+    keepaliveSeconds: integer(env, 'CALICO_BGP_KEEPALIVE_TIME', DEFAULT_TIMERS.keepaliveSeconds, 1, 65_535),
+    holdSeconds: integer(env, 'CALICO_BGP_HOLD_TIME', DEFAULT_TIMERS.holdSeconds, 3, 65_535),
+    connectRetrySeconds: integer(env, 'CALICO_BGP_CONNECT_RETRY_TIME', DEFAULT_TIMERS.connectRetrySeconds, 1, 65_535),
+  };
+  try {
+    return validTimers(timers);
+  } catch (err) {
+    throw new ConfigError(`CALICO_BGP_KEEPALIVE_TIME / CALICO_BGP_HOLD_TIME: ${errorMessage(err)}`);
+  }
 }
 
 function socketMode(env: Env): SocketMode {

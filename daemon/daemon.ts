@@ -33,6 +33,7 @@ import { listAllocations } from '../ipam/block';
 import { DaemonMetrics, type HostSample } from './metrics';
 import { observedDatastore } from './observed-datastore';
 import { agentCheck, runCheck, startHealthServer } from './health';
+import { BirdSupervisor } from '../bgp/bird-supervisor';
 
 /** Readiness probes answer within this, or fail. */
 const PROBE_TIMEOUT_MS = 3_000;
@@ -128,6 +129,9 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
     );
     await ensureHostForwarding({ ipv6: false }, host);
     // The agent owns our iptables chains; it programs everything before Docker can reach us.
+    // BGP mode: BIRD outlives the daemon (bird-supervisor.ts); closing only stops supervising it.
+    const bird = config.networkingBackend === 'bird' ? new BirdSupervisor(config.birdDir, logger('bird')) : undefined;
+    if (bird !== undefined) closers.push(() => bird.close());
     const policyDataplane = new PolicyDataplane({ prefix: config.iptablesChainPrefix, markBit: POLICY_MARK_BIT, ifPrefix: config.hostIfPrefix, ...ns });
     const agent = new Agent(store, keys, config.nodeName, {
       policy: {
@@ -145,7 +149,8 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
         ...ns,
       }),
       sandboxes: new SandboxRoutingDataplane({ protocol: config.routeProtocol, warn: (m) => log.warn('%s', m) }),
-    }, metrics);
+      ...(bird !== undefined && { bgp: { bird, options: { timers: config.bgpTimers, logFile: bird.paths.log } } }),
+    }, metrics, config.networkingBackend);
     await agent.start();
     closers.push(() => agent.stop());
     // Set once the endpoint service exists (the resolver starts before it, for pending labels).

@@ -11,6 +11,10 @@
 //   <root>/nodes/<node>/info            host registration  (model/node.ts)
 //   <root>/nodes/<node>/alive           present while the host's daemon runs (etcd lease)
 //   <root>/nodes/<node>/endpoints/<id>  workload endpoint  (model/endpoint.ts)
+//   <root>/bgp/config                   BGP settings: mesh on/off, default AS (bgp/bgp-model.ts)
+//   <root>/bgp/nodes/<node>             a host's AS override and route reflector cluster ID
+//   <root>/bgp/peers/global/<address>   a peer of every host
+//   <root>/bgp/peers/node/<node>/<address>   a peer of one host
 //
 // CIDRs are written with '-' for '/', as Calico did (10.0.0.0-26, fd00::-122), so a key segment
 // never contains a slash.
@@ -80,6 +84,30 @@ export class Keys {
   }
   endpointsPrefix(node: string): string {
     return `${this.nodesPrefix()}${node}/endpoints/`;
+  }
+  bgpPrefix(): string {
+    return `${this.root}/bgp/`;
+  }
+  bgpConfig(): string {
+    return `${this.bgpPrefix()}config`;
+  }
+  bgpNodesPrefix(): string {
+    return `${this.bgpPrefix()}nodes/`;
+  }
+  bgpNode(node: string): string {
+    return this.bgpNodesPrefix() + node;
+  }
+  bgpGlobalPeersPrefix(): string {
+    return `${this.bgpPrefix()}peers/global/`;
+  }
+  bgpGlobalPeer(address: string): string {
+    return this.bgpGlobalPeersPrefix() + address;
+  }
+  bgpNodePeersPrefix(): string {
+    return `${this.bgpPrefix()}peers/node/`;
+  }
+  bgpNodePeer(node: string, address: string): string {
+    return `${this.bgpNodePeersPrefix()}${node}/${address}`;
   }
   endpoint(node: string, endpointId: string): string {
     return this.endpointsPrefix(node) + endpointId;

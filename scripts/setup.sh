@@ -14,11 +14,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # netcat-openbsd: `nc -U` health checks on the plugin socket
 # docker-compose: the compose front/back stack test (several networks per container)
 # openssl: the certificates of the etcd TLS test (test/harness/tls-certs.ts)
+# bird2: BIRD 2, the BGP speaker of CALICO_NETWORKING_BACKEND=bird (the daemon runs its own)
 # ca-certificates, tar, util-linux (mount/umount/findmnt/nsenter): base tools the harnesses use and
 #   scripts/build-plugin.sh copies or runs (with libc-bin's ldd and ldconfig and coreutils' chroot)
 PACKAGES=(
   docker.io etcd-server iptables ipset conntrack iproute2 procps busybox-static netcat-openbsd
-  docker-compose ca-certificates tar util-linux openssl
+  docker-compose ca-certificates tar util-linux openssl bird2
 )
 
 if [[ $(id -u) -ne 0 ]]; then
@@ -37,6 +38,12 @@ if ((${#missing[@]} > 0)); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Debian's bird2 starts a `bird` service of its own (/etc/bird/bird.conf, /run/bird/bird.ctl)
+# where systemd runs. Nothing of ours uses it: the daemon runs its own BIRD with its own files.
+if [[ -d /run/systemd/system ]] && systemctl list-unit-files bird.service >/dev/null 2>&1; then
+  systemctl disable --now bird.service >/dev/null 2>&1 || true
 fi
 
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then

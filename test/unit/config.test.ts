@@ -45,6 +45,15 @@ test('outgoing NAT of the default pools: true or false, any case; unset or empty
   t.deepEqual(parse({ CALICO_IPV4POOL_NAT_OUTGOING: '', CALICO_IPV6POOL_NAT_OUTGOING: '' }), [true, true]);
 });
 
+test('BGP settings: vxlan by default; bird with its directory and timers', (t) => {
+  const d = parseConfig({}, 'h');
+  t.is(d.networkingBackend, 'vxlan');
+  t.is(d.birdDir, '/run/calico-libnetwork/bird');
+  t.deepEqual(d.bgpTimers, { keepaliveSeconds: 20, holdSeconds: 60, connectRetrySeconds: 5 });
+  const c = parseConfig({ CALICO_NETWORKING_BACKEND: 'BIRD', CALICO_BIRD_DIR: '/run/b', CALICO_BGP_KEEPALIVE_TIME: '2', CALICO_BGP_HOLD_TIME: '6', CALICO_BGP_CONNECT_RETRY_TIME: '1' }, 'h');
+  t.like(c, { networkingBackend: 'bird', birdDir: '/run/b', bgpTimers: { keepaliveSeconds: 2, holdSeconds: 6, connectRetrySeconds: 1 } });
+});
+
 test('VXLAN settings', (t) => {
   const c = parseConfig({ CALICO_IPV4POOL_VXLAN: 'CrossSubnet', CALICO_VXLAN_VNI: '16777215', CALICO_VXLAN_PORT: '8472' }, 'h');
   t.is(c.defaultIpv4PoolVxlanMode, 'CrossSubnet');
@@ -109,6 +118,9 @@ const invalid: [string, Record<string, string>, RegExp][] = [
   ['IPv4 NAT outgoing number', { CALICO_IPV4POOL_NAT_OUTGOING: '0' }, /CALICO_IPV4POOL_NAT_OUTGOING must be true or false, got '0'/],
   ['IPv6 NAT outgoing', { CALICO_IPV6POOL_NAT_OUTGOING: 'off' }, /CALICO_IPV6POOL_NAT_OUTGOING must be true or false, got 'off'/],
   ['VXLAN VNI', { CALICO_VXLAN_VNI: '16777216' }, /CALICO_VXLAN_VNI must be an integer from 1 to 16777215/],
+  ['networking backend', { CALICO_NETWORKING_BACKEND: 'calico-bgp' }, /CALICO_NETWORKING_BACKEND must be one of bird, vxlan, none/],
+  ['BIRD dir with a quote', { CALICO_BIRD_DIR: '/run/x"y' }, /CALICO_BIRD_DIR must be an absolute path of letters/],
+  ['BGP keepalive not below hold', { CALICO_BGP_KEEPALIVE_TIME: '10', CALICO_BGP_HOLD_TIME: '9' }, /keepalive time \(10 s\) must be shorter than hold time/],
   ['VXLAN VNI zero', { CALICO_VXLAN_VNI: '0' }, /CALICO_VXLAN_VNI must be an integer from 1/],
   ['VXLAN port', { CALICO_VXLAN_PORT: '65536' }, /CALICO_VXLAN_PORT must be an integer from 1 to 65535/],
   ['docker host', { DOCKER_HOST: 'tcp://1.2.3.4:2375' }, /DOCKER_HOST must be a unix:\/\/ socket/],

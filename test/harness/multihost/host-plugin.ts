@@ -11,7 +11,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { nsSpawn } from './ns-exec.js';
 
 export const DAEMON = resolve(__dirname, '../../../bin/calico-libnetwork.js');
-const START_TIMEOUT_MS = 20_000;
+/** Generous: three daemons, three dockerds and etcd start at once on a small shared machine (under
+ * heavy load loading the daemon's modules alone took 6 s). */
+const START_TIMEOUT_MS = 45_000;
 const STOP_GRACE_MS = 10_000;
 const OUTPUT_LIMIT_CHARS = 200_000;
 
