@@ -98,7 +98,9 @@ export async function startPlugin(opts: PluginOptions): Promise<Plugin> {
     c.stderr?.on('data', (b: Buffer) => (out += b.toString()));
     child = c;
   };
-  const sockets = [networkDriver, ipamDriver].map((n) => join('/run/docker/plugins', `${n}.sock`));
+  // A managed plugin's mode (CALICO_LIBNETWORK_SOCKETS=single) serves both interfaces on one.
+  const single = env['CALICO_LIBNETWORK_SOCKETS'] === 'single';
+  const sockets = (single ? [networkDriver] : [networkDriver, ipamDriver]).map((n) => join('/run/docker/plugins', `${n}.sock`));
   const waitServing = async (): Promise<void> => {
     const deadline = Date.now() + START_TIMEOUT_MS;
     const served = out.split('serving').length;
