@@ -29,7 +29,7 @@ export function churnReport(r: ChurnResult, l: Leftovers, clients: number, windo
     `  throughput   ${((r.removed / r.wallMs) * 1000).toFixed(2)} containers/s (create+start+remove)`,
     `  start        ${stat(r.startMs)}   (create + start + inspect)`,
     `  remove       ${stat(r.removeMs)}`,
-    `  datastore samples ${r.samples}; duplicates ${r.duplicates.length}; address/endpoint mismatches ${r.mismatches.length}; Docker failures ${r.failures.length}`,
+    `  datastore samples ${r.samples} (${r.sampleErrors.length} unanswered); duplicates ${r.duplicates.length}; address/endpoint mismatches ${r.mismatches.length}; Docker failures ${r.failures.length}`,
     `  left at the end: ${Object.entries(l).map(([k, v]) => `${k} ${(v as string[]).length}`).join(', ')}`,
   ];
   for (const [what, list] of [['duplicate', r.duplicates], ['mismatch', r.mismatches], ['failure', r.failures], ...Object.entries(l).map(([k, v]) => [`left ${k}`, v as string[]])] as [string, string[]][]) {

@@ -36,6 +36,8 @@ export interface ChurnResult {
   /** A live container's address not allocated (or to another holder, or another endpoint). */
   readonly mismatches: string[];
   readonly samples: number;
+  /** Samples that could not be read (the store socket did not answer in time: a busy machine). */
+  readonly sampleErrors: string[];
   readonly maxLive: number;
   readonly wallMs: number;
   /** Create + start + inspect, per container. */
@@ -118,6 +120,7 @@ export async function churn(o: ChurnOptions): Promise<ChurnResult> {
 
   const store = new PluginStore(o.plugin);
   let samples = 0;
+  const sampleErrors: string[] = [];
   const sampler = async (): Promise<void> => {
     while (!done) {
       const before = new Map(live);
@@ -125,8 +128,9 @@ export async function churn(o: ChurnOptions): Promise<ChurnResult> {
       try {
         state = await store.read();
       } catch (err) {
-        failures.push(`datastore read: ${String(err)}`);
-        state = { endpoints: [], allocations: [], networks: [], profiles: [] };
+        sampleErrors.push(String(err));
+        await new Promise((r) => setTimeout(r, o.sampleIntervalMs ?? DEFAULT_SAMPLE_INTERVAL_MS));
+        continue;
       }
       samples++;
       for (const ip of duplicateAllocations(state.allocations)) duplicates.add(`${ip}: allocated twice in the datastore`);
@@ -163,6 +167,7 @@ export async function churn(o: ChurnOptions): Promise<ChurnResult> {
     duplicates: [...duplicates],
     mismatches,
     samples,
+    sampleErrors,
     maxLive,
     wallMs: performance.now() - began,
     startMs,

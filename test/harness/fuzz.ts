@@ -278,6 +278,7 @@ export async function fuzzHarnessPlugin(o: PluginFuzzOptions): Promise<PluginFuz
     dockerSocket: join(tmpdir(), `calico-fuzz-no-docker-${randomBytes(4).toString('hex')}.sock`),
     ipv4Pool: pool,
     env: o.single ? { CALICO_LIBNETWORK_SOCKETS: 'single' } : {},
+    startTimeoutMs: 60_000,
   });
   try {
     const dir = '/run/docker/plugins';
