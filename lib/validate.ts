@@ -33,7 +33,9 @@ export function record<T>(d: Decoder<T>): Decoder<Record<string, T>> {
   return (v, path) => {
     if (typeof v !== 'object' || v === null || Array.isArray(v)) fail(path, 'an object', v);
     const out: Record<string, T> = {};
-    for (const [k, item] of Object.entries(v)) out[k] = d(item, `${path}.${k}`);
+    // Defined, not assigned: a `__proto__` key (JSON.parse makes it an own field) would otherwise
+    // replace the map's prototype, vanish from its keys and lend it fields the request never had.
+    for (const [k, item] of Object.entries(v)) Object.defineProperty(out, k, { value: d(item, `${path}.${k}`), enumerable: true, writable: true, configurable: true });
     return out;
   };
 }

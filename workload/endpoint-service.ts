@@ -120,7 +120,12 @@ export class EndpointService {
     });
     // The namespace is recorded while the kernel creates the veth: neither waits for the other.
     const [plumbed, noted] = await Promise.allSettled([veth, recorded]);
-    if (plumbed.status === 'rejected') throw plumbed.reason;
+    if (plumbed.status === 'rejected') {
+      // A failed attach changes nothing: the record names the namespace it was in before (a
+      // second Join of an attached endpoint, refused because its veth exists, must not move it).
+      if (noted.status === 'fulfilled' && sandbox !== undefined) await this.restoreSandbox(endpointId, ep);
+      throw plumbed.reason;
+    }
     if (noted.status === 'rejected') {
       await this.o.dataplane.detach(ep.hostInterface);
       throw noted.reason;
@@ -174,6 +179,22 @@ export class EndpointService {
     // Awaited by attach after the veth; handled here so a quick failure is never "unhandled".
     recorded.catch(() => undefined);
     return { ep, gatewayIndex, recorded };
+  }
+
+  /** Puts back the namespace and interface number `before` recorded (undo of placeInSandbox). */
+  private async restoreSandbox(endpointId: string, before: Endpoint): Promise<void> {
+    const key = this.o.keys.endpoint(this.o.node, endpointId);
+    try {
+      await modifyKey(this.o.store, key, `restore the namespace of endpoint ${endpointId.slice(0, 12)}`, (kv) => {
+        if (kv === undefined) return undefined;
+        const current = parseStored(Endpoint, kv);
+        if (current.sandbox === before.sandbox && current.gatewayIndex === before.gatewayIndex) return undefined;
+        const { sandbox: _moved, ...rest } = current;
+        return serialize({ ...rest, ...(before.sandbox !== undefined && { sandbox: before.sandbox }), gatewayIndex: before.gatewayIndex });
+      });
+    } catch (err) {
+      log.warn('endpoint %s: restoring its namespace after a failed attach: %s', endpointId.slice(0, 12), errorMessage(err));
+    }
   }
 
   /** Starts removing the veth; remove() waits for it. Both succeed when things are gone. */

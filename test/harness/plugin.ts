@@ -23,6 +23,9 @@ export interface PluginOptions {
   readonly ipv4Pool?: string;
   readonly ipv6Pool?: string;
   readonly env?: Record<string, string>;
+  /** How long the daemon may take to serve (default 20 s; a machine busy with iptables writes of
+   * others can take longer to let it program its chains). */
+  readonly startTimeoutMs?: number;
 }
 
 export interface Plugin {
@@ -101,9 +104,11 @@ export async function startPlugin(opts: PluginOptions): Promise<Plugin> {
     c.stderr?.on('data', (b: Buffer) => (out += b.toString()));
     child = c;
   };
-  const sockets = [networkDriver, ipamDriver].map((n) => join('/run/docker/plugins', `${n}.sock`));
+  // A managed plugin's mode (CALICO_LIBNETWORK_SOCKETS=single) serves both interfaces on one.
+  const single = env['CALICO_LIBNETWORK_SOCKETS'] === 'single';
+  const sockets = (single ? [networkDriver] : [networkDriver, ipamDriver]).map((n) => join('/run/docker/plugins', `${n}.sock`));
   const waitServing = async (): Promise<void> => {
-    const deadline = Date.now() + START_TIMEOUT_MS;
+    const deadline = Date.now() + (opts.startTimeoutMs ?? START_TIMEOUT_MS);
     const served = out.split('serving').length;
     while (!sockets.every((s) => existsSync(s)) || out.split('serving').length === served) {
       if (child.exitCode !== null || Date.now() > deadline) throw new Error(`plugin did not start (exit ${child.exitCode}):\n${out}`);

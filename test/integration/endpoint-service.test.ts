@@ -11,7 +11,7 @@ import { workloadGateways } from '../../dataplane/veth';
 import { EmbeddedStore } from '../../datastore/embedded-store';
 import { Keys } from '../../datastore/keys';
 import { Allocator } from '../../ipam/allocator';
-import { InvalidRequestError } from '../../lib/errors';
+import { DataplaneError, InvalidRequestError } from '../../lib/errors';
 import { EndpointService } from '../../workload/endpoint-service';
 
 const keys = new Keys('/test');
@@ -24,7 +24,13 @@ class FakeDataplane implements EndpointDataplane {
   readonly attached: VethSpec[] = [];
   readonly detached: string[] = [];
 
+  /** The next attach fails with this (as the kernel refuses a veth that exists). */
+  failNext: Error | undefined;
+
   attach(spec: VethSpec): Promise<AttachedVeth> {
+    const fail = this.failNext;
+    this.failNext = undefined;
+    if (fail !== undefined) return Promise.reject(fail);
     this.attached.push(spec);
     return Promise.resolve(spec.ipv6.length > 0 ? { ipv6Gateway: workloadGateways(spec.gatewayIndex).v6 } : {});
   }
@@ -161,4 +167,29 @@ test('an invalid namespace path is refused before anything is recorded or create
   }
   t.deepEqual(h.dataplane.attached, []);
   t.like(await h.service.get(id), { sandbox: undefined, gatewayIndex: 0 });
+});
+
+// Found by the fuzzer (scripts/fuzz-plugin.ts): a second Join of an attached endpoint, with another
+// SandboxKey, was refused (its veth exists) but left the record naming the new namespace and
+// interface number, so the agent planned routing for a namespace the endpoint is not in.
+test('a failed attach leaves the record as it was', async (t) => {
+  const h = await host(await openStore(t), 'node-a');
+  const inTwo = await endpoint(h);
+  t.deepEqual(await attach(h, inTwo, SANDBOX_2), gw(0));
+  const id = await endpoint(h);
+  t.deepEqual(await attach(h, id, SANDBOX_1), gw(0));
+  const exists = (): DataplaneError => new DataplaneError('create veth: RTNETLINK answers: File exists');
+  h.dataplane.failNext = exists();
+  await t.throwsAsync(h.service.attach(id, `tmp${id.slice(0, 11)}`, SANDBOX_2), { message: /File exists/ });
+  t.like(await h.service.get(id), { sandbox: SANDBOX_1, gatewayIndex: 0 });
+
+  // An endpoint in no namespace before is in none after.
+  const fresh = await endpoint(h);
+  h.dataplane.failNext = exists();
+  await t.throwsAsync(h.service.attach(fresh, `tmp${fresh.slice(0, 11)}`, SANDBOX_2), { message: /File exists/ });
+  const record = await h.service.get(fresh);
+  t.is(record.sandbox, undefined);
+  t.is(record.gatewayIndex, 0);
+  // And the namespace's next endpoint still gets the number the failed one would have taken.
+  t.deepEqual(await attach(h, fresh, SANDBOX_2), gw(1));
 });

@@ -34,3 +34,15 @@ for (const [name, fn, input, message] of bad) {
     t.regex(err.message, message);
   });
 }
+
+// Found while writing the fuzzer: a map's `__proto__` key (an own field after JSON.parse) was
+// assigned, so it replaced the decoded map's prototype: the key vanished (an option slipped past
+// the "unsupported option" check) and the map answered keys the request did not have.
+test('a __proto__ key in a map stays a key and lends nothing', (t) => {
+  const options = decode(CreateNetworkRequest, JSON.parse(`{"NetworkID":"${NET}","Options":{"__proto__":{"com.docker.network.enable_ipv6":true}}}`)).Options;
+  t.deepEqual(Object.keys(options), ['__proto__']);
+  t.is(options['com.docker.network.enable_ipv6'], undefined);
+  t.is(Object.getPrototypeOf(options), Object.prototype);
+  const pool = decode(RequestPoolRequest, JSON.parse('{"AddressSpace":"A","Options":{"__proto__":"x"}}'));
+  t.deepEqual(Object.keys(pool.Options), ['__proto__']);
+});
