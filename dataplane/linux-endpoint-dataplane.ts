@@ -12,6 +12,7 @@
 import { existsSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { errorMessage } from '../lib/errors';
+import { assertIfName } from '../lib/interface-names';
 import { logger } from '../lib/log';
 import type { AttachedVeth, EndpointDataplane, VethSpec } from './endpoint-dataplane';
 import { createEndpointVeth, ensureHostForwarding, removeEndpointVeth, type NetnsOption } from './veth';
@@ -44,6 +45,8 @@ export class LinuxEndpointDataplane implements EndpointDataplane {
   }
 
   async detach(hostIf: string): Promise<void> {
+    // Validated before it becomes part of a sysfs path.
+    assertIfName(hostIf, 'host interface name');
     const removal = this.startRemoval(hostIf);
     let outcome: 'failed' | 'done' | undefined;
     if (this.ns.netns === undefined) {
@@ -62,6 +65,7 @@ export class LinuxEndpointDataplane implements EndpointDataplane {
   }
 
   startDetach(hostIf: string): void {
+    assertIfName(hostIf, 'host interface name');
     void this.startRemoval(hostIf);
   }
 
