@@ -171,6 +171,9 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
       closers.push(() => server.close());
     }
     const endpointDataplane = new LinuxEndpointDataplane(host);
+    // Closers run in reverse: this one after the sockets and the reconciler have stopped, so no
+    // veth deletion is cut short by the exit.
+    closers.push(() => endpointDataplane.settled());
     const endpoints = new EndpointService({
       store,
       keys,

@@ -22,10 +22,13 @@ export interface AttachedVeth {
 export interface EndpointDataplane {
   /** Creates the veth and host routes. All-or-nothing: on failure nothing is left behind. */
   attach(spec: VethSpec): Promise<AttachedVeth>;
-  /** Removes the veth (and with it its routes), after any removal started by startDetach.
-   * Succeeds when it is already gone. */
+  /** Removes the veth and its routes; succeeds when they are already gone. Resolves once the
+   * kernel no longer routes through it and its name is free (so its addresses may be handed out
+   * again); the kernel may still be finishing the deletion, which settled() waits for. */
   detach(hostIf: string): Promise<void>;
-  /** Starts removing the veth without waiting for it (the kernel takes ~20 ms to delete a veth
-   * pair); attach and detach of the same interface wait for it to finish. */
+  /** Starts removing the veth without waiting for it; attach and detach of the same interface
+   * wait for it. */
   startDetach(hostIf: string): void;
+  /** Resolves when every removal started so far has finished (shutdown, tests). */
+  settled(): Promise<void>;
 }

@@ -32,9 +32,17 @@ function isNotFound(err: unknown): boolean {
 
 export class DockerApi {
   private readonly docker: Docker;
+  /** Without a request timeout: an event stream stays open and may be quiet for hours. */
+  private readonly streaming: Docker;
 
   constructor(readonly socketPath: string, timeoutMs = DEFAULT_TIMEOUT_MS) {
     this.docker = new Docker({ socketPath, timeout: timeoutMs });
+    this.streaming = new Docker({ socketPath });
+  }
+
+  /** Docker's event stream, filtered (`type`, `event`, ... as in `docker events --filter`). */
+  events(filters: Record<string, string[]>): Promise<NodeJS.ReadableStream> {
+    return this.streaming.getEvents({ filters });
   }
 
   /** Rejects unless Docker answers a ping. */

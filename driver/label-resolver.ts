@@ -8,6 +8,12 @@
 // endpoint is marked ready and the agent programs its full policy. The same listing names the
 // container's networks, which is how an endpoint whose network name Docker could not tell at
 // CreateEndpoint gets its profile.
+//
+// When to look: Docker's event stream says when a container was connected to a network and when
+// it started, so each endpoint is looked up then, plus a slow safety poll; without the stream
+// (Docker unreachable, or the stream broke) it polls briskly instead. Polling every 25 ms for the
+// whole of a container's start cost the plugin more CPU than anything else on the container path,
+// and Docker as much again to answer, on a machine where Docker is busy starting the container.
 import type { Datastore } from '../datastore/datastore';
 import type { Keys } from '../datastore/keys';
 import { modifyKey } from '../datastore/cas';
@@ -21,16 +27,36 @@ import type { DockerApi } from './docker-api';
 import { recordNetworkProfile } from './network-profile';
 
 const log = logger('labels');
-/** Docker connects the container within a few hundred milliseconds of Join: poll briskly for a
- * while (each poll is one container-list call), then back off. */
+/** Without events: Docker connects the container within a few hundred milliseconds of Join, so
+ * poll briskly for a while (each poll is one container-list call), then back off. */
 const FAST_POLL_MS = 25;
 const FAST_POLLS = 80;
+/** With events: the first safety poll, doubling up to MAX_DELAY_MS (an event may come before the
+ * container list shows the endpoint, or be missed while the stream reconnects). */
+const SAFETY_POLL_MS = 500;
 const MAX_DELAY_MS = 2_000;
 /** After this long the container is gone or Docker is unreachable; the endpoint stays isolated. */
 const GIVE_UP_MS = 120_000;
 
+/** The fields of a Docker event used here. */
+interface DockerEvent {
+  Type?: string;
+  Action?: string;
+  Actor?: { ID?: string };
+}
+
+interface Pending {
+  readonly networkId: string;
+  readonly started: number;
+  lookups: number;
+  timer: NodeJS.Timeout | undefined;
+  running: boolean;
+  /** An event came while a lookup was running: look again right after it. */
+  again: boolean;
+}
+
 export interface LabelResolverOptions {
-  readonly docker: Pick<DockerApi, 'containersOnNetwork'>;
+  readonly docker: Pick<DockerApi, 'containersOnNetwork' | 'events'>;
   readonly store: Datastore;
   readonly keys: Keys;
   readonly node: string;
@@ -43,7 +69,9 @@ export interface LabelResolverOptions {
 }
 
 export class LabelResolver {
-  private readonly pending = new Map<string, NodeJS.Timeout>();
+  private readonly pending = new Map<string, Pending>();
+  private events: NodeJS.ReadableStream | undefined;
+  private connecting = false;
   private closed = false;
 
   constructor(private readonly o: LabelResolverOptions) {}
@@ -51,35 +79,108 @@ export class LabelResolver {
   /** Starts resolving in the background; a second call for the same endpoint is ignored. */
   resolveLater(endpointId: string, networkId: string): void {
     if (this.closed || this.pending.has(endpointId)) return;
-    const started = Date.now();
-    let polls = 0;
-    const next = (delay: number): number => (++polls < FAST_POLLS ? FAST_POLL_MS : Math.min(delay * 2, MAX_DELAY_MS));
-    const attempt = (delay: number): void => {
-      const timer = setTimeout(() => {
-        this.tryOnce(endpointId, networkId).then(
-          (done) => {
-            if (done || this.closed) {
-              this.pending.delete(endpointId);
-            } else if (Date.now() - started > GIVE_UP_MS) {
-              this.pending.delete(endpointId);
-              log.warn('endpoint %s: no container found for it in Docker after %ds; it stays isolated', endpointId.slice(0, 12), GIVE_UP_MS / 1000);
-            } else {
-              attempt(next(delay));
-            }
-          },
-          (err: unknown) => {
-            log.warn('endpoint %s: label lookup failed: %s', endpointId.slice(0, 12), errorMessage(err));
-            attempt(next(delay));
-          },
-        );
-      }, delay);
-      this.pending.set(endpointId, timer);
-    };
-    attempt(FAST_POLL_MS);
+    this.watchEvents();
+    const p: Pending = { networkId, started: Date.now(), lookups: 0, timer: undefined, running: false, again: false };
+    this.pending.set(endpointId, p);
+    this.schedule(endpointId, p);
+  }
+
+  private schedule(endpointId: string, p: Pending): void {
+    clearTimeout(p.timer);
+    p.timer = setTimeout(() => this.lookUp(endpointId, p), this.nextDelay(p));
+  }
+
+  private nextDelay(p: Pending): number {
+    if (this.events !== undefined) return Math.min(SAFETY_POLL_MS * 2 ** p.lookups, MAX_DELAY_MS);
+    return p.lookups < FAST_POLLS ? FAST_POLL_MS : Math.min(FAST_POLL_MS * 2 ** (p.lookups - FAST_POLLS + 1), MAX_DELAY_MS);
+  }
+
+  private lookUp(endpointId: string, p: Pending): void {
+    if (p.running) {
+      p.again = true;
+      return;
+    }
+    clearTimeout(p.timer);
+    p.running = true;
+    p.lookups++;
+    this.tryOnce(endpointId, p).then(
+      (done) => done,
+      (err: unknown) => {
+        log.warn('endpoint %s: label lookup failed: %s', endpointId.slice(0, 12), errorMessage(err));
+        return false;
+      },
+    ).then((done) => {
+      p.running = false;
+      if (this.pending.get(endpointId) !== p) return; // closed meanwhile
+      if (done || this.closed) {
+        this.pending.delete(endpointId);
+      } else if (Date.now() - p.started > GIVE_UP_MS) {
+        this.pending.delete(endpointId);
+        log.warn('endpoint %s: no container found for it in Docker after %ds; it stays isolated', endpointId.slice(0, 12), GIVE_UP_MS / 1000);
+      } else if (p.again) {
+        p.again = false;
+        this.lookUp(endpointId, p);
+      } else {
+        this.schedule(endpointId, p);
+      }
+    }, (err: unknown) => log.warn('endpoint %s: label lookup: %s', endpointId.slice(0, 12), errorMessage(err)));
+  }
+
+  /** Opens Docker's event stream unless it is open or opening; on failure the resolver polls. */
+  private watchEvents(): void {
+    if (this.events !== undefined || this.connecting || this.closed) return;
+    this.connecting = true;
+    this.o.docker.events({ type: ['network', 'container'], event: ['connect', 'start'] }).then(
+      (stream) => {
+        this.connecting = false;
+        if (this.closed) {
+          destroy(stream);
+          return;
+        }
+        this.events = stream;
+        let buffered = '';
+        stream.on('data', (chunk: Buffer | string) => {
+          buffered += chunk.toString();
+          const lines = buffered.split('\n');
+          buffered = lines.pop() ?? '';
+          for (const line of lines) if (line.trim() !== '') this.onEvent(line);
+        });
+        const lost = (why: string): void => {
+          if (this.events !== stream) return;
+          this.events = undefined;
+          // Lookups scheduled from now on poll briskly again; the next resolveLater reconnects.
+          if (!this.closed) log.debug('Docker event stream %s: polling for labels', why);
+        };
+        stream.on('end', () => lost('ended'));
+        stream.on('close', () => lost('closed'));
+        stream.on('error', (err: unknown) => lost(`failed: ${errorMessage(err)}`));
+      },
+      (err: unknown) => {
+        this.connecting = false;
+        log.debug('Docker events unavailable (%s): polling for labels', errorMessage(err));
+      },
+    );
+  }
+
+  private onEvent(line: string): void {
+    let event: DockerEvent;
+    try {
+      event = JSON.parse(line) as DockerEvent;
+    } catch {
+      return; // not an event this version of Docker sends: the safety poll covers it
+    }
+    const network = event.Type === 'network' && event.Action === 'connect' ? event.Actor?.ID : undefined;
+    if (network === undefined && !(event.Type === 'container' && event.Action === 'start')) return;
+    for (const [endpointId, p] of this.pending) {
+      if (network !== undefined && p.networkId !== network) continue;
+      log.debug('endpoint %s: looking up after Docker event %s %s', endpointId.slice(0, 12), event.Type, event.Action);
+      this.lookUp(endpointId, p);
+    }
   }
 
   /** True when finished: labels written, or the endpoint no longer exists. */
-  private async tryOnce(endpointId: string, networkId: string): Promise<boolean> {
+  private async tryOnce(endpointId: string, p: Pending): Promise<boolean> {
+    const networkId = p.networkId;
     const key = this.o.keys.endpoint(this.o.node, endpointId);
     const kv = await this.o.store.get(key);
     if (kv === undefined) return true;
@@ -109,13 +210,19 @@ export class LabelResolver {
       });
     });
     if (addresses !== undefined && container.Id !== undefined) this.o.onContainer?.(endpointId, container.Id, addresses);
-    log.debug('endpoint %s ready with labels %o', endpointId.slice(0, 12), labels);
+    log.debug('endpoint %s ready with labels %o after %d lookups', endpointId.slice(0, 12), labels, p.lookups);
     return true;
   }
 
   close(): void {
     this.closed = true;
-    for (const t of this.pending.values()) clearTimeout(t);
+    for (const p of this.pending.values()) clearTimeout(p.timer);
     this.pending.clear();
+    if (this.events !== undefined) destroy(this.events);
+    this.events = undefined;
   }
+}
+
+function destroy(stream: NodeJS.ReadableStream): void {
+  (stream as NodeJS.ReadableStream & { destroy?: () => void }).destroy?.();
 }

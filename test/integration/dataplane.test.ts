@@ -374,3 +374,42 @@ test('ensureHostForwarding reads before it writes', async (t) => {
   t.deepEqual(await ensureHostForwarding({ ipv6: true }, { netns: h }), []);
   t.is(await sysctl(h, 'net.ipv4.ip_forward'), '1');
 });
+
+test('LinuxEndpointDataplane in the host namespace (run inside H): detach answers once the routes are gone and the name is free; settled() waits for the rest', async (t) => {
+  // detach watches /sys/class/net, which shows the namespace sysfs was mounted in: `ip netns exec`
+  // mounts H's, so a child process in H tests the host-namespace path without touching the host.
+  const reg = netnsRegistry(t);
+  const h = await makeRoutedHost(reg, 'cdh');
+  const dataplaneModule = path.join(__dirname, '../../dataplane/linux-endpoint-dataplane.js');
+  const code = `
+    const { LinuxEndpointDataplane } = require(${JSON.stringify(dataplaneModule)});
+    const { execFileSync } = require('node:child_process');
+    const { existsSync } = require('node:fs');
+    const routes = () => execFileSync('ip', ['-4', 'route', 'show', '10.65.0.61/32']).toString().trim() +
+      execFileSync('ip', ['-6', 'route', 'show', 'fd65::61/128']).toString().trim();
+    (async () => {
+      const spec = JSON.parse(process.argv[1]);
+      const d = new LinuxEndpointDataplane();
+      const steps = [];
+      for (let round = 0; round < 2; round++) {
+        await d.attach(spec);
+        steps.push({ linked: existsSync('/sys/class/net/' + spec.hostIf), route: routes() !== '' });
+        d.startDetach(spec.hostIf);
+        await d.detach(spec.hostIf);
+        // Checked at once, before anything else can run: what detach promised.
+        steps.push({ linked: existsSync('/sys/class/net/' + spec.hostIf) || existsSync('/sys/class/net/' + spec.peerIf), route: routes() !== '' });
+      }
+      await d.settled();
+      await d.detach(spec.hostIf); // already gone: fine
+      process.stdout.write(JSON.stringify(steps));
+    })().catch((err) => { process.stderr.write(String(err && err.message)); process.exit(1); });`;
+  const id = endpointId();
+  const spec = { hostIf: hostVethName('cali', id), peerIf: tempPeerName(id), mtu: MTU, ipv4: ['10.65.0.61'], ipv6: ['fd65::61'], gatewayIndex: 0 };
+  const { stdout } = await execInNetns(h, process.execPath, ['-e', code, JSON.stringify(spec)]);
+  const attached = { linked: true, route: true };
+  const detached = { linked: false, route: false };
+  // The second attach reuses the name and the address right after the first detach answered.
+  t.deepEqual(JSON.parse(stdout), [attached, detached, attached, detached]);
+  t.false(await linkExists(spec.hostIf, { netns: h }));
+  t.deepEqual(await routesFor(spec.hostIf, { netns: h }), []);
+});

@@ -43,6 +43,10 @@ class FakeDataplane implements EndpointDataplane {
   startDetach(hostIf: string): void {
     this.detached.push(hostIf);
   }
+
+  settled(): Promise<void> {
+    return Promise.resolve();
+  }
 }
 
 interface Host {
