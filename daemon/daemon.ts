@@ -201,7 +201,7 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
       createProfiles: config.createProfiles,
       scope: config.scope,
     });
-    const ipam = new IpamDriver(allocator, config.nodeName, config.ipamDriverName);
+    const ipam = new IpamDriver(allocator, config.nodeName, config.ipamDriverName, endpoints);
     const networkApi: PluginApi = { implements: 'NetworkDriver', errorKey: 'Err', routes: driver.routes() };
     const ipamApi: PluginApi = { implements: 'IpamDriver', errorKey: 'Error', routes: ipam.routes() };
     const servers: PluginServer[] = [];

@@ -2,7 +2,7 @@
 // enabled pool of its family (Docker sees 0.0.0.0/0 or ::/0); with --subnet it is served by
 // exactly that pool. Addresses are /32 (/128): containers are routed, not bridged.
 import type { Allocator, AssignIpResult } from '../ipam/allocator';
-import type { Owner, Requester } from '../ipam/block';
+import { releasableBy, type Owner, type Requester } from '../ipam/block';
 import { addressPart, containsIp, familyBits, formatIp, normalizeCidr, parseCidr, parseIp, type IpAddress, type IpFamily } from '../ipam/cidr';
 import { type Pool, poolFamily } from '../ipam/pool';
 import { ConflictError, InvalidRequestError, NotFoundError } from '../lib/errors';
@@ -17,6 +17,7 @@ import {
   type RequestPoolResponse,
 } from '../protocol/ipam-driver-api';
 import { route, type Route } from '../protocol/plugin-server';
+import type { ReleasedAddress } from '../workload/endpoint-service';
 
 export const LOCAL_ADDRESS_SPACE = 'CalicoLocalAddressSpace';
 export const GLOBAL_ADDRESS_SPACE = 'CalicoGlobalAddressSpace';
@@ -84,11 +85,17 @@ export function swarmOwner(poolId: string): { readonly node: string; readonly ha
   return { node: SWARM_OWNER_NODE, handle: `swarm:${poolId}` };
 }
 
+/** What the driver needs from the endpoint side (workload/endpoint-service.ts). */
+export interface StaleEndpoints {
+  removeStaleNaming(released: ReleasedAddress): Promise<readonly string[]>;
+}
+
 export class IpamDriver {
   constructor(
     private readonly allocator: Allocator,
     private readonly node: string,
     private readonly pluginName: string,
+    private readonly endpoints: StaleEndpoints,
   ) {}
 
   getCapabilities(): object {
@@ -198,10 +205,34 @@ export class IpamDriver {
     if (ip.family !== ref.family) throw new InvalidRequestError(`Address ${req.Address} does not belong to pool ${req.PoolID}`);
     // The no-gateway answer holds nothing.
     if (formatIp(ip) === addressPart(ANY_CIDR[ref.family])) return {};
-    const requester: Requester = ref.space === 'global' ? swarmOwner(req.PoolID) : { node: this.node, handle: dockerHandle(req.PoolID) };
-    // Releasing an address that is already free (Docker retries, a second ReleaseAddress) is fine;
-    // one held by someone else (a swarm node releasing the manager's address) is left alone.
-    await this.allocator.release({ ip: formatIp(ip), requester });
+    const text = formatIp(ip);
+    if (ref.space === 'global') {
+      // The swarm manager's: freed when the manager decides, which need not follow the node's
+      // DeleteEndpoint (the task may run on another host, or its engine be slower); a local task
+      // endpoint naming the address may be live, so no endpoint is looked at.
+      await this.allocator.release({ ip: text, requester: swarmOwner(req.PoolID) });
+      return {};
+    }
+    const requester: Requester = { node: this.node, handle: dockerHandle(req.PoolID) };
+    const held = await this.allocator.findAllocation(text);
+    // Only what this release frees can leave a stale record behind: an address already free, or
+    // held by someone else (a swarm node releasing the manager's address, another host, a
+    // calicoctl reservation), is left alone with whatever endpoint names it.
+    if (held === undefined || !releasableBy(held.owner, requester)) {
+      await this.allocator.release({ ip: text, requester });
+      return {};
+    }
+    // Docker deletes an endpoint before releasing its address; restoring after a restart it
+    // releases the old endpoints' addresses without deleting them. Their records go first, so the
+    // address is never free while a record still puts it in its old network's ipsets. If one
+    // cannot be removed this throws and the address stays held (the reconciler retries both).
+    await this.endpoints.removeStaleNaming({
+      ip: text,
+      pool: ref.cidr ?? ANY_CIDR[ref.family],
+      allocationEndpoint: held.owner.endpointId,
+      reason: `Docker released its address ${text} without deleting it (restart)`,
+    });
+    await this.allocator.release({ ip: text, requester });
     return {};
   }
 

@@ -98,6 +98,13 @@ export function handleFamily(handle: string): string {
   return i < 0 ? handle : handle.slice(0, i);
 }
 
+/** Whether `requester` may release what `holder` holds: its node, and its handle or the handle's
+ * family (Docker's ReleaseAddress carries only the pool and the address, so it cannot name the
+ * endpoint its allocation has been given since). */
+export function releasableBy(holder: Owner, requester: Requester): boolean {
+  return holder.node === requester.node && (holder.handle === requester.handle || handleFamily(holder.handle) === requester.handle);
+}
+
 /** The handle of an allocation whose endpoint is known: `<family>#<endpointId>`. */
 export function endpointHandle(handle: string, endpointId: string): string {
   return `${handleFamily(handle)}${HANDLE_ENDPOINT_SEPARATOR}${endpointId}`;
@@ -315,9 +322,7 @@ export function release(block: Block, ip: string, requester: Requester, expected
   const ordinal = ordinalOf(block, ip);
   const holder = holderAt(block, ordinal);
   if (holder === undefined) return { status: 'not-allocated' };
-  // A requester names a handle's family: Docker's ReleaseAddress carries only the pool and the
-  // address, so it cannot name the endpoint its allocation has been given since.
-  if (holder.node !== requester.node || (holder.handle !== requester.handle && handleFamily(holder.handle) !== requester.handle)) {
+  if (!releasableBy(holder, requester)) {
     return { status: 'owned-by-other', owner: holder };
   }
   // A conditional release (the reconciler's) frees only the very allocation it saw: not one the

@@ -10,12 +10,13 @@ import { modifyKey } from '../datastore/cas';
 import { assertNetnsPath, hostVethName } from '../dataplane/names';
 import { MAX_WORKLOAD_INTERFACES, workloadGateways } from '../dataplane/veth';
 import type { Allocator } from '../ipam/allocator';
-import { addressPart } from '../ipam/cidr';
+import { addressPart, normalizeCidr } from '../ipam/cidr';
 import { VXLAN_OVERHEAD } from '../ipam/pool';
 import { ConflictError, InvalidRequestError, NotFoundError, errorMessage } from '../lib/errors';
 import { logger } from '../lib/log';
 import { parseStored, serialize } from '../model/codec';
-import { Endpoint } from '../model/endpoint';
+import { Endpoint, listNodeEndpoints } from '../model/endpoint';
+import { Network } from '../model/network';
 
 const log = logger('endpoints');
 
@@ -55,6 +56,19 @@ export interface NewEndpoint {
   /** The network's profiles; undefined while its name is not known (the endpoint then waits,
    * isolated, for the label resolver to learn it). */
   readonly profiles: readonly string[] | undefined;
+}
+
+/** An address its front end is about to free (see removeStaleNaming). */
+export interface ReleasedAddress {
+  /** The address, canonical and without prefix length (10.0.0.5, fd00::5). */
+  readonly ip: string;
+  /** The pool the front end gave the endpoint's network (a pool CIDR, or 0.0.0.0/0 / ::/0 for
+   * "any pool"): a record on a network not served by it is not the one being released. */
+  readonly pool: string;
+  /** The endpoint the allocation names, when it names one: another endpoint's record is left. */
+  readonly allocationEndpoint: string | undefined;
+  /** Why the front end's release means the endpoint is gone (logged). */
+  readonly reason: string;
 }
 
 export interface Attached {
@@ -206,6 +220,48 @@ export class EndpointService {
     // Detach normally removed the veth already; a crash between the two must not leak it.
     await this.o.dataplane.detach(await this.hostInterfaceOf(endpointId));
     await this.o.store.delete(this.o.keys.endpoint(this.o.node, endpointId));
+  }
+
+  /** Removes this host's endpoints that still name an address their front end is freeing: a
+   * front end deletes an endpoint before it frees its address, so a record still naming it is one
+   * the front end dropped without telling us (Docker restoring after a restart). Left until the
+   * reconciler's next pass it would keep the address in its old network's ipsets (and its route
+   * and veth) while the address is handed to a new workload. Removed the way the reconciler
+   * removes (remove(): veth and route, then record), before the caller frees the address; throws
+   * if any removal fails, and the caller must then keep the address. One listing of this host's
+   * endpoints. Returns the IDs removed. */
+  async removeStaleNaming(released: ReleasedAddress): Promise<string[]> {
+    const pool = normalizeCidr(released.pool);
+    const naming = (await listNodeEndpoints(this.o.store, this.o.keys, this.o.node)).filter((ep) =>
+      [...ep.ipv4, ...ep.ipv6].some((a) => addressPart(a) === released.ip)
+      && (released.allocationEndpoint === undefined || released.allocationEndpoint === ep.id));
+    const removed: string[] = [];
+    for (const ep of naming) {
+      if (!(await this.networkServedBy(ep.networkId, pool))) continue;
+      try {
+        await this.remove(ep.id);
+      } catch (err) {
+        throw new ConflictError(`address ${released.ip} is still used by endpoint ${ep.id.slice(0, 12)} (${released.reason}), and removing that endpoint failed: ${errorMessage(err)}; the address stays allocated until the endpoint is removed`);
+      }
+      log.info('removed endpoint %s: %s', ep.id.slice(0, 12), released.reason);
+      removed.push(ep.id);
+    }
+    return removed;
+  }
+
+  /** Whether the network's record lists the pool. A network without a record (or one whose pools
+   * do not parse) proves nothing: its endpoints are left to the reconciler. */
+  private async networkServedBy(networkId: string, pool: string): Promise<boolean> {
+    const kv = await this.o.store.get(this.o.keys.network(networkId));
+    if (kv === undefined) return false;
+    const network = parseStored(Network, kv);
+    return [...network.ipv4Pools, ...network.ipv6Pools].some((p) => {
+      try {
+        return normalizeCidr(p) === pool;
+      } catch {
+        return false;
+      }
+    });
   }
 
   /** The recorded interface name; derived from the ID when the record is already gone. */

@@ -34,11 +34,14 @@ async function cluster(t: ExecutionContext): Promise<Cluster> {
   const allocator = new Allocator({ store, keys, node: 'host1' });
   await allocator.addPool({ cidr: POOL, blockSize: 28 });
   return {
-    manager: new IpamDriver(allocator, 'host1', 'calico'),
-    worker: new IpamDriver(new Allocator({ store, keys, node: 'host2' }), 'host2', 'calico'),
+    manager: new IpamDriver(allocator, 'host1', 'calico', noEndpoints),
+    worker: new IpamDriver(new Allocator({ store, keys, node: 'host2' }), 'host2', 'calico', noEndpoints),
     allocator,
   };
 }
+
+/** Swarm's releases here never free an address a local record names. */
+const noEndpoints = { removeStaleNaming: (): Promise<string[]> => Promise.resolve([]) };
 
 const bare = (cidr: string): string => cidr.split('/')[0] ?? '';
 
