@@ -54,6 +54,7 @@ async function host(t: ExecutionContext): Promise<Host> {
     attach: (spec) => real.attach(spec),
     detach: (hostIf) => (h.failDetach ? Promise.reject(new DataplaneError(`delete link ${hostIf}: refused by the test`)) : real.detach(hostIf)),
     startDetach: (hostIf) => real.startDetach(hostIf),
+    settled: () => real.settled(),
   };
   const service = new EndpointService({
     store,
