@@ -78,8 +78,12 @@ export class DockerApi {
 
   /** The endpoint IDs Docker knows on the networks of our driver (`driverName`; a managed plugin's
    * networks show it as `<name>:<tag>`), swarm networks and endpoints with no container (swarm's
-   * load balancers) included. Undefined when Docker cannot be asked: the caller then takes no
-   * record as stale. */
+   * load balancers) included, and every endpoint a container's own settings name. Two views,
+   * because a network's inspection is built from libnetwork's store and skips an endpoint whose
+   * entry it fails to read, while the container list comes from the daemon's memory: a record is
+   * taken for stale only if neither names it (under heavy load the reconciler once removed records
+   * of running containers; this is the suspected cause, not a proven one).
+   * Undefined when Docker cannot be asked: the caller then takes no record as stale. */
   async knownEndpoints(driverName: string): Promise<ReadonlySet<string> | undefined> {
     try {
       const networks = (await this.docker.listNetworks()) as ListedNetwork[];
@@ -94,6 +98,11 @@ export class DockerApi {
         }
       }));
       const ids = new Set<string>();
+      for (const c of await this.docker.listContainers({ all: true }) as ListedContainer[]) {
+        for (const n of Object.values(c.NetworkSettings?.Networks ?? {})) {
+          if (typeof n?.EndpointID === 'string' && n.EndpointID !== '') ids.add(n.EndpointID);
+        }
+      }
       for (const info of inspected) {
         for (const c of Object.values(info?.Containers ?? {})) {
           if (typeof c?.EndpointID === 'string' && c.EndpointID !== '') ids.add(c.EndpointID);
