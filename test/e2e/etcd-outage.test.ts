@@ -10,37 +10,13 @@ import { Etcd3, Range } from 'etcd3';
 import { run } from '../../dataplane/exec';
 import { linkExists } from '../../dataplane/veth';
 import { addressOn, createNetwork, removeQuietly, runContainer } from '../harness/containers';
-import { startDockerd, type Dockerd } from '../harness/dockerd';
 import { startEtcd } from '../harness/etcd';
-import { importTestImage } from '../harness/image';
+import { dockerWithImage, fileFixture } from '../harness/fixture';
 import { startPlugin, type Plugin } from '../harness/plugin';
 import { reserveTestSubnet } from '../harness/test-subnets';
 import { makeTestCertificates } from '../harness/tls-certs';
 
-interface Context {
-  dockerd: Dockerd;
-  docker: Docker;
-  image: string;
-}
-
-let ctx: Context | undefined;
-const c = (): Context => {
-  if (ctx === undefined) throw new Error('setup failed');
-  return ctx;
-};
-const teardowns: (() => Promise<unknown>)[] = [];
-
-test.before(async () => {
-  const dockerd = await startDockerd();
-  teardowns.push(() => dockerd.stop());
-  const image = `calico-test-${randomBytes(3).toString('hex')}:latest`;
-  await importTestImage(dockerd.socketPath, image);
-  ctx = { dockerd, docker: new Docker({ socketPath: dockerd.socketPath }), image };
-});
-
-test.after.always(async () => {
-  for (const td of teardowns.reverse()) await td().catch((err: unknown) => console.error('teardown:', err));
-});
+const c = fileFixture(test, (onTeardown) => dockerWithImage(onTeardown));
 
 /** A network of a plugin, with the containers the test adds to `containers`, removed at the end. */
 async function network(t: ExecutionContext, plugin: Plugin): Promise<{ name: string; containers: Docker.Container[] }> {

@@ -15,53 +15,28 @@ import Docker from 'dockerode';
 import { run } from '../../dataplane/exec';
 import { linkExists } from '../../dataplane/veth';
 import { addressOn, createNetwork, exec, removeQuietly, type ContainerAddress } from '../harness/containers';
-import { startDockerd, type Dockerd } from '../harness/dockerd';
-import { importTestImage } from '../harness/image';
+import { dockerWithImage, fileFixture } from '../harness/fixture';
 import { reserveTestSubnets } from '../harness/test-subnets';
-import { calicoctl, startPlugin, waitProgrammed, type Plugin } from '../harness/plugin';
+import { calicoctl, startPlugin, waitProgrammed } from '../harness/plugin';
 
 const DOCKER_COMPOSE = '/usr/bin/docker-compose';
 
-interface Context {
-  dockerd: Dockerd;
-  docker: Docker;
-  plugin: Plugin;
-  image: string;
-  tmp: string;
-  /** A second IPv4 pool, for --subnet networks. */
-  subnetPool: string;
-}
-
-let ctx: Context | undefined;
-const c = (): Context => {
-  if (ctx === undefined) throw new Error('setup failed');
-  return ctx;
-};
-const teardowns: (() => Promise<unknown>)[] = [];
-
-test.before(async () => {
-  const id = randomBytes(3).toString('hex');
-  const dockerd = await startDockerd();
-  teardowns.push(() => dockerd.stop());
-  const image = `calico-multinet-${id}:latest`;
-  await importTestImage(dockerd.socketPath, image);
+const c = fileFixture(test, async (onTeardown) => {
+  const docker = await dockerWithImage(onTeardown, 'calico-multinet');
   // RFC 2544 benchmark ranges and a ULA: never routed outside this machine, random per run.
   const [v4Pool, subnetPool] = await reserveTestSubnets(2) as [string, string];
   const plugin = await startPlugin({
-    dockerSocket: dockerd.socketPath,
+    dockerSocket: docker.dockerd.socketPath,
     ipv4Pool: v4Pool,
     ipv6Pool: `fd00:ca12:${randomBytes(2).toString('hex')}::/64`,
   });
-  teardowns.push(() => plugin.cleanup());
+  onTeardown(() => plugin.cleanup());
   const added = await calicoctl(plugin, ['pool', 'add', subnetPool]);
   if (added.code !== 0) throw new Error(added.stderr);
   const tmp = await mkdtemp(join(tmpdir(), 'calico-multinet-'));
-  teardowns.push(() => rm(tmp, { recursive: true, force: true }));
-  ctx = { dockerd, docker: new Docker({ socketPath: dockerd.socketPath }), plugin, image, tmp, subnetPool };
-});
-
-test.after.always(async () => {
-  for (const td of teardowns.reverse()) await td().catch((err: unknown) => console.error('teardown:', err));
+  onTeardown(() => rm(tmp, { recursive: true, force: true }));
+  /** subnetPool: a second IPv4 pool, for --subnet networks. */
+  return { ...docker, plugin, tmp, subnetPool };
 });
 
 interface Member {

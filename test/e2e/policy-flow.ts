@@ -9,9 +9,8 @@ import { join } from 'node:path';
 import Docker from 'dockerode';
 import { run } from '../../dataplane/exec';
 import { addressOn, createNetwork, exec, removeQuietly, runContainer, type ContainerAddress } from '../harness/containers';
-import { startDockerd } from '../harness/dockerd';
 import { startEtcd } from '../harness/etcd';
-import { importTestImage } from '../harness/image';
+import { dockerWithImage, fileFixture } from '../harness/fixture';
 import { reserveTestSubnet } from '../harness/test-subnets';
 import { calicoctl, startPlugin, waitProgrammed, type Plugin } from '../harness/plugin';
 
@@ -38,12 +37,6 @@ interface Context {
 }
 
 export function policySuite(backend: 'embedded' | 'etcd'): void {
-  let ctx: Context | undefined;
-  const c = (): Context => {
-    if (ctx === undefined) throw new Error('setup failed');
-    return ctx;
-  };
-  const teardowns: (() => Promise<unknown>)[] = [];
   const containers: Docker.Container[] = [];
   const networks: Docker.Network[] = [];
 
@@ -55,24 +48,20 @@ export function policySuite(backend: 'embedded' | 'etcd'): void {
     return { container, address, hostname: (await container.inspect()).Config.Hostname };
   }
 
-  test.before(async () => {
+  const c = fileFixture(test, async (onTeardown): Promise<Context> => {
     const id = randomBytes(3).toString('hex');
-    const dockerd = await startDockerd();
-    teardowns.push(() => dockerd.stop());
+    const { dockerd, docker, image } = await dockerWithImage(onTeardown, 'calico-policy');
     const etcd = backend === 'etcd' ? await startEtcd() : undefined;
-    if (etcd !== undefined) teardowns.push(() => etcd.stop());
-    const image = `calico-policy-${id}:latest`;
-    await importTestImage(dockerd.socketPath, image);
+    if (etcd !== undefined) onTeardown(() => etcd.stop());
     const plugin = await startPlugin({
       dockerSocket: dockerd.socketPath,
       ipv4Pool: await reserveTestSubnet(),
       ...(etcd !== undefined && { etcdEndpoints: etcd.endpoints }),
     });
-    teardowns.push(() => plugin.cleanup());
+    onTeardown(() => plugin.cleanup());
     const tmp = await mkdtemp(join(tmpdir(), 'calico-policy-'));
-    teardowns.push(() => rm(tmp, { recursive: true, force: true }));
-    const docker = new Docker({ socketPath: dockerd.socketPath });
-    teardowns.push(() => removeQuietly(containers, networks));
+    onTeardown(() => rm(tmp, { recursive: true, force: true }));
+    onTeardown(() => removeQuietly(containers, networks));
     const netA = `front-${id}`;
     const netB = `back-${id}`;
     for (const name of [netA, netB]) networks.push(await createNetwork(docker, { name, driver: plugin.networkDriver, ipamDriver: plugin.ipamDriver }));
@@ -82,11 +71,7 @@ export function policySuite(backend: 'embedded' | 'etcd'): void {
       member(docker, plugin, { image, network: netA, cmd: SERVER }),
       member(docker, plugin, { image, network: netB, cmd: SERVER }),
     ]);
-    ctx = { docker, plugin, image, netA, netB, frontend: frontend!, plain: plain!, serverA: serverA!, serverB: serverB!, tmp };
-  });
-
-  test.after.always(async () => {
-    for (const td of teardowns.reverse()) await td().catch((err: unknown) => console.error('teardown:', err));
+    return { docker, plugin, image, netA, netB, frontend: frontend!, plain: plain!, serverA: serverA!, serverB: serverB!, tmp };
   });
 
   async function connects(from: Member, to: Member, port: number): Promise<boolean> {

@@ -7,38 +7,13 @@
 import test, { type ExecutionContext } from 'ava';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import Docker from 'dockerode';
 import { createNetwork, runContainer } from '../harness/containers';
-import { startDockerd, type Dockerd } from '../harness/dockerd';
-import { importTestImage } from '../harness/image';
+import { dockerWithImage, fileFixture } from '../harness/fixture';
 import { post } from '../harness/plugin-client';
 import { calicoctl, linksWithPrefix, startPlugin, type Plugin } from '../harness/plugin';
 import { clean, removeAllContainers, testPool, traces } from '../harness/leaks';
 
-interface Context {
-  dockerd: Dockerd;
-  docker: Docker;
-  image: string;
-}
-
-let ctx: Context | undefined;
-const c = (): Context => {
-  if (ctx === undefined) throw new Error('setup failed');
-  return ctx;
-};
-const teardowns: (() => Promise<unknown>)[] = [];
-
-test.before(async () => {
-  const dockerd = await startDockerd();
-  teardowns.push(() => dockerd.stop());
-  const image = `calico-test-${randomBytes(3).toString('hex')}:latest`;
-  await importTestImage(dockerd.socketPath, image);
-  ctx = { dockerd, docker: new Docker({ socketPath: dockerd.socketPath }), image };
-});
-
-test.after.always(async () => {
-  for (const td of teardowns.reverse()) await td().catch((err: unknown) => console.error('teardown:', err));
-});
+const c = fileFixture(test, (onTeardown) => dockerWithImage(onTeardown));
 
 /** A plugin of this test's own (removed at the end of the test, also on failure). */
 async function plugin(t: ExecutionContext, pool: string, env: Record<string, string>): Promise<Plugin> {

@@ -7,9 +7,9 @@ import Docker from 'dockerode';
 import { run } from '../../dataplane/exec';
 import { linkExists } from '../../dataplane/veth';
 import { addressOn, createNetwork, exec, removeQuietly, runContainer, type ContainerAddress } from '../harness/containers';
-import { startDockerd, type Dockerd } from '../harness/dockerd';
+import type { Dockerd } from '../harness/dockerd';
 import { startEtcd } from '../harness/etcd';
-import { importTestImage } from '../harness/image';
+import { dockerWithImage, fileFixture } from '../harness/fixture';
 import { reserveTestSubnet } from '../harness/test-subnets';
 import { calicoctl, startPlugin, waitProgrammed, type Plugin } from '../harness/plugin';
 
@@ -25,42 +25,27 @@ interface Context {
 }
 
 export function singleHostSuite(backend: 'embedded' | 'etcd'): void {
-  let ctx: Context | undefined;
-  const c = (): Context => {
-    if (ctx === undefined) throw new Error('setup failed');
-    return ctx;
-  };
-  const teardowns: (() => Promise<unknown>)[] = [];
-
-  test.before(async () => {
-    const id = randomBytes(3).toString('hex');
+  const c = fileFixture(test, async (onTeardown): Promise<Context> => {
     // RFC 2544 benchmark ranges: never routed outside this machine, random per run.
     const v4Pool = await reserveTestSubnet();
     const v6Pool = `fd00:ca11:${randomBytes(2).toString('hex')}::/64`;
     const hostAddress = `198.19.255.${randomInt(1, 255)}`;
-    const dockerd = await startDockerd();
-    teardowns.push(() => dockerd.stop());
+    const docker = await dockerWithImage(onTeardown);
     const etcd = backend === 'etcd' ? await startEtcd() : undefined;
-    if (etcd !== undefined) teardowns.push(() => etcd.stop());
+    if (etcd !== undefined) onTeardown(() => etcd.stop());
     // A host address of this run's own, on lo (this kernel has no dummy interfaces).
     await run('ip', ['addr', 'add', `${hostAddress}/32`, 'dev', 'lo'], 'add host address');
-    teardowns.push(() => run('ip', ['addr', 'del', `${hostAddress}/32`, 'dev', 'lo'], 'remove host address'));
-    const image = `calico-test-${id}:latest`;
-    await importTestImage(dockerd.socketPath, image);
+    onTeardown(() => run('ip', ['addr', 'del', `${hostAddress}/32`, 'dev', 'lo'], 'remove host address'));
     const plugin = await startPlugin({
-      dockerSocket: dockerd.socketPath,
+      dockerSocket: docker.dockerd.socketPath,
       ipv4Pool: v4Pool,
       ipv6Pool: v6Pool,
       ...(etcd !== undefined && { etcdEndpoints: etcd.endpoints }),
       // The label resolver says why it looked a container up (an event, or a poll).
       env: { DEBUG: 'calico:labels' },
     });
-    teardowns.push(() => plugin.cleanup());
-    ctx = { dockerd, docker: new Docker({ socketPath: dockerd.socketPath }), plugin, image, v4Pool, v6Pool, hostAddress, ...(etcd !== undefined && { etcd }) };
-  });
-
-  test.after.always(async () => {
-    for (const td of teardowns.reverse()) await td().catch((err: unknown) => console.error('teardown:', err));
+    onTeardown(() => plugin.cleanup());
+    return { ...docker, plugin, v4Pool, v6Pool, hostAddress, ...(etcd !== undefined && { etcd }) };
   });
 
   async function withNetwork(t: ExecutionContext, opts: { subnet?: string; ipv6?: boolean } = {}): Promise<{ name: string; net: Docker.Network; containers: Docker.Container[] }> {
