@@ -4,15 +4,14 @@ import test from 'ava';
 import { randomBytes } from 'node:crypto';
 import { connect, createServer, type Socket } from 'node:net';
 import { Etcd3 } from 'etcd3';
-import type { Manager } from '../../agent/sync-loop';
 import { SyncLoop } from '../../agent/sync-loop';
-import type { KeyValue } from '../../datastore/datastore';
 import { EtcdStore } from '../../datastore/etcd-store';
 import { Keys } from '../../datastore/keys';
 import { Allocator } from '../../ipam/allocator';
 import { DatastoreUnavailableError } from '../../lib/errors';
 import { logger } from '../../lib/log';
 import { startEtcd, startEtcdCluster, type EtcdClusterHandle } from '../harness/etcd';
+import { FakeManager } from '../harness/fake-manager';
 import { reserveTestSubnet } from '../harness/test-subnets';
 
 const TIMEOUT_MS = 2_000;
@@ -251,32 +250,6 @@ test('a write whose answer is lost is settled by reading back: found applied, ne
   t.is(store.stats.unknownOutcomes, 2);
 });
 
-/** Records what the sync loop asks of it, for the keys under its prefix. */
-class RecordingManager implements Manager {
-  readonly name = 'recording';
-  readonly calls: string[] = [];
-  private readonly known = new Map<string, string>();
-  constructor(private readonly prefix: string) {}
-  update(key: string, kv: KeyValue | undefined): boolean {
-    if (!key.startsWith(this.prefix)) return false;
-    if (kv === undefined) this.known.delete(key);
-    else this.known.set(key, kv.value);
-    this.calls.push(`update ${key.slice(this.prefix.length)}`);
-    return true;
-  }
-  clear(): void {
-    this.known.clear();
-    this.calls.push('clear');
-  }
-  resync(): void {
-    this.calls.push('resync');
-  }
-  apply(): Promise<void> {
-    this.calls.push(`apply ${[...this.known.values()].sort().join(',')}`);
-    return Promise.resolve();
-  }
-}
-
 test('the agent keeps what it programmed while etcd is unreachable, and resyncs when it returns', async (t) => {
   const etcd = await startEtcd({ inMemory: true });
   t.teardown(() => etcd.stop());
@@ -288,7 +261,7 @@ test('the agent keeps what it programmed while etcd is unreachable, and resyncs 
   t.teardown(() => agentStore.close());
   const keys = new Keys(`/sync-${randomBytes(3).toString('hex')}`);
   await direct.create(`${keys.root}/a/1`, 'x');
-  const manager = new RecordingManager(`${keys.root}/a/`);
+  const manager = new FakeManager('recording', `${keys.root}/a/`);
   const loop = new SyncLoop(agentStore, keys, [manager], logger('etcd-outage-test'));
   t.teardown(() => loop.stop());
   await loop.start();

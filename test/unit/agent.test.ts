@@ -5,12 +5,11 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Agent } from '../../agent/agent';
-import type { Manager } from '../../agent/sync-loop';
 import { SyncLoop } from '../../agent/sync-loop';
-import type { KeyValue } from '../../datastore/datastore';
 import { EmbeddedStore } from '../../datastore/embedded-store';
 import { Keys } from '../../datastore/keys';
 import { logger } from '../../lib/log';
+import { FakeManager } from '../harness/fake-manager';
 import type { PolicyModel } from '../../policy/render';
 
 const keys = new Keys('/agent-test');
@@ -24,52 +23,6 @@ async function openStore(t: ExecutionContext): Promise<EmbeddedStore> {
     await rm(dir, { recursive: true, force: true });
   });
   return store;
-}
-
-/** Records what the loop asks of it; cares about keys under its prefix; fails on demand. */
-class FakeManager implements Manager {
-  readonly calls: string[] = [];
-  readonly known = new Map<string, string>();
-  failNext = false;
-  applied = 0;
-  private notify: (() => void) | undefined;
-  constructor(
-    readonly name: string,
-    private readonly prefix: string,
-  ) {}
-  update(key: string, kv: KeyValue | undefined): boolean {
-    if (!key.startsWith(this.prefix)) return false;
-    if (kv === undefined) this.known.delete(key);
-    else this.known.set(key, kv.value);
-    this.calls.push(`update ${key.slice(this.prefix.length)}`);
-    return true;
-  }
-  clear(): void {
-    this.known.clear();
-    this.calls.push('clear');
-  }
-  resync(): void {
-    this.calls.push('resync');
-  }
-  async apply(): Promise<void> {
-    this.calls.push(`apply ${[...this.known.values()].join(',')}`);
-    if (this.failNext) {
-      this.failNext = false;
-      throw new Error('kernel said no');
-    }
-    this.applied++;
-    this.notify?.();
-  }
-  /** Resolves once apply has succeeded `n` times in all. */
-  appliedTimes(n: number): Promise<void> {
-    return new Promise((resolve) => {
-      const check = (): void => {
-        if (this.applied >= n) resolve();
-      };
-      this.notify = check;
-      check();
-    });
-  }
 }
 
 test('the loop lists, feeds each manager what it cares about, then follows the watch', async (t) => {
