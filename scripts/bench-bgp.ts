@@ -10,44 +10,12 @@
 // polled every 10 ms. The clusters run one after the other, not at once (2 cores).
 //
 //   npm run bench:bgp -- [--runs N]     (default 10)
-import { performance } from 'node:perf_hooks';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
-import { EtcdStore } from '../datastore/etcd-store';
-import { Keys } from '../datastore/keys';
-import { Allocator } from '../ipam/allocator';
 import { calicoctl } from '../test/harness/plugin';
 import { startCluster, type Cluster, type Host } from '../test/harness/multihost';
+import { blockRouteLags } from '../test/harness/multihost-probes';
 import { ROUTER_AS, TEST_BGP_ENV, startRouterBird } from '../test/harness/bgp';
 import { ms, percentile, printTable } from './bench-report';
-
-const ROUTE_POLL_MS = 10;
-const ROUTE_TIMEOUT_MS = 15_000;
-
-async function measure(cluster: Cluster, proto: string, runs: number): Promise<number[]> {
-  const [h1, , h3] = cluster.hosts as [Host, Host, Host];
-  const etcd = await EtcdStore.open({ endpoints: cluster.etcd.endpoints });
-  const host1 = new Allocator({ store: etcd, keys: new Keys(cluster.datastorePrefix), node: h1.name });
-  const lags: number[] = [];
-  try {
-    for (let i = 0; i < runs; i++) {
-      const ip = `198.19.${100 + i}.1`;
-      const claimed = await host1.assignIp({ ip, owner: { handle: `bench-${i}`, kind: 'reserved' } });
-      const written = performance.now();
-      for (;;) {
-        const routes = (await h3.run(['ip', 'route', 'show', claimed.block, 'proto', proto])).stdout;
-        if (routes.includes('via')) break;
-        if (performance.now() - written > ROUTE_TIMEOUT_MS) throw new Error(`host3 has no route to ${claimed.block} (proto ${proto}) after ${ROUTE_TIMEOUT_MS} ms`);
-        await sleep(ROUTE_POLL_MS);
-      }
-      lags.push(performance.now() - written);
-      await host1.release({ ip, requester: { handle: `bench-${i}` } });
-    }
-  } finally {
-    await etcd.close();
-  }
-  return lags;
-}
 
 async function withCluster<T>(start: () => Promise<Cluster>, body: (c: Cluster) => Promise<T>): Promise<T> {
   const c = await start();
@@ -69,7 +37,7 @@ async function main(): Promise<void> {
 
   const vxlan = await withCluster(
     () => startCluster({ hosts: 3, pluginEnv: { CALICO_IPV4POOL_VXLAN: 'CrossSubnet' } }),
-    (c) => measure(c, '80', runs),
+    (c) => blockRouteLags(c, c.hosts[0] as Host, c.hosts[2] as Host, '80', runs),
   );
   const bird = await withCluster(
     () => startCluster({ hosts: 3, pluginEnv: TEST_BGP_ENV }),
@@ -82,9 +50,9 @@ async function main(): Promise<void> {
       for (const h of c.hosts) await ctl(['bgp', 'peer', 'add', h.gateway, '--as', String(ROUTER_AS), '--node', h.name]);
       const router = await startRouterBird(c, c.hosts);
       // Sessions up before the clock starts: wait for the first block's route to cross.
-      await measure(c, 'bird', 1);
+      await blockRouteLags(c, c.hosts[0] as Host, c.hosts[2] as Host, 'bird', 1);
       try {
-        return await measure(c, 'bird', runs);
+        return await blockRouteLags(c, c.hosts[0] as Host, c.hosts[2] as Host, 'bird', runs);
       } finally {
         await router.stop();
       }

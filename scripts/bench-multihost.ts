@@ -10,16 +10,13 @@
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
-import { EtcdStore } from '../datastore/etcd-store';
-import { Keys } from '../datastore/keys';
-import { Allocator } from '../ipam/allocator';
 import type Docker from 'dockerode';
 import { addressOn, runContainer } from '../test/harness/containers';
 import { DEFAULT_IPV4_POOL, startCluster, type Host } from '../test/harness/multihost';
+import { blockRouteLags, ROUTE_PROTOCOL } from '../test/harness/multihost-probes';
 import { ms, percentile, printTable } from './bench-report';
 
 const PING_INTERVAL_S = 0.02;
-const ROUTE_POLL_MS = 10;
 const TARGET_P99_MS = 1_000;
 
 /** When (performance.now()) the prober first hears from `ip`, pinging it every 20 ms for 8 s. */
@@ -70,26 +67,7 @@ async function main(): Promise<void> {
     }
 
     // (b) block claimed for host1 → route on host3
-    const etcd = await EtcdStore.open({ endpoints: cluster.etcd.endpoints });
-    const host1 = new Allocator({ store: etcd, keys: new Keys(cluster.datastorePrefix), node: h1.name });
-    const routeLag: number[] = [];
-    try {
-      for (let i = 0; i < runs; i++) {
-        const ip = `198.19.${100 + i}.1`;
-        const claimed = await host1.assignIp({ ip, owner: { handle: `bench-${i}`, kind: 'reserved' } });
-        const written = performance.now();
-        for (;;) {
-          const routes = (await h3.run(['ip', 'route', 'show', claimed.block, 'proto', '80'])).stdout;
-          if (routes.includes(`via ${h1.address}`)) break;
-          if (performance.now() - written > 10_000) throw new Error(`host3 has no route to ${claimed.block} after 10 s`);
-          await sleep(ROUTE_POLL_MS);
-        }
-        routeLag.push(performance.now() - written);
-        await host1.release({ ip, requester: { handle: `bench-${i}` } });
-      }
-    } finally {
-      await etcd.close();
-    }
+    const routeLag = await blockRouteLags(cluster, h1, h3, ROUTE_PROTOCOL, runs);
 
     const p = (xs: number[], q: number): number => percentile(xs, q);
     console.log(`multi-host benchmark: 3 hosts, ${runs} runs each, ${((performance.now() - started) / 1000).toFixed(0)} s`);

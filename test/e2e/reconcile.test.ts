@@ -22,7 +22,9 @@ async function plugin(t: ExecutionContext, pool: string, env: Record<string, str
   return p;
 }
 
-test.serial('plugin killed during 10 concurrent container starts, restarted: nothing leaked once every container is removed', async (t) => {
+/** A plugin reconciling every 2 s with a 3 s grace, and a network of it whose containers are
+ * removed at the end. */
+async function reconcilingNetwork(t: ExecutionContext): Promise<{ pool: { cidr: string; prefix: string }; p: Plugin; name: string }> {
   const pool = await testPool();
   const p = await plugin(t, pool.cidr, { CALICO_RECONCILE_INTERVAL: '2', CALICO_RECONCILE_GRACE: '3' });
   const name = `net-${randomBytes(3).toString('hex')}`;
@@ -31,6 +33,11 @@ test.serial('plugin killed during 10 concurrent container starts, restarted: not
     await removeAllContainers(c().docker);
     await net.remove().catch(() => undefined);
   });
+  return { pool, p, name };
+}
+
+test.serial('plugin killed during 10 concurrent container starts, restarted: nothing leaked once every container is removed', async (t) => {
+  const { pool, p, name } = await reconcilingNetwork(t);
   const starts = Array.from({ length: 10 }, () => runContainer(c().docker, { image: c().image, network: name }));
   // Kill once some of the starts are under way: a couple of veths exist, others are still coming.
   const deadline = Date.now() + 60_000;
@@ -106,14 +113,7 @@ test.serial('an allocation whose endpoint is not recorded yet is left alone for 
 });
 
 test.serial('containers removed while the plugin is down: their records, veths, routes and addresses go once it is back', async (t) => {
-  const pool = await testPool();
-  const p = await plugin(t, pool.cidr, { CALICO_RECONCILE_INTERVAL: '2', CALICO_RECONCILE_GRACE: '3' });
-  const name = `net-${randomBytes(3).toString('hex')}`;
-  const net = await createNetwork(c().docker, { name, driver: p.networkDriver, ipamDriver: p.ipamDriver });
-  t.teardown(async () => {
-    await removeAllContainers(c().docker);
-    await net.remove().catch(() => undefined);
-  });
+  const { pool, p, name } = await reconcilingNetwork(t);
   const containers = await Promise.all([0, 1].map(() => runContainer(c().docker, { image: c().image, network: name })));
   const endpoints = await Promise.all(containers.map(async (x) => (await x.inspect()).NetworkSettings.Networks[name]?.EndpointID ?? ''));
   t.is((await traces(p, pool.prefix)).endpoints, 2);

@@ -2,9 +2,15 @@
 // condition or a ping to come true (the agents follow the datastore within well under a second;
 // the bounds are generous because the machine is small and shared).
 import type Docker from 'dockerode';
+import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { EtcdStore } from '../../datastore/etcd-store.js';
+import { Keys } from '../../datastore/keys.js';
+import { Allocator } from '../../ipam/allocator.js';
 import { exec } from './containers.js';
-import type { Host } from './multihost.js';
+import type { Cluster, Host } from './multihost.js';
+
+const BLOCK_ROUTE_TIMEOUT_MS = 15_000;
 
 /** CALICO_ROUTE_PROTOCOL's default: the hosts of the harness run the plugin with default settings. */
 export const ROUTE_PROTOCOL = '80';
@@ -76,4 +82,33 @@ export async function sourceSeenBy(container: Docker.Container, address: string,
     if (peer !== undefined || Date.now() > deadline) return { peer, output: r.output };
     await sleep(200);
   }
+}
+
+/** Benchmarks: `runs` times, an allocator acting as `claimer` claims a fresh block (one address in
+ * it) and the time until `watcher`'s kernel routes it (protocol `proto`, polled every 10 ms) is
+ * recorded; the address is released again. */
+export async function blockRouteLags(cluster: Cluster, claimer: Host, watcher: Host, proto: string, runs: number): Promise<number[]> {
+  const etcd = await EtcdStore.open({ endpoints: cluster.etcd.endpoints });
+  const allocator = new Allocator({ store: etcd, keys: new Keys(cluster.datastorePrefix), node: claimer.name });
+  const lags: number[] = [];
+  try {
+    for (let i = 0; i < runs; i++) {
+      const ip = `198.19.${100 + i}.1`;
+      const claimed = await allocator.assignIp({ ip, owner: { handle: `bench-${i}`, kind: 'reserved' } });
+      const written = performance.now();
+      for (;;) {
+        const routes = (await watcher.run(['ip', 'route', 'show', claimed.block, 'proto', proto])).stdout;
+        if (routes.includes('via')) break;
+        if (performance.now() - written > BLOCK_ROUTE_TIMEOUT_MS) {
+          throw new Error(`${watcher.name} has no route to ${claimed.block} (proto ${proto}) after ${BLOCK_ROUTE_TIMEOUT_MS} ms`);
+        }
+        await sleep(10);
+      }
+      lags.push(performance.now() - written);
+      await allocator.release({ ip, requester: { handle: `bench-${i}` } });
+    }
+  } finally {
+    await etcd.close();
+  }
+  return lags;
 }
