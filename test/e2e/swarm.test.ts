@@ -309,7 +309,10 @@ test.serial('scaling to 0 and removing services and networks leaves nothing of o
   for (const sv of services) await waitTasks(sv, 0);
   await docker(manager, ['service', 'rm', ...services]);
   await until('networks removable', async () => ((await manager.exec(['docker', 'network', 'rm', 'snet', 'snet2'])).code === 0 ? true : undefined), 60_000);
-  await until('no address allocated', async () => ((await allocations()).length === 0 ? true : undefined), 60_000);
+  await until('no address allocated', async () => ((await allocations()).length === 0 ? true : undefined), 60_000).catch(async (err: unknown) => {
+    t.log('still allocated:', JSON.stringify(await allocations()));
+    throw err;
+  });
   t.deepEqual(await endpointRecords(), []);
   for (const h of cluster.hosts) {
     const links = JSON.parse((await h.run(['ip', '-j', 'link', 'show'])).stdout) as { ifname: string }[];

@@ -136,6 +136,20 @@ function describe(req: FuzzRequest): string {
   return `${req.method} ${req.socket} ${req.path.slice(0, 80)} [${req.how}] ${body}`;
 }
 
+/** What differs between two snapshots (JSON objects of sorted string lists), briefly. */
+function snapshotChange(before: string | undefined, after: string | undefined): string {
+  const parse = (s: string | undefined): Record<string, unknown[]> => (s === undefined ? {} : JSON.parse(s) as Record<string, unknown[]>);
+  const [b, a] = [parse(before), parse(after)];
+  const changes: string[] = [];
+  for (const part of new Set([...Object.keys(b), ...Object.keys(a)])) {
+    const was = new Set((b[part] ?? []).map((x) => JSON.stringify(x)));
+    const is = new Set((a[part] ?? []).map((x) => JSON.stringify(x)));
+    for (const x of was) if (!is.has(x)) changes.push(`${part} -${x.slice(0, 200)}`);
+    for (const x of is) if (!was.has(x)) changes.push(`${part} +${x.slice(0, 200)}`);
+  }
+  return changes.join('; ');
+}
+
 /** Records what a successful answer made, for follow-ups and for the clean-up. */
 function track(state: FuzzState, req: FuzzRequest, answer: Record<string, unknown>): void {
   const v = req.value;
@@ -202,7 +216,7 @@ export async function fuzz(o: FuzzOptions): Promise<FuzzResult> {
         if (req.method === 'POST') acceptedBy[req.path] = (acceptedBy[req.path] ?? 0) + 1;
         track(state, req, JSON.parse(a.text) as Record<string, unknown>);
       } else if (before !== after) {
-        violations.push({ request: describe(req), problem: `refused (${a.text.slice(0, 200)}) but changed the datastore` });
+        violations.push({ request: describe(req), problem: `refused (${a.text.slice(0, 200)}) but changed the datastore: ${snapshotChange(before, after)}` });
       }
       if (sent % 1000 === 0) o.progress?.(`${sent}/${o.requests} sent; ${state.networks.size} networks, ${state.endpoints.size} endpoints, ${state.addresses.size} addresses made`);
     }

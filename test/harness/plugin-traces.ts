@@ -6,7 +6,7 @@ import { RemoteStore } from '../../datastore/remote-store';
 import { storeSocketPath } from '../../datastore/open-datastore';
 import { Keys } from '../../datastore/keys';
 import { Allocator } from '../../ipam/allocator';
-import { listAllocations, type Allocation } from '../../ipam/block';
+import { handleFamily, listAllocations, type Allocation } from '../../ipam/block';
 import { linksWithPrefix, type Plugin } from './plugin';
 
 export interface PluginState {
@@ -65,7 +65,8 @@ export class PluginStore {
 
   /** What requests may change, canonically: network and endpoint records as stored, and who
    * holds which address (not the bookkeeping the daemon adds after answering: which endpoint and
-   * container an allocation serves). Equal snapshots: nothing was changed. */
+   * container an allocation serves, and the endpoint it appends to the handle, so the handle's
+   * family). Equal snapshots: nothing was changed. */
   async snapshot(): Promise<string> {
     const [endpoints, blocks, networks] = await Promise.all([
       this.store.list(this.keys.endpointsPrefix(this.plugin.node)),
@@ -75,7 +76,7 @@ export class PluginStore {
     return JSON.stringify({
       endpoints: endpoints.items.map((kv) => [kv.key, kv.value]).sort(),
       networks: networks.items.map((kv) => [kv.key, kv.value]).sort(),
-      allocations: blocks.flatMap((b) => listAllocations(b.block)).map((a) => `${a.ip} ${a.owner.node} ${a.owner.handle}`).sort(),
+      allocations: blocks.flatMap((b) => listAllocations(b.block)).map((a) => `${a.ip} ${a.owner.node} ${handleFamily(a.owner.handle)}`).sort(),
     });
   }
 
