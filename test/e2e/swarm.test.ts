@@ -311,6 +311,11 @@ test.serial('scaling to 0 and removing services and networks leaves nothing of o
   await until('networks removable', async () => ((await manager.exec(['docker', 'network', 'rm', 'snet', 'snet2'])).code === 0 ? true : undefined), 60_000);
   await until('no address allocated', async () => ((await allocations()).length === 0 ? true : undefined), 60_000).catch(async (err: unknown) => {
     t.log('still allocated:', JSON.stringify(await allocations()));
+    // The managed plugin logs into its dockerd's log: what the manager asked of IPAM and how it went.
+    for (const h of cluster.hosts) {
+      const log = await readFile(join(h.dir, 'dockerd.log'), 'utf8').catch(() => '');
+      t.log(`${h.name} dockerd log, IPAM lines:\n${log.split('\n').filter((l) => /ReleaseAddress|ReleasePool|RequestAddress|ipam|IPAM/.test(l)).slice(-60).join('\n')}`);
+    }
     throw err;
   });
   t.deepEqual(await endpointRecords(), []);
