@@ -5,6 +5,7 @@
 
 import { execFile } from 'node:child_process';
 import { DataplaneError } from '../lib/errors.js';
+import type { ExecHelper } from './exec-helper.js';
 
 export const DEFAULT_EXEC_TIMEOUT_MS = 10_000;
 export const DEFAULT_EXEC_MAX_BUFFER_BYTES = 16 * 1024 * 1024;
@@ -14,7 +15,7 @@ export interface ExecOptions {
   timeoutMs?: number;
   maxBufferBytes?: number;
   /** Written to the process's stdin, which is then closed. Without it stdin is closed at once. */
-  input?: string | Buffer;
+  input?: string;
 }
 
 export interface ExecResult {
@@ -39,6 +40,13 @@ export class CommandError extends DataplaneError {
 }
 
 let spawned = 0;
+let helper: ExecHelper | undefined;
+
+/** Starts commands through `h` from now on (the daemon; see exec-helper.ts for why), or directly
+ * again with undefined. While `h` is not running, commands start directly. */
+export function startCommandsThrough(h: ExecHelper | undefined): void {
+  helper = h;
+}
 
 /** Number of processes this module has spawned since start: lets tests and benchmarks check that
  * the Join hot path stays cheap without asserting on time. */
@@ -57,6 +65,15 @@ export function run(
   options: ExecOptions = {},
 ): Promise<ExecResult> {
   const timeout = options.timeoutMs ?? DEFAULT_EXEC_TIMEOUT_MS;
+  const maxBufferBytes = options.maxBufferBytes ?? DEFAULT_EXEC_MAX_BUFFER_BYTES;
+  if (helper?.running === true) {
+    spawned++;
+    const input = options.input ?? '';
+    return helper.run({ file, args: [...args], input, timeoutMs: timeout, maxBufferBytes }).then(({ stdout, stderr, error }) => {
+      if (error === undefined) return { stdout, stderr };
+      throw toCommandError(Object.assign(new Error(error.message), error), file, args, op, stderr, timeout);
+    });
+  }
   return new Promise((resolve, reject) => {
     spawned++;
     const child = execFile(
@@ -65,7 +82,7 @@ export function run(
       {
         timeout,
         killSignal: 'SIGKILL',
-        maxBuffer: options.maxBufferBytes ?? DEFAULT_EXEC_MAX_BUFFER_BYTES,
+        maxBuffer: maxBufferBytes,
         encoding: 'utf8',
         windowsHide: true,
       },
