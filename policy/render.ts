@@ -21,6 +21,8 @@
 //     workload from borrowing a labelled peer's address (selectors are address sets); an unknown
 //     or not-ready interface gets only the DROP.
 //   <p>-to-wl-dispatch: -o caliX -g <p>-tw-<L> per ready endpoint, then DROP.
+//     A family's chains hold only the endpoints with an address in that family, and only their
+//     profile lists' and profiles' chains (an IPv4-only workload needs no ip6tables rule).
 //     With more than DISPATCH_FLAT_MAX ready endpoints both become a root that branches on the
 //     first character after the interface prefix (`-i cali3+ -g <p>-from-wl-dispatch-3`) to
 //     leaves holding the rules above, so one endpoint changes one small leaf.
@@ -141,10 +143,16 @@ export function renderPolicy(input: PolicyInput, cache: RenderCache = new Render
   // as JSON (the cache key), once for both families; undefined JSON: not serializable (not a valid
   // profile anyway), rendered without the cache so render reports what is wrong.
   const used = new Map<string, Profile>();
+  /** Per family, the profiles of the ready endpoints with an address in it: only those get chains
+   * there (an IPv4-only workload costs ip6tables nothing). */
+  const usedIn: Record<Family, Set<string>> = { 4: new Set(), 6: new Set() };
   for (const l of ready) {
     for (const p of l.profiles) {
       const profile = input.profiles.get(p);
-      if (profile !== undefined) used.set(p, profile);
+      if (profile === undefined) continue;
+      used.set(p, profile);
+      if (l.v4.length > 0) usedIn[4].add(p);
+      if (l.v6.length > 0) usedIn[6].add(p);
     }
   }
   const usedProfiles = [...used.entries()]
@@ -264,11 +272,16 @@ export function renderPolicy(input: PolicyInput, cache: RenderCache = new Render
       `-i ${wild} -j ACCEPT`,
     ]);
 
-    renderDispatch(f, dispatch, family, ifPrefix, names, { leaves: cache.leaves, epoch });
+    // An endpoint without an address in this family has nothing here: traffic of this family from
+    // it or to it has no route and meets the dispatch chains' DROP (fail closed).
+    const here = dispatch.filter((e) => (family === 4 ? e.v4 : e.v6).length > 0);
+    renderDispatch(f, here, family, ifPrefix, names, { leaves: cache.leaves, epoch });
 
-    for (const c of sharedChains) f.set(c.name, c.rules);
+    const referenced = new Set(here.flatMap((e) => [e.fw, e.tw]));
+    for (const c of sharedChains) if (referenced.has(c.name)) f.set(c.name, c.rules);
 
-    for (const { profile, chains } of usedProfiles) {
+    for (const { name, profile, chains } of usedProfiles) {
+      if (!usedIn[family].has(name)) continue;
       for (const direction of ['ingress', 'egress'] as const) {
         const chain = chains[direction];
         const rendered = profileRules(cache, epoch, { prefix, mark, refs: [] }, family, chain, profile[direction]);

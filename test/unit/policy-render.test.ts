@@ -212,9 +212,10 @@ test('golden: IPv6 endpoints, selector sets per family, natOutgoing for both', (
   goldenState(t, 'ipv6', state);
   t.deepEqual(state.sets.get(selectorSetName('cali', 6, 'has(net-g)'))?.members, ['fd65:0:0:1::a', 'fd65::8', 'fd65::80', 'fd65::9']);
   t.deepEqual(state.warnings, ['endpoint #2: ignored invalid IPv4 address "not-an-ip"']);
-  // An endpoint without IPv4 addresses sends no IPv4 through dispatch (anti-spoofing).
+  // An endpoint without IPv4 addresses has nothing in IPv4: it sends nothing through dispatch
+  // (anti-spoofing), and nothing is routed to it (the DROP stands for both).
   t.false(state.filter[4].get('cali-from-wl-dispatch')?.some((r) => r.includes('cali09')));
-  t.true(state.filter[4].get('cali-to-wl-dispatch')?.some((r) => r.includes('cali09')));
+  t.false(state.filter[4].get('cali-to-wl-dispatch')?.some((r) => r.includes('cali09')));
 });
 
 test('NAT: only natOutgoing pools masquerade, and never to an address inside any pool, in both families', (t) => {
@@ -387,8 +388,10 @@ test('endpoints with the same profile list share its policy chains; dispatch sta
     '-j MARK --set-xmark 0x0/0x100000',
     '-m comment --comment "no profile allowed this ingress" -j DROP',
   ]);
-  // The same chains in IPv6, with the same rules.
-  for (const c of endpointChains) t.deepEqual(state.filter[6].get(c), state.filter[4].get(c), c);
+  // IPv4-only endpoints: none of it in IPv6, where dispatch drops everything.
+  for (const c of endpointChains) t.is(state.filter[6].get(c), undefined, c);
+  t.deepEqual(state.filter[6].get('cali-to-wl-dispatch'), ['-m comment --comment "unknown or not ready workload" -j DROP']);
+  t.deepEqual([...state.filter[6].keys()].filter((c) => c.startsWith('cali-pr')), []);
 });
 
 const endpointChainNames: Array<[string, string, readonly string[], string | RegExp]> = [
