@@ -21,7 +21,8 @@ import { createHash } from 'node:crypto';
 import { cpus, loadavg } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
-import { run } from '../dataplane/exec';
+import { run, startCommandsThrough } from '../dataplane/exec';
+import { ExecHelper } from '../dataplane/exec-helper';
 import { hostVethName } from '../dataplane/names';
 import { PolicyDataplane, type ApplyStats } from '../dataplane/policy-dataplane';
 import { effectiveLabels } from '../policy/evaluate';
@@ -317,6 +318,9 @@ async function main(): Promise<void> {
   if (endpoints + reps > MAX_ENDPOINTS || remote > MAX_ENDPOINTS) throw new Error(`at most ${MAX_ENDPOINTS} endpoints`);
 
   const world = new World(endpoints, profiles, remote, seed);
+  // As the daemon does: the tools start from the exec helper, not by forking this process.
+  const helper = await ExecHelper.start();
+  startCommandsThrough(helper);
   const ns = await createNetns('benchpol');
   // Ctrl-C: clean up like on any failure (the harness's exit hook deletes the namespace too).
   let interrupted = false;
@@ -469,6 +473,8 @@ async function main(): Promise<void> {
       await deleteNetns(ns);
       process.removeListener('SIGINT', onSignal);
       process.removeListener('SIGTERM', onSignal);
+      startCommandsThrough(undefined);
+      await helper.close();
     }
   }
 }
