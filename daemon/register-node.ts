@@ -5,7 +5,6 @@
 import type { Config } from '../config/config';
 import { modifyKey } from '../datastore/cas';
 import type { Datastore } from '../datastore/datastore';
-import { EtcdStore } from '../datastore/etcd-store';
 import type { Keys } from '../datastore/keys';
 import type { DetectedAddress } from '../config/host-address';
 import { NoHostAddressError, detectHostAddress } from './host-address';
@@ -50,6 +49,8 @@ export async function registerNode(
   };
   const value = serialize(node);
   await modifyKey(store, keys.node(config.nodeName), `register node ${config.nodeName}`, () => value);
+  if (config.etcd === undefined) return { node, stop: async () => undefined };
+  const { EtcdStore } = await import('../datastore/etcd-store.js');
   if (!(store instanceof EtcdStore)) return { node, stop: async () => undefined };
   const held = await store.holdKey(keys.nodeAlive(config.nodeName), JSON.stringify({ since: node.startedAt }), NODE_LIVENESS_TTL_SECONDS);
   return { node, stop: () => held.release() };

@@ -3,7 +3,7 @@
 // opens the directory itself when it does not.
 import type { Datastore } from './datastore';
 import { EmbeddedStore, type EmbeddedStoreOptions } from './embedded-store';
-import { EtcdStore, type EtcdOptions } from './etcd-store';
+import type { EtcdOptions } from './etcd-store';
 import { RemoteStore } from './remote-store';
 import { storeSocketPath } from './store-socket';
 import { StoreLockedError } from './store-errors';
@@ -25,7 +25,12 @@ const STARTING_DAEMON_WAIT_MS = 3_000;
 const RETRY_INTERVAL_MS = 200;
 
 export async function openDatastore(opts: OpenDatastoreOptions): Promise<Datastore> {
-  if (opts.etcd !== undefined) return EtcdStore.open(opts.etcd);
+  if (opts.etcd !== undefined) {
+    // Loaded only for etcd: the client and its gRPC stack take 150 ms to load, which every
+    // calicoctl call and every daemon start on the embedded store would pay for nothing.
+    const { EtcdStore } = await import('./etcd-store.js');
+    return EtcdStore.open(opts.etcd);
+  }
   if (opts.mode === 'daemon') return EmbeddedStore.open(opts.dataDir, opts.embedded);
   const remote = new RemoteStore(storeSocketPath(opts.dataDir));
   const deadline = Date.now() + STARTING_DAEMON_WAIT_MS;

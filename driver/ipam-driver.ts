@@ -16,7 +16,7 @@ import {
   type RequestAddressResponse,
   type RequestPoolResponse,
 } from '../protocol/ipam-driver-api';
-import { route, type Route } from '../protocol/plugin-server';
+import { route, type Route } from '../protocol/route';
 import type { ReleasedAddress } from '../workload/endpoint-service';
 
 export const LOCAL_ADDRESS_SPACE = 'CalicoLocalAddressSpace';

@@ -32,7 +32,7 @@ import {
   type JoinResponse,
   type StaticRoute,
 } from '../protocol/network-driver-api';
-import { route, type Route } from '../protocol/plugin-server';
+import { route, type Route } from '../protocol/route';
 import { decode } from '../lib/validate';
 import { GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE } from './ipam-driver';
 

@@ -12,7 +12,7 @@ import express, { type NextFunction, type Request, type Response } from 'express
 import { InvalidRequestError, errorMessage } from '../lib/errors';
 import { logger } from '../lib/log';
 import { toWireError, type ErrorKey } from './error-funnel';
-import { decode, type Decoder } from '../lib/validate';
+import type { Route } from './route';
 
 const log = logger('server');
 /** DEBUG=calico:wire: every request's body and the answer, one line each (what Docker really
@@ -22,22 +22,6 @@ const wire = logger('wire');
 export const CONTENT_TYPE = 'application/vnd.docker.plugins.v1+json';
 /** Real payloads are a few hundred bytes; a swarm CreateNetwork with many options stays far below. */
 export const MAX_BODY_BYTES = 64 * 1024;
-
-export interface Route {
-  readonly method: string;
-  handle(body: unknown): Promise<object>;
-}
-
-/** Binds a decoder to a handler so each method is declared once, fully typed. */
-export function route<T>(method: string, decoder: Decoder<T> | null, handler: (req: T) => Promise<object> | object): Route {
-  return {
-    method,
-    async handle(body) {
-      const req = decoder === null ? (undefined as T) : decode(decoder, body);
-      return handler(req);
-    },
-  };
-}
 
 /** One libnetwork interface: its name, the error key its answers use and its routes. */
 export interface PluginApi {

@@ -5,7 +5,8 @@ import { Agent, request } from 'node:http';
 import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { route, startPluginServer } from '../../protocol/plugin-server';
+import { startPluginServer } from '../../protocol/plugin-server';
+import { route } from '../../protocol/route';
 
 function post(agent: Agent, socketPath: string, path: string): Promise<{ body: string; socket: Socket }> {
   return new Promise((resolve, reject) => {
