@@ -128,7 +128,14 @@ export class Reconciler {
     // An endpoint whose removal failed keeps its veth and route: its addresses must stay held, or
     // they could be handed out again while the old route still points at the old veth.
     const kept = new Set<string>();
+    const stale = await this.confirmStale(plan.staleEndpoints);
+    for (const { endpoint } of plan.staleEndpoints) {
+      if (stale.has(endpoint.id)) continue;
+      kept.add(endpoint.id);
+      for (const a of [...endpoint.ipv4, ...endpoint.ipv6]) kept.add(addressPart(a));
+    }
     for (const { endpoint, reason } of plan.staleEndpoints) {
+      if (!stale.has(endpoint.id)) continue;
       try {
         await this.o.endpoints.remove(endpoint.id);
         removedEndpoints++;
@@ -165,6 +172,25 @@ export class Reconciler {
       }
     }
     return { plan, removedEndpoints, removedLinks, released };
+  }
+
+  /** The IDs of the endpoints planned as stale that Docker still does not know when asked again.
+   * Removing a live workload's endpoint cuts it off, so one answer does not decide it: an answer
+   * that missed a container (a loaded Docker, a container list taken mid-start) would have to miss
+   * it twice. One listing more, and only when something looks stale; if Docker cannot be asked
+   * now, nothing is removed this pass. */
+  private async confirmStale(planned: ReconcilePlan['staleEndpoints']): Promise<ReadonlySet<string>> {
+    if (planned.length === 0) return new Set();
+    const again = await this.o.knownEndpoints().catch(() => undefined);
+    if (again === undefined) {
+      log.warn('Docker could not be asked again before removing %d endpoint record(s): left for the next pass', planned.length);
+      return new Set();
+    }
+    const confirmed = new Set(planned.filter((s) => !again.has(s.endpoint.id)).map((s) => s.endpoint.id));
+    for (const s of planned) {
+      if (!confirmed.has(s.endpoint.id)) log.warn('endpoint %s: missing from Docker\'s first answer but in its second: left alone', s.endpoint.id.slice(0, 12));
+    }
+    return confirmed;
   }
 
   /** Ages allocations that carry no time from the first pass that saw them. */

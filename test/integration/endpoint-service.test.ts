@@ -6,48 +6,17 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { AttachedVeth, EndpointDataplane, VethSpec } from '../../dataplane/endpoint-dataplane';
 import { workloadGateways } from '../../dataplane/veth';
 import { EmbeddedStore } from '../../datastore/embedded-store';
 import { Keys } from '../../datastore/keys';
 import { Allocator } from '../../ipam/allocator';
 import { DataplaneError, InvalidRequestError } from '../../lib/errors';
 import { EndpointService } from '../../workload/endpoint-service';
+import { FakeDataplane, waitForNaming } from '../harness/endpoint-fakes';
 
 const keys = new Keys('/test');
 const SANDBOX_1 = '/var/run/docker/netns/1f2e3d4c5b6a';
 const SANDBOX_2 = '/var/run/docker/netns/6a5b4c3d2e1f';
-
-/** Records each veth asked for; answers with the IPv6 gateway of the interface number, as the
- * Linux dataplane does. */
-class FakeDataplane implements EndpointDataplane {
-  readonly attached: VethSpec[] = [];
-  readonly detached: string[] = [];
-
-  /** The next attach fails with this (as the kernel refuses a veth that exists). */
-  failNext: Error | undefined;
-
-  attach(spec: VethSpec): Promise<AttachedVeth> {
-    const fail = this.failNext;
-    this.failNext = undefined;
-    if (fail !== undefined) return Promise.reject(fail);
-    this.attached.push(spec);
-    return Promise.resolve(spec.ipv6.length > 0 ? { ipv6Gateway: workloadGateways(spec.gatewayIndex).v6 } : {});
-  }
-
-  detach(hostIf: string): Promise<void> {
-    this.detached.push(hostIf);
-    return Promise.resolve();
-  }
-
-  startDetach(hostIf: string): void {
-    this.detached.push(hostIf);
-  }
-
-  settled(): Promise<void> {
-    return Promise.resolve();
-  }
-}
 
 interface Host {
   readonly service: EndpointService;
@@ -92,15 +61,7 @@ async function endpoint(h: Host, networkId = 'net1'): Promise<string> {
   const v4 = await h.allocator.autoAssign({ family: 4, owner });
   const v6 = await h.allocator.autoAssign({ family: 6, owner });
   await h.service.create({ id, networkId, ipv4: [`${v4.ip}/32`], ipv6: [`${v6.ip}/128`], mac: 'ee:ee:ee:00:00:01', profiles: [networkId] });
-  // create() names the endpoint on its allocations in the background: let that finish, so it
-  // neither races the test's reads nor outlives the store.
-  for (const ip of [v4.ip, v6.ip]) {
-    const deadline = Date.now() + 5_000;
-    while ((await h.allocator.findAllocation(ip))?.owner.endpointId !== id) {
-      if (Date.now() > deadline) throw new Error(`endpoint ${id.slice(0, 12)} never recorded on ${ip}`);
-      await new Promise((r) => setTimeout(r, 10));
-    }
-  }
+  await waitForNaming(h.allocator, id, [v4.ip, v6.ip]);
   return id;
 }
 
