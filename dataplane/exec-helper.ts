@@ -66,7 +66,6 @@ export class ExecHelper {
       if (!this.closing) onExit(why);
     });
     // The daemon may exit whenever it likes: an idle helper holds nothing open.
-    child.unref();
     this.refWhileBusy();
   }
 
@@ -121,11 +120,16 @@ export class ExecHelper {
     await gone;
   }
 
-  /** The channel keeps the daemon alive only while a command is out. */
+  /** The helper keeps the daemon alive only while a command is out: the channel (for the
+   * answer) and the process (for its exit, should it die before answering, which may come after
+   * the channel has closed). */
   private refWhileBusy(): void {
+    const busy = this.pending.size > 0;
+    if (busy) this.child.ref();
+    else this.child.unref();
     const channel = this.child.channel;
     if (channel === undefined || channel === null) return;
-    if (this.pending.size > 0) channel.ref();
+    if (busy) channel.ref();
     else channel.unref();
   }
 }

@@ -6,8 +6,8 @@
 // the interface the route belongs to.
 import { chmod, mkdir, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { createConnection } from 'node:net';
-import type { Server } from 'node:http';
+import { createConnection, type Socket } from 'node:net';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { InvalidRequestError, errorMessage } from '../lib/errors';
 import { logger } from '../lib/log';
@@ -170,14 +170,33 @@ export async function startPluginServer(opts: PluginServerOptions): Promise<Plug
   // Only root (Docker) may talk to the plugin: it can create interfaces and routes.
   await chmod(opts.socketPath, 0o660);
   log.debug('%s listening on %s', opts.name, opts.socketPath);
+  // Requests in progress per connection. On close, a connection that holds none is destroyed at
+  // once, and the others as soon as their last answer is out: Node's own close waits for every
+  // connection that is not idle after a request, and Docker keeps connections open on which it
+  // never sends anything (seen: one open with 0 bytes read for minutes, which held a stopping
+  // daemon forever).
+  const inFlight = new Map<Socket, number>();
   let closing: Promise<void> | undefined;
+  server.on('connection', (socket: Socket) => {
+    inFlight.set(socket, 0);
+    socket.once('close', () => inFlight.delete(socket));
+  });
+  server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    const socket = req.socket;
+    inFlight.set(socket, (inFlight.get(socket) ?? 0) + 1);
+    res.once('close', () => {
+      const left = (inFlight.get(socket) ?? 1) - 1;
+      inFlight.set(socket, left);
+      if (closing !== undefined && left === 0) socket.destroy();
+    });
+  });
   return {
     socketPath: opts.socketPath,
     serving: () => server.listening && closing === undefined,
     close() {
       closing ??= new Promise<void>((resolve) => {
         server.close(() => resolve());
-        server.closeIdleConnections();
+        for (const [socket, n] of inFlight) if (n === 0) socket.destroy();
       }).then(() => rm(opts.socketPath, { force: true }));
       return closing;
     },

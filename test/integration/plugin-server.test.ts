@@ -2,7 +2,7 @@
 import test from 'ava';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { Agent, request } from 'node:http';
-import type { Socket } from 'node:net';
+import { createConnection, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startPluginServer } from '../../protocol/plugin-server';
@@ -46,4 +46,52 @@ test('an idle keep-alive connection from Docker is never closed by the plugin', 
   const second = await post(agent, server.socketPath, '/NetworkDriver.GetCapabilities');
   t.is(second.socket, first.socket, 'the second request reused the idle connection');
   t.is(second.body, '{"Scope":"local"}');
+});
+
+// Docker may hold a connection open on which it never sends a request: close must not wait for
+// it (a stopping daemon hung on one), yet an answer in progress is still given before it resolves.
+test('close drops connections that hold no request and lets an answer in progress finish', async (t) => {
+  t.timeout(30_000);
+  const dir = await mkdtemp(join(tmpdir(), 'calico-plugin-server-'));
+  let started: () => void = () => undefined;
+  const inHandler = new Promise<void>((resolve) => (started = resolve));
+  let release: () => void = () => undefined;
+  const released = new Promise<void>((resolve) => (release = resolve));
+  const server = await startPluginServer({
+    name: 'test',
+    socketPath: join(dir, 'test.sock'),
+    apis: [{
+      implements: 'NetworkDriver',
+      errorKey: 'Err',
+      routes: [route('NetworkDriver.Leave', null, async () => {
+        started();
+        await released;
+        return {};
+      })],
+    }],
+  });
+  const agent = new Agent({ keepAlive: true });
+  t.teardown(async () => {
+    agent.destroy();
+    release();
+    await server.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+  // A connection that never sends anything, and one that had its answer and stays idle.
+  const silent = createConnection(server.socketPath);
+  await new Promise((resolve) => silent.once('connect', resolve));
+  const silentClosed = new Promise<void>((resolve) => silent.once('close', () => resolve()));
+  const slow = post(agent, server.socketPath, '/NetworkDriver.Leave');
+  await inHandler;
+
+  let closed = false;
+  const closing = server.close().then(() => (closed = true));
+  await silentClosed;
+  t.pass('the silent connection was closed');
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  t.false(closed, 'close waits for the answer in progress');
+  release();
+  t.is((await slow).body, '{}', 'the answer in progress was given');
+  await closing;
+  t.true(closed);
 });
