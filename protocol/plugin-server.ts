@@ -19,6 +19,9 @@ const log = logger('server');
  * sends, e.g. in swarm mode). */
 const wire = logger('wire');
 
+/** How long a stopping server waits for a first request on a connection that has had none. */
+const CLOSE_GRACE_MS = 2_000;
+
 export const CONTENT_TYPE = 'application/vnd.docker.plugins.v1+json';
 /** Real payloads are a few hundred bytes; a swarm CreateNetwork with many options stays far below. */
 export const MAX_BODY_BYTES = 64 * 1024;
@@ -170,10 +173,12 @@ export async function startPluginServer(opts: PluginServerOptions): Promise<Plug
   // Only root (Docker) may talk to the plugin: it can create interfaces and routes.
   await chmod(opts.socketPath, 0o660);
   log.debug('%s listening on %s', opts.name, opts.socketPath);
-  // Requests in progress per connection. On close, a connection that holds none is destroyed at
-  // once, and the others as soon as their last answer is out: Node's own close waits for every
-  // connection that is not idle after a request, and Docker keeps connections open on which it
-  // never sends anything (seen: one open with 0 bytes read for minutes, which held a stopping
+  // Requests in progress per connection. On close, idle connections (a request answered, none
+  // since) go at once, as with Node's own close; one that has had no request yet gets
+  // CLOSE_GRACE_MS, since its first request may be on the wire unread, and is dropped if it still
+  // holds none; the others go as soon as their last answer is out. Node's own close would wait
+  // for every connection that has not finished a request, and Docker keeps connections open on
+  // which it never sends anything (seen: one with 0 bytes read for minutes, which held a stopping
   // daemon forever).
   const inFlight = new Map<Socket, number>();
   let closing: Promise<void> | undefined;
@@ -195,8 +200,14 @@ export async function startPluginServer(opts: PluginServerOptions): Promise<Plug
     serving: () => server.listening && closing === undefined,
     close() {
       closing ??= new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        for (const [socket, n] of inFlight) if (n === 0) socket.destroy();
+        const silent = setTimeout(() => {
+          for (const [socket, n] of inFlight) if (n === 0) socket.destroy();
+        }, CLOSE_GRACE_MS);
+        server.close(() => {
+          clearTimeout(silent);
+          resolve();
+        });
+        server.closeIdleConnections();
       }).then(() => rm(opts.socketPath, { force: true }));
       return closing;
     },

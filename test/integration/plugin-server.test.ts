@@ -63,11 +63,14 @@ test('close drops connections that hold no request and lets an answer in progres
     apis: [{
       implements: 'NetworkDriver',
       errorKey: 'Err',
-      routes: [route('NetworkDriver.Leave', null, async () => {
-        started();
-        await released;
-        return {};
-      })],
+      routes: [
+        route('NetworkDriver.Leave', null, async () => {
+          started();
+          await released;
+          return {};
+        }),
+        route('NetworkDriver.GetCapabilities', null, () => ({ Scope: 'local' })),
+      ],
     }],
   });
   const agent = new Agent({ keepAlive: true });
@@ -84,8 +87,19 @@ test('close drops connections that hold no request and lets an answer in progres
   const slow = post(agent, server.socketPath, '/NetworkDriver.Leave');
   await inHandler;
 
+  // A connection whose request is on the wire, not read yet, when close begins.
+  const late = createConnection(server.socketPath);
+  await new Promise((resolve) => late.once('connect', resolve));
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  let lateAnswer = '';
+  late.setEncoding('utf8').on('data', (d: string) => (lateAnswer += d));
+  const lateDone = new Promise<void>((resolve) => late.once('close', () => resolve()));
+  late.write('POST /NetworkDriver.GetCapabilities HTTP/1.1\r\nHost: plugin\r\nContent-Length: 2\r\n\r\n{}');
+
   let closed = false;
   const closing = server.close().then(() => (closed = true));
+  await lateDone;
+  t.regex(lateAnswer, /^HTTP\/1\.1 200 [\s\S]*\{"Scope":"local"\}$/, 'a request on the wire when close began is answered');
   await silentClosed;
   t.pass('the silent connection was closed');
   await new Promise((resolve) => setTimeout(resolve, 300));
