@@ -31,6 +31,7 @@ import { parseSelector } from '../policy/selector';
 import type { Labels, PortRange, Profile, Rule } from '../policy/types';
 import { createNetns, deleteNetns } from '../test/harness/netns';
 import { median, ms, percentile, printTable } from './bench-report';
+import { mulberry32 } from '../test/harness/prng';
 
 const PREFIX = 'bench';
 const MARK_BIT = 0x100000;
@@ -44,18 +45,6 @@ const MAX_ENDPOINTS = 65_000;
 // ---------------------------------------------------------------------------------------------
 // Deterministic world
 
-/** mulberry32: small, fast, good enough to spread choices; the same seed gives the same world. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 const canon = (selector: string): string => parseSelector(selector).text;
 const port = (p: number): PortRange => ({ from: p, to: p });
 const range = (from: number, to: number): PortRange => ({ from, to });
@@ -68,7 +57,7 @@ function profileName(i: number): string {
 /** A realistic mix: same-profile allow, selector + ports, nets, port ranges, ICMP, log + deny. */
 function makeProfile(i: number, seed: number, version = 0): Profile {
   // Each profile draws from its own stream, so a new version differs only where `version` is used.
-  const random = rng(seed * 100_003 + i);
+  const random = mulberry32(seed * 100_003 + i);
   const name = profileName(i);
   const k = i % 10;
   const ingress: Rule[] = [
@@ -182,7 +171,7 @@ export class World {
   private readonly views = new WeakMap<EndpointRecord, { profileLabels: Labels[]; local: PolicyEndpoint; labelled: LabelledEndpoint }>();
 
   constructor(endpoints: number, profiles: number, remotes: number, seed: number) {
-    this.random = rng(seed);
+    this.random = mulberry32(seed);
     this.seed = seed;
     this.profileCount = profiles;
     for (let p = 0; p < profiles; p++) {

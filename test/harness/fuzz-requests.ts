@@ -6,18 +6,13 @@
 // to the right socket or the wrong one. Every address a body can carry that the kernel would
 // accept lies in ranges the run reserved: a fuzzed Join must not route anything else to a veth.
 
-/** mulberry32: small, fast, and the same sequence for the same seed on every machine. */
+import { mulberry32 } from './prng';
+
+/** The same sequence for the same seed on every machine. */
 export class Prng {
-  private state: number;
+  readonly next: () => number;
   constructor(seed: number) {
-    this.state = seed >>> 0;
-  }
-  next(): number {
-    this.state = (this.state + 0x6d2b79f5) >>> 0;
-    let t = this.state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    this.next = mulberry32(seed);
   }
   int(n: number): number {
     return Math.floor(this.next() * n);

@@ -2,30 +2,17 @@
 // runs another host's operation just before a chosen write of ours goes through, so that write
 // really loses. Also: what a request reads (it must not depend on the number of hosts), pool
 // removal racing a block claim, and the upgrade of blocks stored by 0.1.
-import test, { type ExecutionContext } from 'ava';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import test from 'ava';
 import type { Datastore, TxnOp } from '../../datastore/datastore';
-import { EmbeddedStore } from '../../datastore/embedded-store';
 import { Keys } from '../../datastore/keys';
 import { Allocator, hostOffset } from '../../ipam/allocator';
 import { newBlock, serializeBlock, assignSpecific } from '../../ipam/block';
 import { upgradeBlockLayout } from '../../ipam/ipam-store';
 import { NotFoundError, PoolExhaustedError } from '../../lib/errors';
+import { openTempStore } from '../harness/temp-store';
 
 const keys = new Keys('/races');
 const owner = (handle: string) => ({ handle, kind: 'container' as const });
-
-async function openStore(t: ExecutionContext): Promise<EmbeddedStore> {
-  const dir = await mkdtemp(join(tmpdir(), 'calico-ipam-races-'));
-  const store = await EmbeddedStore.open(dir);
-  t.teardown(async () => {
-    await store.close();
-    await rm(dir, { recursive: true, force: true });
-  });
-  return store;
-}
 
 type Write = { readonly kind: 'create' | 'update' | 'delete' | 'commit'; readonly keys: readonly string[] };
 
@@ -67,7 +54,7 @@ const assignAll = async (a: Allocator, n: number, handle: string): Promise<strin
 };
 
 test('a lost block claim reads again and borrows instead of reporting the pool full', async (t) => {
-  const real = await openStore(t);
+  const real = await openTempStore(t, 'ipam-races');
   const b = new Allocator({ store: real, keys, node: 'node-b' });
   await b.addPool({ cidr: '10.0.0.0/29', blockSize: 30 }); // two blocks of four
   await assignAll(b, 4, 'hb'); // node-b fills 10.0.0.0/30
@@ -87,7 +74,7 @@ test('a lost block claim reads again and borrows instead of reporting the pool f
 });
 
 test('a lost compare-and-swap reads again and finds the address freed meanwhile', async (t) => {
-  const real = await openStore(t);
+  const real = await openTempStore(t, 'ipam-races');
   const a0 = new Allocator({ store: real, keys, node: 'node-a' });
   const b = new Allocator({ store: real, keys, node: 'node-b' });
   await a0.addPool({ cidr: '10.0.0.0/29', blockSize: 30 });
@@ -115,7 +102,7 @@ test('a lost compare-and-swap reads again and finds the address freed meanwhile'
 });
 
 test("a request reads this host's blocks, never the cluster's", async (t) => {
-  const real = await openStore(t);
+  const real = await openTempStore(t, 'ipam-races');
   const setup = new Allocator({ store: real, keys, node: 'setup' });
   await setup.addPool({ cidr: '10.0.0.0/16' });
   for (let i = 0; i < 20; i++) await new Allocator({ store: real, keys, node: `other-${i}` }).autoAssign({ family: 4, owner: owner('x') });
@@ -148,7 +135,7 @@ test('hosts that must borrow start at different blocks', (t) => {
 });
 
 test('a block claim racing a pool removal loses; no block is left without its pool', async (t) => {
-  const real = await openStore(t);
+  const real = await openTempStore(t, 'ipam-races');
   const admin = new Allocator({ store: real, keys, node: 'admin' });
   await admin.addPool({ cidr: '10.0.0.0/24' });
   const racing = interfering(real, {
@@ -166,7 +153,7 @@ test('a block claim racing a pool removal loses; no block is left without its po
 });
 
 test('a refused pool removal leaves the pool enabled', async (t) => {
-  const real = await openStore(t);
+  const real = await openTempStore(t, 'ipam-races');
   const admin = new Allocator({ store: real, keys, node: 'admin' });
   const a = new Allocator({ store: real, keys, node: 'node-a' });
   await admin.addPool({ cidr: '10.0.0.0/24' });
@@ -177,7 +164,7 @@ test('a refused pool removal leaves the pool enabled', async (t) => {
 });
 
 test('blocks stored by 0.1 move under their pool once, with their host index', async (t) => {
-  const real = await openStore(t);
+  const real = await openTempStore(t, 'ipam-races');
   const admin = new Allocator({ store: real, keys, node: 'admin' });
   await admin.addPool({ cidr: '10.0.0.0/24' });
   // 0.1 wrote blocks flat under ipam/blocks/, without an affinity index.
@@ -199,7 +186,7 @@ test('blocks stored by 0.1 move under their pool once, with their host index', a
 });
 
 test('what a host knows never outlives a change made elsewhere', async (t) => {
-  const real = await openStore(t);
+  const real = await openTempStore(t, 'ipam-races');
   const admin = new Allocator({ store: real, keys, node: 'admin' });
   const a = new Allocator({ store: real, keys, node: 'node-a' });
   const a2 = new Allocator({ store: real, keys, node: 'node-a' }); // a second process with the same name
@@ -221,7 +208,7 @@ test('what a host knows never outlives a change made elsewhere', async (t) => {
 });
 
 test('releasing a host that is gone frees its addresses everywhere and its blocks', async (t) => {
-  const real = await openStore(t);
+  const real = await openTempStore(t, 'ipam-races');
   const a = new Allocator({ store: real, keys, node: 'node-a' });
   const b = new Allocator({ store: real, keys, node: 'node-b' });
   await a.addPool({ cidr: '10.0.0.0/28', blockSize: 30 });

@@ -1,11 +1,7 @@
 // The allocator against the real embedded store: every test gets its own store directory and
 // key root, so tests run in parallel without sharing state.
 import test, { type ExecutionContext } from 'ava';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import type { Datastore } from '../../datastore/datastore';
-import { EmbeddedStore } from '../../datastore/embedded-store';
 import { Keys } from '../../datastore/keys';
 import { Allocator, type AllocatorOptions, type OwnerInput } from '../../ipam/allocator';
 import { listAllocations, newBlock, serializeBlock, type Owner } from '../../ipam/block';
@@ -18,18 +14,9 @@ import {
   NotFoundError,
   PoolExhaustedError,
 } from '../../lib/errors';
+import { openTempStore } from '../harness/temp-store';
 
 const keys = new Keys('/test');
-
-async function openStore(t: ExecutionContext): Promise<EmbeddedStore> {
-  const dir = await mkdtemp(join(tmpdir(), 'calico-ipam-'));
-  const store = await EmbeddedStore.open(dir);
-  t.teardown(async () => {
-    await store.close();
-    await rm(dir, { recursive: true, force: true });
-  });
-  return store;
-}
 
 function allocator(store: Datastore, node: string, extra: Partial<AllocatorOptions> = {}): Allocator {
   return new Allocator({ store, keys, node, ...extra });
@@ -48,7 +35,7 @@ async function blockSummary(a: Allocator): Promise<Array<[string, string | null,
 }
 
 test('sequential allocation from one node fills its block in order', async (t) => {
-  const a = allocator(await openStore(t), 'node-a');
+  const a = allocator(await openTempStore(t, 'ipam'), 'node-a');
   t.deepEqual(await a.addPool({ cidr: '10.0.0.0/24' }).then((r) => [r.pool.cidr, r.pool.blockSize, r.created]), ['10.0.0.0/24', 26, true]);
   const r = await a.autoAssign({ family: 4, owner: owner('h') });
   t.deepEqual(r, { ip: '10.0.0.0', pool: '10.0.0.0/24', block: '10.0.0.0/26' });
@@ -57,7 +44,7 @@ test('sequential allocation from one node fills its block in order', async (t) =
 });
 
 test('blocks are claimed per node, lowest free block first', async (t) => {
-  const store = await openStore(t);
+  const store = await openTempStore(t, 'ipam');
   const a = allocator(store, 'node-a');
   const b = allocator(store, 'node-b');
   await a.addPool({ cidr: '10.0.0.0/24' });
@@ -76,7 +63,7 @@ test('blocks are claimed per node, lowest free block first', async (t) => {
 });
 
 test('a node borrows from another node once no block is free', async (t) => {
-  const store = await openStore(t);
+  const store = await openTempStore(t, 'ipam');
   const a = allocator(store, 'node-a');
   const b = allocator(store, 'node-b');
   await a.addPool({ cidr: '10.0.0.0/28', blockSize: 30 });
@@ -103,7 +90,7 @@ test('a node borrows from another node once no block is free', async (t) => {
 });
 
 test('assignIp reserves exactly that address and claims its block', async (t) => {
-  const store = await openStore(t);
+  const store = await openTempStore(t, 'ipam');
   const a = allocator(store, 'node-a');
   const b = allocator(store, 'node-b');
   await a.addPool({ cidr: '10.0.0.0/24' });
@@ -140,7 +127,7 @@ test('assignIp reserves exactly that address and claims its block', async (t) =>
 });
 
 test('assignIp refuses to claim a block that overlaps a stored block of another size', async (t) => {
-  const store = await openStore(t);
+  const store = await openTempStore(t, 'ipam');
   const a = allocator(store, 'node-a');
   await a.addPool({ cidr: '10.0.0.0/24' });
   // A /28 (hand-written, or from an earlier block size) inside the /26 that 10.0.0.20 maps to.
@@ -158,7 +145,7 @@ test('assignIp refuses to claim a block that overlaps a stored block of another 
 });
 
 test('addPool withdraws its pool after losing an overlap race, even if the pool changed meanwhile', async (t) => {
-  const real = await openStore(t);
+  const real = await openTempStore(t, 'ipam');
   let deletes = 0;
   const racing: Datastore = {
     get: (k) => real.get(k),
@@ -192,7 +179,7 @@ test('addPool withdraws its pool after losing an overlap race, even if the pool 
 });
 
 test('assignIp is idempotent for the same owner, even in a disabled pool', async (t) => {
-  const a = allocator(await openStore(t), 'node-a');
+  const a = allocator(await openTempStore(t, 'ipam'), 'node-a');
   await a.addPool({ cidr: 'fd00::/64' });
   const first = await a.assignIp({ ip: 'FD00:0::1:5', owner: owner('gw', { kind: 'gateway' }) });
   t.deepEqual(first, { ip: 'fd00::1:5', pool: 'fd00::/64', block: 'fd00::1:0/122', alreadyOwned: false });
@@ -210,7 +197,7 @@ test('assignIp is idempotent for the same owner, even in a disabled pool', async
 });
 
 test('release is owner-aware and harmless when repeated', async (t) => {
-  const store = await openStore(t);
+  const store = await openTempStore(t, 'ipam');
   const a = allocator(store, 'node-a');
   const b = allocator(store, 'node-b');
   await a.addPool({ cidr: '10.0.0.0/24' });
@@ -235,7 +222,7 @@ test('release is owner-aware and harmless when repeated', async (t) => {
 });
 
 test('a freed address goes to the back of the line', async (t) => {
-  const a = allocator(await openStore(t), 'node-a');
+  const a = allocator(await openTempStore(t, 'ipam'), 'node-a');
   await a.addPool({ cidr: '10.0.0.0/24' });
   t.deepEqual(await assignMany(a, 3), ['10.0.0.0', '10.0.0.1', '10.0.0.2']);
   await a.release({ ip: '10.0.0.1', requester: { handle: 'h' } });
@@ -243,7 +230,7 @@ test('a freed address goes to the back of the line', async (t) => {
 });
 
 test('a block emptied on its own node returns to the pool', async (t) => {
-  const store = await openStore(t);
+  const store = await openTempStore(t, 'ipam');
   const a = allocator(store, 'node-a');
   const b = allocator(store, 'node-b');
   await a.addPool({ cidr: '10.0.0.0/28', blockSize: 30 });
@@ -264,7 +251,7 @@ test('a block emptied on its own node returns to the pool', async (t) => {
 });
 
 test('a node keeps its last block of a pool, so a freed address is not reused at once', async (t) => {
-  const a = allocator(await openStore(t), 'node-a');
+  const a = allocator(await openTempStore(t, 'ipam'), 'node-a');
   await a.addPool({ cidr: '10.0.0.0/28', blockSize: 30 });
   t.deepEqual(await assignMany(a, 1), ['10.0.0.0']);
   t.like(await a.release({ ip: '10.0.0.0', requester: { handle: 'h' } }), { status: 'released', blockReleased: false });
@@ -273,7 +260,7 @@ test('a node keeps its last block of a pool, so a freed address is not reused at
 });
 
 test('pool management: overlap, idempotent add, disable, removal refused while in use', async (t) => {
-  const store = await openStore(t);
+  const store = await openTempStore(t, 'ipam');
   const a = allocator(store, 'node-a');
   const b = allocator(store, 'node-b');
   t.true((await a.addPool({ cidr: '10.0.0.0/24', natOutgoing: true })).created);
@@ -319,7 +306,7 @@ test('pool management: overlap, idempotent add, disable, removal refused while i
 });
 
 test('autoAssign: pool selection and its errors', async (t) => {
-  const a = allocator(await openStore(t), 'node-a');
+  const a = allocator(await openTempStore(t, 'ipam'), 'node-a');
   await t.throwsAsync(a.autoAssign({ family: 4, owner: owner('h') }), {
     instanceOf: PoolExhaustedError,
     message: 'no IPv4 IP pool is configured; add one',
@@ -352,7 +339,7 @@ test('autoAssign: pool selection and its errors', async (t) => {
 });
 
 test('IPv6 pool: allocation, exact assignment, release', async (t) => {
-  const store = await openStore(t);
+  const store = await openTempStore(t, 'ipam');
   const a = allocator(store, 'node-a');
   const b = allocator(store, 'node-b');
   await a.addPool({ cidr: 'fd00:1::/120' });
@@ -369,7 +356,7 @@ test('IPv6 pool: allocation, exact assignment, release', async (t) => {
 });
 
 test('setEndpoint and findAllocation', async (t) => {
-  const a = allocator(await openStore(t), 'node-a');
+  const a = allocator(await openTempStore(t, 'ipam'), 'node-a');
   await a.addPool({ cidr: '10.0.0.0/24' });
   const { ip } = await a.autoAssign({ family: 4, owner: owner('h') });
   t.deepEqual(await a.setEndpoint(ip, 'ep-1'), { node: 'node-a', handle: 'h#ep-1', kind: 'container', endpointId: 'ep-1' });
@@ -385,7 +372,7 @@ test('setEndpoint and findAllocation', async (t) => {
 });
 
 test('a corrupt block is skipped and never overwritten', async (t) => {
-  const store = await openStore(t);
+  const store = await openTempStore(t, 'ipam');
   const warnings: string[] = [];
   const a = allocator(store, 'node-a', { warn: (m) => warnings.push(m) });
   await a.addPool({ cidr: '10.0.0.0/24' });
@@ -407,7 +394,7 @@ test('a corrupt block is skipped and never overwritten', async (t) => {
 });
 
 test('a compare-and-swap that keeps losing ends in ContentionError', async (t) => {
-  const real = await openStore(t);
+  const real = await openTempStore(t, 'ipam');
   let updates = 0;
   // Every update of a key conflicts, as if another host always wrote first.
   const losing: Datastore = {
@@ -441,7 +428,7 @@ test('a compare-and-swap that keeps losing ends in ContentionError', async (t) =
 // they fight over the same affine blocks. Correctness comes only from compare-and-swap here:
 // each Allocator serializes its own calls, but not across instances.
 async function hammer(t: ExecutionContext, pool: { cidr: string; blockSize: number }, perAllocator: number) {
-  const store = await openStore(t);
+  const store = await openTempStore(t, 'ipam');
   // Each lost compare-and-swap means another call's write won, so a call loses at most
   // (total calls - 1) times: this bound keeps the test deterministic.
   const maxRetries = 4 * perAllocator;

@@ -1,11 +1,8 @@
 // EndpointService's choice of a workload's interface number (and so its gateways) against the
 // real embedded datastore, with a fake EndpointDataplane that records what it was asked: the
 // kernel side is tested in dataplane.test.ts. Each test has its own store directory.
-import test, { type ExecutionContext } from 'ava';
+import test from 'ava';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { workloadGateways } from '../../dataplane/veth';
 import { EmbeddedStore } from '../../datastore/embedded-store';
 import { Keys } from '../../datastore/keys';
@@ -13,6 +10,7 @@ import { Allocator } from '../../ipam/allocator';
 import { DataplaneError, InvalidRequestError } from '../../lib/errors';
 import { EndpointService } from '../../workload/endpoint-service';
 import { FakeDataplane, waitForNaming } from '../harness/endpoint-fakes';
+import { openTempStore } from '../harness/temp-store';
 
 const keys = new Keys('/test');
 const SANDBOX_1 = '/var/run/docker/netns/1f2e3d4c5b6a';
@@ -23,16 +21,6 @@ interface Host {
   readonly dataplane: FakeDataplane;
   readonly allocator: Allocator;
   readonly node: string;
-}
-
-async function openStore(t: ExecutionContext): Promise<EmbeddedStore> {
-  const dir = await mkdtemp(join(tmpdir(), 'calico-endpoints-'));
-  const store = await EmbeddedStore.open(dir);
-  t.teardown(async () => {
-    await store.close();
-    await rm(dir, { recursive: true, force: true });
-  });
-  return store;
 }
 
 async function host(store: EmbeddedStore, node: string): Promise<Host> {
@@ -74,7 +62,7 @@ async function attach(h: Host, id: string, sandbox?: string): Promise<{ index: n
 const gw = (index: number) => ({ index, v4: workloadGateways(index).v4, v6: workloadGateways(index).v6 });
 
 test('endpoints of one sandbox get the lowest free interface number; another sandbox starts at 0', async (t) => {
-  const h = await host(await openStore(t), 'node-a');
+  const h = await host(await openTempStore(t, 'endpoints'), 'node-a');
   const [e1, e2, e3, e4, e5, e6] = [await endpoint(h, 'net1'), await endpoint(h, 'net2'), await endpoint(h, 'net3'), await endpoint(h, 'net1'), await endpoint(h, 'net1'), await endpoint(h, 'net4')];
   if (e1 === undefined || e2 === undefined || e3 === undefined || e4 === undefined || e5 === undefined || e6 === undefined) throw new Error('unreachable');
 
@@ -104,7 +92,7 @@ test('endpoints of one sandbox get the lowest free interface number; another san
 });
 
 test('a gap in the middle is filled first', async (t) => {
-  const h = await host(await openStore(t), 'node-a');
+  const h = await host(await openTempStore(t, 'endpoints'), 'node-a');
   const ids = [await endpoint(h, 'n0'), await endpoint(h, 'n1'), await endpoint(h, 'n2'), await endpoint(h, 'n3')];
   const [a, b, c, d] = ids;
   if (a === undefined || b === undefined || c === undefined || d === undefined) throw new Error('unreachable');
@@ -114,7 +102,7 @@ test('a gap in the middle is filled first', async (t) => {
 });
 
 test("another host's endpoints with the same namespace path do not count", async (t) => {
-  const store = await openStore(t);
+  const store = await openTempStore(t, 'endpoints');
   const a = await host(store, 'node-a');
   const b = await host(store, 'node-b');
   const onA = await endpoint(a);
@@ -125,7 +113,7 @@ test("another host's endpoints with the same namespace path do not count", async
 });
 
 test('an invalid namespace path is refused before anything is recorded or created', async (t) => {
-  const h = await host(await openStore(t), 'node-a');
+  const h = await host(await openTempStore(t, 'endpoints'), 'node-a');
   const id = await endpoint(h);
   for (const bad of ['relative/netns', '/run/netns/../x', '/run/netns/x y', '/run/netns/x;true', '/run/netns/x\n']) {
     await t.throwsAsync(h.service.attach(id, `tmp${id.slice(0, 11)}`, bad), { instanceOf: InvalidRequestError }, JSON.stringify(bad));
@@ -138,7 +126,7 @@ test('an invalid namespace path is refused before anything is recorded or create
 // SandboxKey, was refused (its veth exists) but left the record naming the new namespace and
 // interface number, so the agent planned routing for a namespace the endpoint is not in.
 test('a failed attach leaves the record as it was', async (t) => {
-  const h = await host(await openStore(t), 'node-a');
+  const h = await host(await openTempStore(t, 'endpoints'), 'node-a');
   const inTwo = await endpoint(h);
   t.deepEqual(await attach(h, inTwo, SANDBOX_2), gw(0));
   const id = await endpoint(h);

@@ -3,15 +3,12 @@
 // it when asked twice; if the second question gets no answer, nothing is removed that pass.
 import test, { type ExecutionContext } from 'ava';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { EmbeddedStore } from '../../datastore/embedded-store';
 import { Keys } from '../../datastore/keys';
 import { Allocator } from '../../ipam/allocator';
 import { EndpointService } from '../../workload/endpoint-service';
 import { Reconciler } from '../../workload/reconciler';
 import { FakeDataplane, waitForNaming } from '../harness/endpoint-fakes';
+import { openTempStore } from '../harness/temp-store';
 
 const keys = new Keys('/rtest');
 const NODE = 'node-r';
@@ -26,12 +23,7 @@ interface World {
 }
 
 async function world(t: ExecutionContext): Promise<World> {
-  const dir = await mkdtemp(join(tmpdir(), 'calico-reconciler-'));
-  const store = await EmbeddedStore.open(dir);
-  t.teardown(async () => {
-    await store.close();
-    await rm(dir, { recursive: true, force: true });
-  });
+  const store = await openTempStore(t, 'reconciler');
   const allocator = new Allocator({ store, keys, node: NODE });
   await allocator.addPool({ cidr: '10.67.0.0/24' });
   const dataplane = new FakeDataplane();

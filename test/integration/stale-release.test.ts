@@ -5,9 +5,6 @@
 // namespace (the workload end of each veth stays there: no container is needed to see them go).
 import test, { type ExecutionContext } from 'ava';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import type { EndpointDataplane } from '../../dataplane/endpoint-dataplane';
 import { LinuxEndpointDataplane } from '../../dataplane/linux-endpoint-dataplane';
 import { linkExists, routesFor } from '../../dataplane/veth';
@@ -22,6 +19,7 @@ import type { Network } from '../../model/network';
 import { EndpointService } from '../../workload/endpoint-service';
 import { makeRoutedHost, netnsRegistry } from '../harness/netns';
 import { reserveTestSubnet } from '../harness/test-subnets';
+import { openTempStore } from '../harness/temp-store';
 
 const keys = new Keys('/stale');
 const NODE = 'node-a';
@@ -39,12 +37,7 @@ interface Host {
 
 async function host(t: ExecutionContext): Promise<Host> {
   const ns = await makeRoutedHost(netnsRegistry(t), 'stale');
-  const dir = await mkdtemp(join(tmpdir(), 'calico-stale-'));
-  const store = await EmbeddedStore.open(dir);
-  t.teardown(async () => {
-    await store.close();
-    await rm(dir, { recursive: true, force: true });
-  });
+  const store = await openTempStore(t, 'stale');
   const pool = await reserveTestSubnet();
   const allocator = new Allocator({ store, keys, node: NODE });
   await allocator.addPool({ cidr: pool });

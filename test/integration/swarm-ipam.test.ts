@@ -4,14 +4,11 @@
 // them on teardown. The sequence follows test/fixtures' swarm request log (Docker 20.10), with our
 // answers: pool 0.0.0.0/0 and no gateway address.
 import test, { type ExecutionContext } from 'ava';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { EmbeddedStore } from '../../datastore/embedded-store';
 import { Keys } from '../../datastore/keys';
 import { ANY_POOL_ID, GLOBAL_ADDRESS_SPACE, GLOBAL_ANY_POOL_ID, IpamDriver, LOCAL_ADDRESS_SPACE, SWARM_NODE_POOL_ID, SWARM_OWNER_NODE } from '../../driver/ipam-driver';
 import { Allocator } from '../../ipam/allocator';
 import { ConflictError, InvalidRequestError } from '../../lib/errors';
+import { openTempStore } from '../harness/temp-store';
 
 const keys = new Keys('/swarm');
 const POOL = '10.50.0.0/24';
@@ -25,12 +22,7 @@ interface Cluster {
 }
 
 async function cluster(t: ExecutionContext): Promise<Cluster> {
-  const dir = await mkdtemp(join(tmpdir(), 'calico-swarm-ipam-'));
-  const store = await EmbeddedStore.open(dir);
-  t.teardown(async () => {
-    await store.close();
-    await rm(dir, { recursive: true, force: true });
-  });
+  const store = await openTempStore(t, 'swarm-ipam');
   const allocator = new Allocator({ store, keys, node: 'host1' });
   await allocator.addPool({ cidr: POOL, blockSize: 28 });
   return {

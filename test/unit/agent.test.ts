@@ -1,32 +1,19 @@
 // The agent's sync loop and policy manager without a kernel: fake managers and a fake policy
 // applier over a real (embedded, temporary) datastore.
-import test, { type ExecutionContext } from 'ava';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import test from 'ava';
 import { Agent } from '../../agent/agent';
 import { SyncLoop } from '../../agent/sync-loop';
-import { EmbeddedStore } from '../../datastore/embedded-store';
 import { Keys } from '../../datastore/keys';
 import { logger } from '../../lib/log';
 import { FakeManager } from '../harness/fake-manager';
 import type { PolicyModel } from '../../policy/render';
+import { openTempStore } from '../harness/temp-store';
 
 const keys = new Keys('/agent-test');
 const log = logger('agent-test');
 
-async function openStore(t: ExecutionContext): Promise<EmbeddedStore> {
-  const dir = await mkdtemp(join(tmpdir(), 'calico-agent-'));
-  const store = await EmbeddedStore.open(dir);
-  t.teardown(async () => {
-    await store.close();
-    await rm(dir, { recursive: true, force: true });
-  });
-  return store;
-}
-
 test('the loop lists, feeds each manager what it cares about, then follows the watch', async (t) => {
-  const store = await openStore(t);
+  const store = await openTempStore(t, 'agent');
   await store.create(`${keys.root}/a/1`, 'x');
   await store.create(`${keys.root}/b/1`, 'y');
   const a = new FakeManager('a', `${keys.root}/a/`);
@@ -46,7 +33,7 @@ test('the loop lists, feeds each manager what it cares about, then follows the w
 });
 
 test('a failed apply resyncs every manager from a fresh listing', async (t) => {
-  const store = await openStore(t);
+  const store = await openTempStore(t, 'agent');
   const a = new FakeManager('a', `${keys.root}/a/`);
   const loop = new SyncLoop(store, keys, [a], log);
   t.teardown(() => loop.stop());
@@ -59,7 +46,7 @@ test('a failed apply resyncs every manager from a fresh listing', async (t) => {
 });
 
 test('policy: Join can wait until an endpoint is programmed', async (t) => {
-  const store = await openStore(t);
+  const store = await openTempStore(t, 'agent');
   const applied: PolicyModel[] = [];
   const agent = new Agent(store, keys, 'node-a', {
     policy: {
@@ -90,7 +77,7 @@ test('policy: Join can wait until an endpoint is programmed', async (t) => {
 });
 
 test('the loop reports apply times and failures, and its sync status for readiness', async (t) => {
-  const store = await openStore(t);
+  const store = await openTempStore(t, 'agent');
   const a = new FakeManager('a', `${keys.root}/a/`);
   const applies: [string, boolean][] = [];
   const loop = new SyncLoop(store, keys, [a], log, { onApply: (m, seconds, ok) => {

@@ -21,18 +21,7 @@ import {
   type PolicyInput,
 } from '../../policy/render';
 import type { Labels, Profile, Rule } from '../../policy/types';
-
-/** mulberry32: the same seed, the same sequence. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { mulberry32 } from '../harness/prng';
 
 const PROFILE_NAMES = ['web', 'db', 'cache', 'a-network-name-far-too-long-for-a-chain-name', 'ops'];
 const ROLES = ['web', 'db', 'ops'];
@@ -177,7 +166,7 @@ function text(s: DesiredState): string {
 
 for (const seed of [1, 2, 3]) {
   test(`incremental render equals a full render over 100 random changes (seed ${seed})`, (t) => {
-    const random = rng(seed);
+    const random = mulberry32(seed);
     let n = 0;
     const next = (): number => ++n;
     const profiles = new Map(PROFILE_NAMES.slice(0, 3).map((p) => [p, makeProfile(p, random)]));
@@ -208,7 +197,7 @@ for (const seed of [1, 2, 3]) {
 }
 
 test('a refused render leaves the cache usable: the next render is still exact', (t) => {
-  const random = rng(9);
+  const random = mulberry32(9);
   const cache = new RenderCache();
   const w: World = {
     locals: Array.from({ length: 20 }, (_, i) => makeLocal(i + 1, random)),
@@ -227,7 +216,7 @@ test('a refused render leaves the cache usable: the next render is still exact',
 });
 
 test('the same model again renders nothing: the same state, an empty plan', (t) => {
-  const random = rng(5);
+  const random = mulberry32(5);
   const cache = new RenderCache();
   const input = inputOf({
     locals: Array.from({ length: 30 }, (_, i) => makeLocal(i + 1, random)),
@@ -249,7 +238,7 @@ test('the same model again renders nothing: the same state, an empty plan', (t) 
 });
 
 test('one endpoint added: only its dispatch leaf is new; every other chain and set is the same array', (t) => {
-  const random = rng(6);
+  const random = mulberry32(6);
   const cache = new RenderCache();
   const locals = Array.from({ length: 40 }, (_, i) => makeLocal(i + 1, random)).map((e) => ({ ...e, ready: true, ipv6: [] }));
   const w: World = {
