@@ -25,6 +25,7 @@ import { EndpointService } from '../workload/endpoint-service';
 import { Allocator } from '../ipam/allocator';
 import { errorMessage } from '../lib/errors';
 import { logger } from '../lib/log';
+import { netlinkUnavailable } from '../dataplane/netlink/socket';
 import { registerNode } from './register-node';
 import { defaultPools, ensureDefaultPools } from './default-pools';
 import { upgradeBlockLayout } from '../ipam/ipam-store';
@@ -128,6 +129,9 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
       registration.node.ipv6Address ?? 'none',
     );
     await ensureHostForwarding({ ipv6: false }, host);
+    const noNetlink = netlinkUnavailable();
+    if (noNetlink === undefined) log.info('veths, addresses and routes are configured over netlink');
+    else log.warn('veths, addresses and routes are configured with ip, one process per container start (slower): netlink addon not loaded: %s', noNetlink);
     // The agent owns our iptables chains; it programs everything before Docker can reach us.
     // BGP mode: BIRD outlives the daemon (bird-supervisor.ts); closing only stops supervising it.
     const bird = config.networkingBackend === 'bird' ? new BirdSupervisor(config.birdDir, logger('bird')) : undefined;

@@ -18,10 +18,14 @@
 // in a namespace they go through `ip netns exec <ns> sysctl`.
 
 import { existsSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
 import { readFile, writeFile } from 'node:fs/promises';
 import { DataplaneError, errorMessage, InvalidRequestError } from '../lib/errors.js';
 import { assertIfName } from '../lib/interface-names.js';
 import { CommandError, run, runWithInput } from './exec.js';
+import * as netlinkMessage from './netlink/messages.js';
+import type { KernelRefusal, VethAdd } from './netlink/messages.js';
+import { RouteNetlink } from './netlink/socket.js';
 import {
   assertNetnsName,
   assertUnicastMac,
@@ -35,6 +39,8 @@ export interface NetnsOption {
   /** Where /proc of the caller's namespace is mounted (default /proc): sysctls are written under
    * `<procRoot>/sys` when no netns is given. */
   procRoot?: string;
+  /** Run `ip` even when the netlink addon is loaded (tests run both paths). */
+  useIp?: boolean;
 }
 
 /** Fixed MAC of every host end. */
@@ -59,6 +65,7 @@ export function workloadGateways(index: number): { readonly v4: string; readonly
 }
 
 const IP = 'ip';
+const ENODEV = osConstants.errno.ENODEV;
 const SYSCTL = 'sysctl';
 const DEFAULT_PROC_ROOT = '/proc';
 const MIN_MTU = 68;
@@ -96,8 +103,9 @@ interface Undo {
  * failure everything this call created is deleted and the error is rethrown with context; a link
  * that already existed under the same name is never touched.
  *
- * Processes spawned in the host namespace: one `ip -batch` (two for IPv6 when new interfaces start
- * with IPv6 disabled, since an address cannot be added before disable_ipv6=0).
+ * Processes spawned in the host namespace: none over netlink (dataplane/netlink/); else one
+ * `ip -batch` (two for IPv6 when new interfaces start with IPv6 disabled, since an address cannot
+ * be added before disable_ipv6=0).
  */
 export async function createEndpointVeth(
   spec: EndpointVethSpec,
@@ -118,19 +126,18 @@ export async function createEndpointVeth(
   const gateways = workloadGateways(spec.gatewayIndex ?? 0);
   const what = `veth ${hostIf} (peer ${peerIf})`;
 
-  const linkLines = [
-    `link add ${hostIf} mtu ${spec.mtu} address ${HOST_VETH_MAC} type veth ` +
-      `peer name ${peerIf} mtu ${spec.mtu}${mac ? ` address ${mac}` : ''}`,
+  const linkSteps: VethStep[] = [
+    { kind: 'add', veth: { hostIf, peerIf, mtu: spec.mtu, hostMac: HOST_VETH_MAC, ...(mac !== undefined && { peerMac: mac }) } },
     // Before `up`, so the kernel never generates an address of its own next to ours.
-    `link set dev ${hostIf} addrgenmode none`,
+    { kind: 'addrgenmode-none' },
     // Up before the routes: IPv4 refuses a route through an admin-down device.
-    `link set dev ${hostIf} up`,
-    ...v4.map((a) => `route add ${a.cidr} dev ${hostIf} scope link`),
+    { kind: 'up' },
+    ...v4.map((a): VethStep => ({ kind: 'route', address: a.address, cidr: a.cidr, scopeLink: true })),
   ];
-  const v6Lines = v6.length === 0 ? [] : [
-    `addr add ${HOST_LINK_LOCAL_V6}/64 dev ${hostIf} nodad`,
-    ...(gateways.v6 === HOST_LINK_LOCAL_V6 ? [] : [`addr add ${gateways.v6}/64 dev ${hostIf} nodad`]),
-    ...v6.map((a) => `route add ${a.cidr} dev ${hostIf}`),
+  const v6Steps: VethStep[] = v6.length === 0 ? [] : [
+    { kind: 'address6', address: HOST_LINK_LOCAL_V6 },
+    ...(gateways.v6 === HOST_LINK_LOCAL_V6 ? [] : [{ kind: 'address6', address: gateways.v6 } as const]),
+    ...v6.map((a): VethStep => ({ kind: 'route', address: a.address, cidr: a.cidr, scopeLink: false })),
   ];
   const sysctls: Array<[string, string]> = [
     [`net/ipv4/conf/${hostIf}/proxy_arp`, '1'],
@@ -148,7 +155,7 @@ export async function createEndpointVeth(
 
   // New devices copy `default` devconf. If IPv6 is enabled there, the whole ip part fits in one
   // batch; otherwise the IPv6 address must wait for disable_ipv6=0 on the new device.
-  let oneBatch = v6Lines.length === 0;
+  let oneBatch = v6Steps.length === 0;
   const procSys = procSysOf(opts);
   if (!oneBatch && netns === undefined) {
     const dflt = await readSysctlFile(procSys, 'net/ipv6/conf/default/disable_ipv6');
@@ -158,19 +165,15 @@ export async function createEndpointVeth(
     oneBatch = dflt === '0';
   }
 
-  const undo: Undo[] = [];
+  const ctx: StepContext = { hostIf, peerIf, netns, undo: [], ...(opts.useIp === true && { useIp: true }) };
   try {
-    await ipBatch(oneBatch ? [...linkLines, ...v6Lines] : linkLines, netns, `create ${what}`, {
-      hostIf,
-      peerIf,
-      undo,
-    });
+    await runSteps(oneBatch ? [...linkSteps, ...v6Steps] : linkSteps, `create ${what}`, ctx);
     await writeSysctls(procSys, sysctls, netns, `configure ${what}`);
-    if (!oneBatch) {
-      await ipBatch(v6Lines, netns, `configure IPv6 on ${what}`, { hostIf, peerIf, undo });
-    }
+    if (!oneBatch) await runSteps(v6Steps, `configure IPv6 on ${what}`, ctx);
   } catch (err) {
-    throw await rollback(err, undo);
+    throw await rollback(err, ctx.undo);
+  } finally {
+    await ctx.netlink?.release();
   }
   return { hostIf, peerIf, ...(v6.length > 0 ? { gatewayIPv6: gateways.v6 } : {}) };
 }
@@ -204,23 +207,125 @@ async function rollback(err: unknown, undo: Undo[]): Promise<Error> {
   );
 }
 
+/** One kernel change of createEndpointVeth, on the host end unless it says otherwise. */
+type VethStep =
+  | { kind: 'add'; veth: VethAdd }
+  | { kind: 'addrgenmode-none' }
+  | { kind: 'up' }
+  | { kind: 'address6'; address: string }
+  | { kind: 'route'; address: string; cidr: string; scopeLink: boolean };
+
+interface StepContext {
+  hostIf: string;
+  peerIf: string;
+  netns: string | undefined;
+  undo: Undo[];
+  useIp?: true;
+  /** The netlink socket and the host end's index, once a step has needed them. */
+  netlink?: Lease & { index?: number };
+}
+
+/** The step as an `ip` command line: what `ip -batch` runs, and how errors name the step. */
+function ipLine(step: VethStep, hostIf: string): string {
+  switch (step.kind) {
+    case 'add': {
+      const v = step.veth;
+      return `link add ${v.hostIf} mtu ${v.mtu} address ${v.hostMac} type veth peer name ${v.peerIf} mtu ${v.mtu}${v.peerMac === undefined ? '' : ` address ${v.peerMac}`}`;
+    }
+    case 'addrgenmode-none':
+      return `link set dev ${hostIf} addrgenmode none`;
+    case 'up':
+      return `link set dev ${hostIf} up`;
+    case 'address6':
+      return `addr add ${step.address}/64 dev ${hostIf} nodad`;
+    case 'route':
+      return `route add ${step.cidr} dev ${hostIf}${step.scopeLink ? ' scope link' : ''}`;
+  }
+}
+
+/** The steps in order, stopping at the first that fails; over netlink when the addon is loaded
+ * (and the caller did not ask for `ip`), else through one `ip -batch`. If a step created the
+ * veth, a delete of the host end goes on the undo list. Deleting the host end deletes the peer
+ * and every route through it. */
+async function runSteps(steps: VethStep[], op: string, ctx: StepContext): Promise<void> {
+  if (ctx.useIp !== true) {
+    ctx.netlink ??= leaseNetlink(ctx.netns);
+    if (ctx.netlink !== undefined) return netlinkSteps(ctx.netlink, steps, op, ctx);
+  }
+  return ipBatch(steps.map((s) => ipLine(s, ctx.hostIf)), op, ctx);
+}
+
+function deleteHostEnd(ctx: StepContext): Undo {
+  return {
+    what: `delete ${ctx.hostIf}`,
+    fn: () => removeEndpointVeth(ctx.hostIf, { ...(ctx.netns !== undefined && { netns: ctx.netns }), ...(ctx.useIp === true && { useIp: true }) }),
+  };
+}
+
+async function netlinkSteps(nl: Lease & { index?: number }, steps: VethStep[], op: string, ctx: StepContext): Promise<void> {
+  const fail = (step: VethStep | undefined, detail: string, cause?: unknown): DataplaneError =>
+    new DataplaneError(step === undefined ? `${op}: ${detail}` : `${op}: ${ipLine(step, ctx.hostIf)}: ${detail}`, cause === undefined ? undefined : { cause });
+  const refusedText = (r: KernelRefusal): string =>
+    `RTNETLINK answers: ${nl.socket.errnoText(r.errno)}${r.detail === undefined ? '' : ` (${r.detail})`}`;
+  let rest = steps;
+  const first = steps[0];
+  if (first?.kind === 'add' || nl.index === undefined) {
+    // The index is what routes and addresses name the link by: ask for it right after creating.
+    const adds = first?.kind === 'add' ? [netlinkMessage.newVeth(nl.socket.nextSeq(), first.veth)] : [];
+    const result = await nl.socket.transact([...adds, netlinkMessage.getLink(nl.socket.nextSeq(), ctx.hostIf)]);
+    if (adds.length > 0) {
+      const added = result.replies[0];
+      if (added === undefined) {
+        // No answer: find out whether the pair we asked for exists.
+        if (await isOurVeth(ctx.hostIf, ctx.peerIf, ctx.netns)) ctx.undo.push(deleteHostEnd(ctx));
+        throw fail(first, errorMessage(result.lost), result.lost);
+      }
+      const refused = netlinkMessage.refusalOf(added);
+      if (refused !== undefined) throw fail(first, refusedText(refused));
+      ctx.undo.push(deleteHostEnd(ctx));
+      rest = steps.slice(1);
+    }
+    const found = result.replies[adds.length];
+    const refused = found === undefined ? undefined : netlinkMessage.refusalOf(found);
+    const index = found === undefined ? undefined : netlinkMessage.linkIndex(found);
+    if (index === undefined) {
+      throw fail(undefined, `look up ${ctx.hostIf}: ${refused !== undefined ? refusedText(refused) : errorMessage(result.lost ?? 'no link in the answer')}`, result.lost);
+    }
+    nl.index = index;
+  }
+  if (rest.length === 0) return;
+  const index = nl.index;
+  const messages = rest.map((step) => {
+    const seq = nl.socket.nextSeq();
+    switch (step.kind) {
+      case 'add':
+        throw new DataplaneError(`${op}: a veth can only be created first`);
+      case 'addrgenmode-none':
+        return netlinkMessage.addrGenModeNone(seq, index);
+      case 'up':
+        return netlinkMessage.linkUp(seq, index);
+      case 'address6':
+        return netlinkMessage.newAddress6NoDad(seq, index, step.address, 64);
+      case 'route':
+        return netlinkMessage.newHostRoute(seq, index, step.address, step.scopeLink);
+    }
+  });
+  const result = await nl.socket.transact(messages);
+  for (const [i, step] of rest.entries()) {
+    const replies = result.replies[i];
+    if (replies === undefined) throw fail(step, `no answer from the kernel: ${errorMessage(result.lost)}`, result.lost);
+    const refused = netlinkMessage.refusalOf(replies);
+    if (refused !== undefined) throw fail(step, refusedText(refused));
+  }
+}
+
 /**
  * Run lines through `ip -batch -`. `ip` stops at the first failing line and reports
- * "Command failed -:N"; lines before N took effect. If the batch created the veth (line 1 is
- * `link add` and it did not fail), a delete of the host end goes on the undo list. Deleting the host
- * end deletes the peer and every route through it.
+ * "Command failed -:N"; lines before N took effect.
  */
-async function ipBatch(
-  lines: string[],
-  netns: string | undefined,
-  op: string,
-  ctx: { hostIf: string; peerIf: string; undo: Undo[] },
-): Promise<void> {
+async function ipBatch(lines: string[], op: string, ctx: StepContext): Promise<void> {
   const createsLink = lines[0]?.startsWith('link add ') ?? false;
-  const deleteLink: Undo = {
-    what: `delete ${ctx.hostIf}`,
-    fn: () => removeEndpointVeth(ctx.hostIf, netns === undefined ? {} : { netns }),
-  };
+  const netns = ctx.netns;
   try {
     await runWithInput(IP, [...nsArgs(netns), '-batch', '-'], lines.join('\n') + '\n', op);
   } catch (err) {
@@ -230,16 +335,16 @@ async function ipBatch(
     if (createsLink) {
       if (failedLine === undefined) {
         // Killed or crashed: find out whether the pair we asked for exists.
-        if (await isOurVeth(ctx.hostIf, ctx.peerIf, netns)) ctx.undo.push(deleteLink);
+        if (await isOurVeth(ctx.hostIf, ctx.peerIf, netns)) ctx.undo.push(deleteHostEnd(ctx));
       } else if (failedLine > 1) {
-        ctx.undo.push(deleteLink);
+        ctx.undo.push(deleteHostEnd(ctx));
       }
     }
     const line = failedLine === undefined ? undefined : lines[failedLine - 1];
     const detail = err.stderr.replace(/\n?Command failed -:\d+\s*$/, '').trim() || err.message;
     throw new DataplaneError(line ? `${op}: ${line}: ${detail}` : `${op}: ${detail}`, { cause: err });
   }
-  if (createsLink) ctx.undo.push(deleteLink);
+  if (createsLink) ctx.undo.push(deleteHostEnd(ctx));
 }
 
 /** A veth named hostIf whose peer (in the same namespace) is peerIf, with our MAC. */
@@ -298,6 +403,20 @@ export async function removeEndpointVeth(hostIf: string, opts: NetnsOption = {})
   // In our own namespace sysfs tells at no cost whether there is anything to delete: DeleteEndpoint
   // after Leave, and repeated teardowns, then spawn nothing.
   if (netns === undefined && !existsSync(`/sys/class/net/${hostIf}`)) return false;
+  const nl = opts.useIp === true ? undefined : leaseNetlink(netns);
+  if (nl !== undefined) {
+    try {
+      const result = await nl.socket.transact([netlinkMessage.delLink(nl.socket.nextSeq(), hostIf)]);
+      const replies = result.replies[0];
+      if (replies === undefined) throw new DataplaneError(`delete veth ${hostIf}: no answer from the kernel: ${errorMessage(result.lost)}`, { cause: result.lost });
+      const refused = netlinkMessage.refusalOf(replies);
+      if (refused === undefined) return true;
+      if (refused.errno === ENODEV) return false;
+      throw new DataplaneError(`delete veth ${hostIf}: RTNETLINK answers: ${nl.socket.errnoText(refused.errno)}`);
+    } finally {
+      await nl.release();
+    }
+  }
   try {
     await run(IP, [...nsArgs(netns), 'link', 'del', 'dev', hostIf], `delete veth ${hostIf}`);
     return true;
@@ -369,6 +488,26 @@ export async function ensureHostForwarding(
 }
 
 // --- helpers ---------------------------------------------------------------------------------
+
+interface Lease {
+  socket: RouteNetlink;
+  release(): Promise<void>;
+}
+
+/** A netlink socket of its own for one operation, in the host namespace or a test namespace, so
+ * that a veth deletion (which holds its socket until the kernel has freed the pair, tens of
+ * milliseconds) never delays another container's Join; opening one costs microseconds. Undefined
+ * without the addon, or when the socket cannot be opened: `ip` then reports the problem in its
+ * own words. */
+function leaseNetlink(netns: string | undefined): Lease | undefined {
+  let socket: RouteNetlink | undefined;
+  try {
+    socket = RouteNetlink.open(netns);
+  } catch {
+    return undefined;
+  }
+  return socket === undefined ? undefined : { socket, release: () => socket.close() };
+}
 
 /** `<procRoot>/sys`; procRoot must be absolute (the configuration checks it; this guards tests). */
 function procSysOf(opts: NetnsOption): string {

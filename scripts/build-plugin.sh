@@ -137,6 +137,12 @@ cp "$here/package.json" "$here/package-lock.json" "$here/README.md" "$app/"
 cp -al "$(readlink -f "$here/node_modules")" "$app/node_modules" 2>/dev/null \
   || { rm -rf "$app/node_modules"; cp -a "$(readlink -f "$here/node_modules")" "$app/node_modules"; }
 (cd "$app" && npm prune --omit=dev --offline --no-audit --no-fund --loglevel=error >/dev/null)
+# After the prune (which may run the install script, whose rebuild would clean it): the netlink
+# addon, where dist/dataplane/netlink/socket.js looks for it (without it: `ip`).
+if [[ -f $here/native/build/Release/calico_netlink.node ]]; then
+  mkdir -p "$app/native/build/Release"
+  cp "$here/native/build/Release/calico_netlink.node" "$app/native/build/Release/"
+fi
 
 # The manifest, with the containers' namespace directory of this engine (Join hands its paths).
 netns_dir=${exec_root%/}/netns

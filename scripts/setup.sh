@@ -15,11 +15,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # docker-compose: the compose front/back stack test (several networks per container)
 # openssl: the certificates of the etcd TLS test (test/harness/tls-certs.ts)
 # bird2: BIRD 2, the BGP speaker of CALICO_NETWORKING_BACKEND=bird (the daemon runs its own)
+# g++, make, python3: node-gyp builds the netlink addon (native/) during `npm ci`; without them the
+#   plugin runs `ip` for each container's veth instead
 # ca-certificates, tar, util-linux (mount/umount/findmnt/nsenter): base tools the harnesses use and
 #   scripts/build-plugin.sh copies or runs (with libc-bin's ldd and ldconfig and coreutils' chroot)
 PACKAGES=(
   docker.io etcd-server iptables ipset conntrack iproute2 procps busybox-static netcat-openbsd
-  docker-compose ca-certificates tar util-linux openssl bird2
+  docker-compose ca-certificates tar util-linux openssl bird2 g++ make python3
 )
 
 if [[ $(id -u) -ne 0 ]]; then
@@ -51,7 +53,7 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   exit 1
 fi
 
-if [[ ! -d node_modules || package-lock.json -nt node_modules/.package-lock.json ]]; then
+if [[ ! -d node_modules || package-lock.json -nt node_modules/.package-lock.json || ! -f native/build/Release/calico_netlink.node ]]; then
   echo "setup.sh: npm ci"
   npm ci --no-audit --no-fund --loglevel=error
 fi
