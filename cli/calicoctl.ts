@@ -133,9 +133,8 @@ export async function runCalicoctl(argv: string[], env: NodeJS.ProcessEnv, io: C
       ...(values.mesh !== undefined && { mesh: values.mesh }),
       ...(values['route-reflector'] !== undefined && { routeReflector: values['route-reflector'] }),
     };
-    await handler({ store, keys, allocator, format, io, flags, graceMs: config.reconcileGraceMs, birdDir: config.birdDir }, args);
+    return (await handler({ store, keys, allocator, format, io, flags, graceMs: config.reconcileGraceMs, birdDir: config.birdDir }, args)) ?? 0;
   } finally {
     await store.close();
   }
-  return 0;
 }

@@ -46,7 +46,8 @@ export interface Context {
   readonly birdDir: string;
 }
 
-export type Handler = (ctx: Context, args: string[]) => Promise<void>;
+/** Resolves to the exit code when it is not 0 (a check that found something). */
+export type Handler = (ctx: Context, args: string[]) => Promise<void | number>;
 
 export function exactArgs(args: string[], n: number, usage: string): void {
   if (args.length !== n) throw new InvalidRequestError(`usage: calicoctl ${usage}`);

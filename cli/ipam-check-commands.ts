@@ -11,7 +11,7 @@ import { array, decode, object, optional, str } from '../lib/validate';
 import { parseStored } from '../model/codec';
 import type { Endpoint } from '../model/endpoint';
 import { Network } from '../model/network';
-import { planIpamCheck, recheck, type Finding, type FindingEndpoint, type FindingKind } from '../workload/ipam-check-plan';
+import { needsAttention, planIpamCheck, recheck, type Finding, type FindingEndpoint, type FindingKind } from '../workload/ipam-check-plan';
 import type { Context, Handler } from './context';
 import { listEndpoints } from './ipam-commands';
 import { renderTable } from './output';
@@ -189,11 +189,16 @@ function renderFindings(state: CheckState, format: Context['format'], full: Ipam
   ], state.findings);
 }
 
+/** `ipam check`'s exit code when a finding needs attention: 1 is every command's failure, so a
+ * script can tell "the check found something" from "the check could not run". */
+export const EXIT_FINDINGS = 3;
+
 export const ipamCheckCommands: Record<string, Handler> = {
   async 'ipam check'(ctx, args) {
     if (args.length !== 0) throw new InvalidRequestError('usage: calicoctl ipam check [-o table|json|yaml]');
     const state = await runCheck(ctx);
     ctx.io.out(renderFindings(state, ctx.format, report(ctx, state)));
+    return state.findings.some(needsAttention) ? EXIT_FINDINGS : 0;
   },
 
   async 'ipam release'(ctx, args) {

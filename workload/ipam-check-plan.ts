@@ -69,6 +69,13 @@ export interface CheckInput {
   readonly claimHandle: (endpoint: Endpoint, ip: string) => string | undefined;
 }
 
+/** Whether an operator has something to do about the finding: everything but an address without
+ * endpoint that is left alone by design (pending, the swarm manager's, a gateway, a reservation),
+ * which the report lists so that every allocation without an endpoint is accounted for. */
+export function needsAttention(f: Finding): boolean {
+  return f.kind !== 'address-without-endpoint' || f.repair !== 'none';
+}
+
 /** Holders that are not hosts (the swarm manager, `@swarm`) start with '@'. */
 const isHost = (node: string): boolean => !node.startsWith('@');
 

@@ -84,7 +84,7 @@ test('ipam check finds planted leaks per host; release --from-report repairs the
   t.is(await show(), before, 'refused releases change nothing');
 
   const check = await calicoctl(plugin, ['ipam', 'check', '-o', 'json']);
-  t.is(check.code, 0, check.stderr);
+  t.is(check.code, 3, `findings to act on exit 3: ${check.stderr}`);
   const report = JSON.parse(check.stdout) as { kind: string; findings: Finding[] };
   t.is(report.kind, 'IpamCheckReport');
   const brief = (fs: Finding[]): string[] => fs.map((f) => `${f.host} ${f.kind} ${f.ip ?? f.block ?? ''} ${f.repair}`).sort();
@@ -120,12 +120,19 @@ test('ipam check finds planted leaks per host; release --from-report repairs the
   t.regex(out, /^4 repaired, 4 left as they are$/m);
 
   // What is left: only what must stay.
-  const after = JSON.parse((await calicoctl(plugin, ['ipam', 'check', '-o', 'json'])).stdout) as { findings: Finding[] };
+  const afterCheck = await calicoctl(plugin, ['ipam', 'check', '-o', 'json']);
+  t.is(afterCheck.code, 3, 'the duplicate is still there for the operator');
+  const after = JSON.parse(afterCheck.stdout) as { findings: Finding[] };
   t.deepEqual(brief(after.findings), [
     `${plugin.node} address-without-endpoint ${pending} none`,
     `${plugin.node} duplicate ${inUse} none`,
     `@swarm address-without-endpoint ${swarm} none`,
   ].sort());
+  // The operator settles the duplicate: what is left is listed, and needs nothing (exit 0).
+  await store.delete(keys.endpoint(plugin.node, id('c')));
+  const settled = await calicoctl(plugin, ['ipam', 'check']);
+  t.is(settled.code, 0, settled.stderr);
+  t.regex(settled.stdout, new RegExp(`^${plugin.node}\\s+address without endpoint\\s+${pending.replace(/\./g, '\\.')}\\s+none\\s+allocated \\d+s ago`, 'm'));
   const allocations = (JSON.parse(await show()) as { node: string; allocations: { ip: string; handle: string; endpointId?: string }[] }[]);
   const held = new Map(allocations.flatMap((b) => b.allocations.map((a) => [a.ip, a] as const)));
   t.like(held.get(inUse), { handle: HANDLE, endpointId: id('a') }, 'the address in use is untouched');
