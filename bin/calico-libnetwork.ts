@@ -2,7 +2,7 @@
 // The daemon: serves the NetworkDriver and IpamDriver sockets until SIGTERM/SIGINT.
 import { parseConfig } from '../config/config';
 import { startDaemon } from '../daemon/daemon';
-import { startCommandsThrough } from '../dataplane/exec';
+import { startCommandsNatively, startCommandsThrough } from '../dataplane/exec';
 import { ExecHelper } from '../dataplane/exec-helper';
 import { errorMessage } from '../lib/errors';
 import { logger } from '../lib/log';
@@ -10,9 +10,14 @@ import { logger } from '../lib/log';
 const log = logger('daemon');
 
 async function main(): Promise<void> {
+  // A tool started natively holds a thread-pool thread while it runs, and file writes (the
+  // embedded store) and netlink requests share that pool: room beyond libuv's default of 4.
+  // Read when the pool first starts, which is later.
+  process.env['UV_THREADPOOL_SIZE'] ??= '16';
   const config = parseConfig(process.env);
-  // Commands start from a small helper: forking the daemon itself stalls it (exec-helper.ts).
-  const helper = await ExecHelper.start((why) => {
+  // Tools start without forking the daemon (native posix_spawn), or else from a small helper:
+  // forking the daemon itself stalls it (exec-helper.ts).
+  const helper = startCommandsNatively(true) ? undefined : await ExecHelper.start((why) => {
     log.warn('%s; commands now start from the daemon itself', why);
   });
   startCommandsThrough(helper);
@@ -24,7 +29,7 @@ async function main(): Promise<void> {
       process.exit(1);
     }
     stopping = true;
-    daemon.close().then(() => helper.close()).then(
+    daemon.close().then(() => helper?.close()).then(
       () => process.exit(0),
       (err: unknown) => {
         process.stderr.write(`shutdown failed: ${errorMessage(err)}\n`);

@@ -25,7 +25,7 @@ import { EndpointService } from '../workload/endpoint-service';
 import { Allocator } from '../ipam/allocator';
 import { errorMessage } from '../lib/errors';
 import { logger } from '../lib/log';
-import { netlinkUnavailable } from '../dataplane/netlink/socket';
+import { nativeUnavailable } from '../dataplane/native-addon';
 import { registerNode } from './register-node';
 import { defaultPools, ensureDefaultPools } from './default-pools';
 import { upgradeBlockLayout } from '../ipam/ipam-store';
@@ -129,9 +129,9 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
       registration.node.ipv6Address ?? 'none',
     );
     await ensureHostForwarding({ ipv6: false }, host);
-    const noNetlink = netlinkUnavailable();
-    if (noNetlink === undefined) log.info('veths, addresses and routes are configured over netlink');
-    else log.warn('veths, addresses and routes are configured with ip, one process per container start (slower): netlink addon not loaded: %s', noNetlink);
+    const noNative = nativeUnavailable();
+    if (noNative === undefined) log.info('native addon loaded: veths, addresses and routes over netlink, tools started without forking the daemon');
+    else log.warn('native addon not loaded (%s): veths are configured with ip and tools start from a helper process, which is slower', noNative);
     // The agent owns our iptables chains; it programs everything before Docker can reach us.
     // BGP mode: BIRD outlives the daemon (bird-supervisor.ts); closing only stops supervising it.
     const bird = config.networkingBackend === 'bird' ? new BirdSupervisor(config.birdDir, logger('bird')) : undefined;

@@ -4,8 +4,11 @@
 // ("add route 10.0.0.5/32 dev cali1234: ...") and the error funnel can log it once.
 
 import { execFile } from 'node:child_process';
+import { constants as osConstants } from 'node:os';
+import { getSystemErrorName } from 'node:util';
 import { DataplaneError } from '../lib/errors.js';
 import type { ExecHelper } from './exec-helper.js';
+import { nativeAddon, type NativeAddon, type NativeSpawnResult } from './native-addon.js';
 
 export const DEFAULT_EXEC_TIMEOUT_MS = 10_000;
 export const DEFAULT_EXEC_MAX_BUFFER_BYTES = 16 * 1024 * 1024;
@@ -41,11 +44,21 @@ export class CommandError extends DataplaneError {
 
 let spawned = 0;
 let helper: ExecHelper | undefined;
+let native: NativeAddon | undefined;
 
-/** Starts commands through `h` from now on (the daemon; see exec-helper.ts for why), or directly
- * again with undefined. While `h` is not running, commands start directly. */
+/** Starts commands through `h` from now on (the daemon without the native addon; see
+ * exec-helper.ts for why), or directly again with undefined. While `h` is not running, commands
+ * start directly. */
 export function startCommandsThrough(h: ExecHelper | undefined): void {
   helper = h;
+}
+
+/** Starts commands with the native addon's posix_spawn from now on (no fork of this process: the
+ * daemon's way when the addon is built), or as before with false. Answers whether the addon is
+ * there. */
+export function startCommandsNatively(on: boolean): boolean {
+  native = on ? nativeAddon() : undefined;
+  return native !== undefined;
 }
 
 /** Number of processes this module has spawned since start: lets tests and benchmarks check that
@@ -66,6 +79,19 @@ export function run(
 ): Promise<ExecResult> {
   const timeout = options.timeoutMs ?? DEFAULT_EXEC_TIMEOUT_MS;
   const maxBufferBytes = options.maxBufferBytes ?? DEFAULT_EXEC_MAX_BUFFER_BYTES;
+  if (native !== undefined) {
+    spawned++;
+    const lib = native;
+    return new Promise((resolve, reject) => {
+      lib.spawn(file, [...args], Buffer.from(options.input ?? '', 'utf8'), timeout, maxBufferBytes, (r) => {
+        const stdout = r.stdout.toString('utf8');
+        const stderr = r.stderr.toString('utf8');
+        const err = spawnError(r, file, args);
+        if (err === undefined) resolve({ stdout, stderr });
+        else reject(toCommandError(err, file, args, op, stderr, timeout));
+      });
+    });
+  }
   if (helper?.running === true) {
     spawned++;
     const input = options.input ?? '';
@@ -110,6 +136,27 @@ export function runWithInput(
   options: Omit<ExecOptions, 'input'> = {},
 ): Promise<ExecResult> {
   return run(file, args, op, { ...options, input });
+}
+
+const SIGNAL_NAMES = new Map<number, NodeJS.Signals>(Object.entries(osConstants.signals).map(([name, n]) => [n, name as NodeJS.Signals]));
+
+/** The error execFile would have reported for the same outcome, or undefined for success. */
+function spawnError(r: NativeSpawnResult, file: string, args: readonly string[]): ExecFileError | undefined {
+  const cmd = [file, ...args].join(' ');
+  if (r.spawnErrno !== undefined) {
+    const name = getSystemErrorName(-r.spawnErrno);
+    return Object.assign(new Error(`spawn ${file} ${name}`), { code: name });
+  }
+  if (r.overLimit === true) {
+    return Object.assign(new Error('stdout maxBuffer length exceeded'), { code: 'ERR_CHILD_PROCESS_STDIO_MAXBUFFER' });
+  }
+  if (r.exitCode === 0 && r.killed !== true) return undefined;
+  const signal = r.signal === undefined ? null : SIGNAL_NAMES.get(r.signal) ?? null;
+  return Object.assign(new Error(`Command failed: ${cmd}\n${r.stderr.toString('utf8')}`), {
+    code: r.exitCode ?? null,
+    killed: r.killed === true,
+    signal,
+  });
 }
 
 interface ExecFileError extends Error {

@@ -21,7 +21,7 @@ import { createHash } from 'node:crypto';
 import { cpus, loadavg } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
-import { run, startCommandsThrough } from '../dataplane/exec';
+import { run, startCommandsNatively, startCommandsThrough } from '../dataplane/exec';
 import { ExecHelper } from '../dataplane/exec-helper';
 import { hostVethName } from '../dataplane/names';
 import { PolicyDataplane, type ApplyStats } from '../dataplane/policy-dataplane';
@@ -307,8 +307,9 @@ async function main(): Promise<void> {
   if (endpoints + reps > MAX_ENDPOINTS || remote > MAX_ENDPOINTS) throw new Error(`at most ${MAX_ENDPOINTS} endpoints`);
 
   const world = new World(endpoints, profiles, remote, seed);
-  // As the daemon does: the tools start from the exec helper, not by forking this process.
-  const helper = await ExecHelper.start();
+  // As the daemon does: the tools start natively (posix_spawn), or else from the exec helper, not
+  // by forking this process.
+  const helper = startCommandsNatively(true) ? undefined : await ExecHelper.start();
   startCommandsThrough(helper);
   const ns = await createNetns('benchpol');
   // Ctrl-C: clean up like on any failure (the harness's exit hook deletes the namespace too).
@@ -463,7 +464,7 @@ async function main(): Promise<void> {
       process.removeListener('SIGINT', onSignal);
       process.removeListener('SIGTERM', onSignal);
       startCommandsThrough(undefined);
-      await helper.close();
+      await helper?.close();
     }
   }
 }

@@ -25,7 +25,7 @@ import {
   routesFor,
   workloadGateways,
 } from '../../dataplane/veth.js';
-import { netlinkUnavailable } from '../../dataplane/netlink/socket.js';
+import { nativeUnavailable } from '../../dataplane/native-addon.js';
 import { execInNetns, ipIn, netnsRegistry, type NetnsRegistry, HOST_V4, HOST_V6, makeRoutedHost, plumbContainer } from '../harness/netns.js';
 
 const BUSYBOX = '/bin/busybox';
@@ -328,8 +328,8 @@ for (const via of ['netlink', 'ip'] as const) test(`createEndpointVeth rolls bac
   t.deepEqual(await before(), s3);
 });
 
-test('the netlink addon is built and loaded (npm ci builds native/; without it the daemon runs ip)', (t) => {
-  t.is(netlinkUnavailable(), undefined);
+test('the native addon is built and loaded (npm ci builds native/; without it the daemon runs ip)', (t) => {
+  t.is(nativeUnavailable(), undefined);
 });
 
 test('netlink and ip leave the kernel in the same state: link, peer, addresses, routes, sysctls', async (t) => {

@@ -3,7 +3,7 @@
 // concurrently and each gets its own answer; a helper that dies fails what it had in flight, and
 // commands then start directly.
 import test from 'ava';
-import { CommandError, run, spawnCount, startCommandsThrough, type ExecOptions } from '../../dataplane/exec';
+import { CommandError, run, spawnCount, startCommandsNatively, startCommandsThrough, type ExecOptions } from '../../dataplane/exec';
 import { ExecHelper } from '../../dataplane/exec-helper';
 
 interface Outcome {
@@ -61,6 +61,42 @@ test.serial('through the helper, every outcome is the one a direct start gives',
   t.regex(helped[4]?.error?.message ?? '', /not found/);
   t.regex(helped[5]?.error?.message ?? '', /did not finish within 200 ms/);
   t.regex(helped[6]?.error?.message ?? '', /more output than allowed/);
+});
+
+test.serial('started natively (posix_spawn, no fork), every outcome is the one a direct start gives', async (t) => {
+  t.timeout(60_000);
+  const direct: Outcome[] = [];
+  for (const [, file, args, options] of cases) direct.push(await outcome(file, args, options));
+  t.true(startCommandsNatively(true), 'the native addon is built');
+  const before = spawnCount();
+  const native: Outcome[] = [];
+  try {
+    for (const [, file, args, options] of cases) native.push(await outcome(file, args, options));
+  } finally {
+    startCommandsNatively(false);
+  }
+  t.is(spawnCount() - before, cases.length, 'each command is counted once');
+  for (const [i, [name]] of cases.entries()) t.deepEqual(native[i], direct[i], name);
+  t.is(native[1]?.stdout, big);
+  t.is(native[2]?.error?.exitCode, 1);
+  t.regex(native[5]?.error?.message ?? '', /did not finish within 200 ms/);
+  t.regex(native[6]?.error?.message ?? '', /more output than allowed/);
+});
+
+test.serial('started natively: concurrent commands each get their own answer; the tool starts with no signal ignored or blocked', async (t) => {
+  t.true(startCommandsNatively(true));
+  try {
+    const answers = await Promise.all(Array.from({ length: 30 }, (_, i) => run('cat', [], 'cat', { input: `answer ${i}\n` })));
+    t.deepEqual(answers.map((a) => a.stdout), Array.from({ length: 30 }, (_, i) => `answer ${i}\n`));
+    // Node ignores SIGPIPE and SIGXFSZ; a tool must not inherit that, nor a blocked signal. (Only
+    // the standard signals 1-31: glibc's posix_spawn ignores its own internal real-time signals
+    // in the child, and the program's glibc sets them up again.)
+    const { stdout } = await run('grep', ['-E', '^Sig(Ign|Blk):', '/proc/self/status'], 'signals');
+    const masks = Object.fromEntries(stdout.trim().split('\n').map((l) => l.split(/:\s+/)).map(([k, v]) => [k, BigInt(`0x${v}`) & 0x7fffffffn]));
+    t.deepEqual(masks, { SigBlk: 0n, SigIgn: 0n });
+  } finally {
+    startCommandsNatively(false);
+  }
 });
 
 test.serial('concurrent commands each get their own answer', async (t) => {

@@ -1,0 +1,54 @@
+// The native addon (native/netlink.c, built by `npm ci` with node-gyp): an rtnetlink socket and a
+// process starter that does not fork the daemon. Optional: without it (no compiler when `npm ci`
+// ran, or CALICO_NATIVE=off) the dataplane runs `ip` and starts tools from the exec helper, and
+// `nativeUnavailable()` says why, for the start-up log.
+import path from 'node:path';
+import { errorMessage } from '../lib/errors';
+
+/** What spawn reports: the outputs and how the process ended. */
+export interface NativeSpawnResult {
+  stdout: Buffer;
+  stderr: Buffer;
+  /** posix_spawn failed (ENOENT: no such tool); nothing ran. */
+  spawnErrno?: number;
+  exitCode?: number;
+  /** The signal that ended it. */
+  signal?: number;
+  /** Killed by us: the timeout passed, or the output went over the limit. */
+  killed?: boolean;
+  overLimit?: boolean;
+}
+
+export interface NativeAddon {
+  open(netnsPath: string | null, timeoutMs: number): number;
+  close(fd: number): void;
+  transact(fd: number, messages: Buffer[], callback: (err: (Error & { code?: string }) | undefined, replies: Buffer[]) => void): void;
+  strerror(errno: number): string;
+  spawn(file: string, args: string[], input: Buffer, timeoutMs: number, maxBufferBytes: number, callback: (result: NativeSpawnResult) => void): void;
+}
+
+/** From dist/dataplane/ (and the managed plugin's copy of the same layout). */
+const ADDON_PATH = path.join(__dirname, '../../native/build/Release/calico_netlink.node');
+
+let addon: NativeAddon | undefined;
+let loadError: string | undefined;
+
+export function nativeAddon(): NativeAddon | undefined {
+  if (addon !== undefined || loadError !== undefined) return addon;
+  if (process.env['CALICO_NATIVE'] === 'off') {
+    loadError = 'CALICO_NATIVE=off';
+    return undefined;
+  }
+  try {
+    addon = require(ADDON_PATH) as NativeAddon;
+  } catch (err) {
+    loadError = `${ADDON_PATH}: ${errorMessage(err)}`;
+  }
+  return addon;
+}
+
+/** Why the addon is not in use, or undefined when it is. */
+export function nativeUnavailable(): string | undefined {
+  nativeAddon();
+  return addon === undefined ? loadError : undefined;
+}
