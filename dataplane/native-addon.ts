@@ -11,6 +11,8 @@ export interface NativeSpawnResult {
   stderr: Buffer;
   /** posix_spawn failed (ENOENT: no such tool); nothing ran. */
   spawnErrno?: number;
+  /** The network namespace could not be entered; nothing ran. */
+  netnsErrno?: number;
   exitCode?: number;
   /** The signal that ended it. */
   signal?: number;
@@ -24,7 +26,7 @@ export interface NativeAddon {
   close(fd: number): void;
   transact(fd: number, messages: Buffer[], callback: (err: (Error & { code?: string }) | undefined, replies: Buffer[]) => void): void;
   strerror(errno: number): string;
-  spawn(file: string, args: string[], input: Buffer, timeoutMs: number, maxBufferBytes: number, callback: (result: NativeSpawnResult) => void): void;
+  spawn(file: string, args: string[], input: Buffer, timeoutMs: number, maxBufferBytes: number, callback: (result: NativeSpawnResult) => void, netnsPath: string | null): void;
 }
 
 /** From dist/dataplane/ (and the managed plugin's copy of the same layout). */

@@ -245,16 +245,14 @@ export class PolicyDataplane {
   }
 
   private async tool(file: string, args: string[], op: string): Promise<string> {
-    const [f, a] = this.command(file, args);
-    const { stdout } = await run(f, a, op, { timeoutMs: RESTORE_TIMEOUT_MS, maxBufferBytes: MAX_OUTPUT_BYTES });
+    const { stdout } = await run(file, args, op, this.execOptions());
     return stdout;
   }
 
   /** Feed a batch; on failure name the offending input line (both tools report "line N"). */
   private async restore(file: string, args: string[], input: string, op: string): Promise<void> {
-    const [f, a] = this.command(file, args);
     try {
-      await runWithInput(f, a, input, op, { timeoutMs: RESTORE_TIMEOUT_MS, maxBufferBytes: MAX_OUTPUT_BYTES });
+      await runWithInput(file, args, input, op, this.execOptions());
     } catch (err) {
       if (!(err instanceof CommandError)) throw err;
       const m = /line:? (\d+)/i.exec(err.stderr);
@@ -263,11 +261,9 @@ export class PolicyDataplane {
     }
   }
 
-  /** In a named namespace through nsenter, which only joins the network namespace: `ip netns exec`
-   * also makes a mount namespace and remounts /sys, which these tools do not need and which costs
-   * a few milliseconds per process (most of an incremental write). */
-  private command(file: string, args: string[]): [string, string[]] {
-    return this.netns === undefined ? [file, args] : ['nsenter', [`--net=${NETNS_DIR}/${this.netns}`, '--', file, ...args]];
+  /** In a named namespace (tests, the benchmark) the tools run there. */
+  private execOptions(): { timeoutMs: number; maxBufferBytes: number; netnsPath?: string } {
+    return { timeoutMs: RESTORE_TIMEOUT_MS, maxBufferBytes: MAX_OUTPUT_BYTES, ...(this.netns !== undefined && { netnsPath: `${NETNS_DIR}/${this.netns}` }) };
   }
 
   private serialized<T>(fn: () => Promise<T>): Promise<T> {

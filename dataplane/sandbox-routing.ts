@@ -1,5 +1,5 @@
 // Writes a workload's own routing (agent/sandbox-plan.ts) inside its network namespace, entered by
-// path with nsenter (Docker's sandboxes are not `ip netns` names). Ours there: rules at
+// path (Docker's sandboxes are not `ip netns` names; exec.ts's netnsPath). Ours there: rules at
 // SANDBOX_RULE_PRIORITY of the shape we write (a source and a table; added with our protocol
 // number too, so deleting one never takes someone else's) and routes with our routing protocol
 // number; Docker's routes (its gateway /32s and default route) are never touched. Each apply reads the namespace once per family and writes only
@@ -85,7 +85,7 @@ export class SandboxRoutingDataplane {
       if (lines.length === 0) continue;
       try {
         // -force: one bad line (a member's route racing its interface) must not keep the rest out.
-        await runWithInput('nsenter', [`--net=${path}`, 'ip', `-${family}`, '-force', '-batch', '-'], `${lines.join('\n')}\n`, `route ${plan.sandbox}`);
+        await runWithInput('ip', [`-${family}`, '-force', '-batch', '-'], `${lines.join('\n')}\n`, `route ${plan.sandbox}`, { netnsPath: path });
       } catch (err) {
         if (!existsSync(path) || notANamespace(err)) return 'gone';
         this.o.warn?.(`routing in ${plan.sandbox}: ${errorMessage(err)}; retrying`);
@@ -121,7 +121,7 @@ export class SandboxRoutingDataplane {
   private async read(path: string, family: IpFamily): Promise<{ devices: Map<string, string>; current: FamilyState }> {
     const op = `read routing in ${path}`;
     // -N: tables as numbers, also where /etc/iproute2/rt_tables names ours.
-    const { stdout } = await runWithInput('nsenter', [`--net=${path}`, 'ip', '-N', '-j', `-${family}`, '-batch', '-'], `addr show\nrule show\nroute show table all proto ${this.o.protocol}\n`, op);
+    const { stdout } = await runWithInput('ip', ['-N', '-j', `-${family}`, '-batch', '-'], `addr show\nrule show\nroute show table all proto ${this.o.protocol}\n`, op, { netnsPath: path });
     const parts = stdout.split('\n').filter((l) => l.trim() !== '');
     if (parts.length !== 3) throw new DataplaneError(`${op}: expected 3 JSON lists from ip, got ${parts.length}`);
     let addrs: AddrJson[];
@@ -153,8 +153,11 @@ export class SandboxRoutingDataplane {
 
 /** The file is there but no namespace is mounted on it: Docker is tearing the sandbox down (it
  * unmounts the namespace before it removes the file). */
+/** The path exists but is no namespace any more (its mount is gone): nsenter's words, or the
+ * native starter's (exec.ts). */
 function notANamespace(err: unknown): boolean {
-  return err instanceof CommandError && /reassociate to namespace .* failed: Invalid argument/.test(err.stderr);
+  return err instanceof CommandError &&
+    (/reassociate to namespace .* failed: Invalid argument/.test(err.stderr) || /cannot enter network namespace .*: Invalid argument/.test(err.message));
 }
 
 /** Keys `ip -j rule show` prints for a rule as we write it (`from <address> table <n>`). */

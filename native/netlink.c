@@ -326,6 +326,8 @@ typedef struct {
   char **argv;    // file is argv[0]'s path
   char *file;
   char **envp;
+  char *netns;       // start the tool in this network namespace (a path), or NULL
+  int netns_errno;   // entering it failed; nothing ran
   uint8_t *input;
   size_t input_len;
   int64_t timeout_ms;
@@ -374,15 +376,32 @@ static void spawn_execute(napi_env env, void *arg) {
   posix_spawnattr_setsigdefault(&attr, &all);
   posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
   pid_t pid = -1;
-  int rc = posix_spawnp(&pid, sp->file, &fa, &attr, sp->argv, sp->envp);
+  int rc = 0, home = -1, target = -1;
+  // A child starts in its creator's network namespace, and setns() moves only the calling
+  // thread: this pool thread enters the namespace for the spawn alone (as `nsenter --net` would,
+  // without a second program).
+  if (sp->netns != NULL) {
+    home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    target = home < 0 ? -1 : open(sp->netns, O_RDONLY | O_CLOEXEC);
+    if (home < 0 || target < 0 || setns(target, CLONE_NEWNET) != 0) sp->netns_errno = errno;
+  }
+  if (sp->netns_errno == 0) {
+    rc = posix_spawnp(&pid, sp->file, &fa, &attr, sp->argv, sp->envp);
+    if (sp->netns != NULL && setns(home, CLONE_NEWNET) != 0) abort();
+  }
+  if (home >= 0) close(home);
+  if (target >= 0) close(target);
   posix_spawn_file_actions_destroy(&fa);
   posix_spawnattr_destroy(&attr);
+  if (sp->netns_errno != 0) {
+    rc = sp->netns_errno;
+  }
   close(in[0]);
   close(out[1]);
   close(err[1]);
   in[0] = out[1] = err[1] = -1;
   if (rc != 0) {
-    sp->spawn_errno = rc;
+    if (sp->netns_errno == 0) sp->spawn_errno = rc;
     goto close_all;
   }
   fcntl(in[1], F_SETFL, O_NONBLOCK);
@@ -479,6 +498,9 @@ static void spawn_complete(napi_env env, napi_status status, void *arg) {
   if (status != napi_ok) {
     napi_create_int32(env, ECANCELED, &v);
     napi_set_named_property(env, result, "spawnErrno", v);
+  } else if (sp->netns_errno != 0) {
+    napi_create_int32(env, sp->netns_errno, &v);
+    napi_set_named_property(env, result, "netnsErrno", v);
   } else if (sp->spawn_errno != 0) {
     napi_create_int32(env, sp->spawn_errno, &v);
     napi_set_named_property(env, result, "spawnErrno", v);
@@ -504,6 +526,7 @@ static void spawn_complete(napi_env env, napi_status status, void *arg) {
   free(sp->err.data);
   free(sp->input);
   free(sp->file);
+  free(sp->netns);
   free_strings(sp->argv);
   free_strings(sp->envp);
   free(sp);
@@ -522,10 +545,11 @@ static char *get_string(napi_env env, napi_value v) {
 }
 
 // spawn(file: string, args: string[], input: Buffer, timeoutMs: number, maxBufferBytes: number,
-//       callback: (result) => void): void. The environment is the process's, copied now.
+//       callback: (result) => void, netnsPath?: string): void. The environment is the process's,
+//       copied now.
 static napi_value nl_spawn(napi_env env, napi_callback_info info) {
-  size_t argc = 6;
-  napi_value a[6];
+  size_t argc = 7;
+  napi_value a[7];
   CHECK(env, napi_get_cb_info(env, info, &argc, a, NULL, NULL));
   bool is_array = false, is_buffer = false;
   uint32_t nargs = 0;
@@ -533,7 +557,7 @@ static napi_value nl_spawn(napi_env env, napi_callback_info info) {
   napi_valuetype cbt = napi_undefined;
   void *input = NULL;
   size_t input_len = 0;
-  if (argc != 6 || napi_is_array(env, a[1], &is_array) != napi_ok || !is_array ||
+  if ((argc != 6 && argc != 7) || napi_is_array(env, a[1], &is_array) != napi_ok || !is_array ||
       napi_get_array_length(env, a[1], &nargs) != napi_ok || nargs > 4096 ||
       napi_is_buffer(env, a[2], &is_buffer) != napi_ok || !is_buffer ||
       napi_get_buffer_info(env, a[2], &input, &input_len) != napi_ok ||
@@ -548,11 +572,16 @@ static napi_value nl_spawn(napi_env env, napi_callback_info info) {
   sp->timeout_ms = timeout_ms;
   sp->max_buffer = (size_t)max_buffer;
   sp->file = get_string(env, a[0]);
+  napi_valuetype nst = napi_undefined;
+  if (argc == 7) napi_typeof(env, a[6], &nst);
+  int bad_netns = 0;
+  if (nst == napi_string) bad_netns = (sp->netns = get_string(env, a[6])) == NULL;
+  else if (nst != napi_undefined && nst != napi_null) bad_netns = 1;
   sp->argv = calloc(nargs + 2, sizeof(char *));
   size_t nenv = 0;
   while (environ[nenv] != NULL) nenv++;
   sp->envp = calloc(nenv + 1, sizeof(char *));
-  int bad = sp->file == NULL || sp->argv == NULL || sp->envp == NULL;
+  int bad = bad_netns || sp->file == NULL || sp->argv == NULL || sp->envp == NULL;
   if (!bad) {
     sp->argv[0] = strdup(sp->file);
     bad = sp->argv[0] == NULL;
@@ -570,6 +599,7 @@ static napi_value nl_spawn(napi_env env, napi_callback_info info) {
   }
   if (bad) {
     free(sp->input);
+    free(sp->netns);
     free(sp->file);
     free_strings(sp->argv);
     free_strings(sp->envp);

@@ -5,6 +5,7 @@
 import test from 'ava';
 import { CommandError, run, spawnCount, startCommandsNatively, startCommandsThrough, type ExecOptions } from '../../dataplane/exec';
 import { ExecHelper } from '../../dataplane/exec-helper';
+import { ipIn, netnsRegistry } from '../harness/netns';
 
 interface Outcome {
   stdout?: string;
@@ -96,6 +97,25 @@ test.serial('started natively: concurrent commands each get their own answer; th
     t.deepEqual(masks, { SigBlk: 0n, SigIgn: 0n });
   } finally {
     startCommandsNatively(false);
+  }
+});
+
+test.serial('netnsPath: the tool runs in that namespace, entered natively or through nsenter alike; a missing or non-namespace path fails clearly', async (t) => {
+  const reg = netnsRegistry(t);
+  const ns = await reg.create('cxn');
+  await ipIn(ns, ['link', 'add', 'cxn0', 'type', 'veth', 'peer', 'name', 'cxn1']);
+  const links = async (): Promise<string[]> =>
+    (JSON.parse((await run('ip', ['-j', 'link', 'show'], 'links', { netnsPath: `/run/netns/${ns}` })).stdout) as Array<{ ifname: string }>).map((l) => l.ifname).sort();
+  for (const natively of [true, false]) {
+    t.is(startCommandsNatively(natively), natively);
+    try {
+      t.deepEqual(await links(), ['cxn0', 'cxn1', 'lo'], natively ? 'native' : 'nsenter');
+      await t.throwsAsync(run('true', [], 'enter', { netnsPath: `/run/netns/${ns}-missing` }), { instanceOf: CommandError, message: /^enter: .*No such file or directory/ });
+      await t.throwsAsync(run('true', [], 'enter', { netnsPath: '/etc/hostname' }), { instanceOf: CommandError, message: /^enter: .*(Invalid argument)/ });
+      await t.throwsAsync(run('true', [], 'enter', { netnsPath: 'relative/path' }), { message: /invalid network namespace path/ });
+    } finally {
+      startCommandsNatively(false);
+    }
   }
 });
 
