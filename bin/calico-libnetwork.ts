@@ -4,6 +4,7 @@ import { parseConfig } from '../config/config';
 import { startDaemon } from '../daemon/daemon';
 import { startCommandsNatively, startCommandsThrough } from '../dataplane/exec';
 import { ExecHelper } from '../dataplane/exec-helper';
+import { useNative } from '../dataplane/native-addon';
 import { errorMessage } from '../lib/errors';
 import { logger } from '../lib/log';
 
@@ -15,6 +16,7 @@ async function main(): Promise<void> {
   // Read when the pool first starts, which is later.
   process.env['UV_THREADPOOL_SIZE'] ??= '16';
   const config = parseConfig(process.env);
+  useNative(config.native);
   // Tools start without forking the daemon (native posix_spawn), or else from a small helper:
   // forking the daemon itself stalls it (exec-helper.ts).
   const helper = startCommandsNatively(true) ? undefined : await ExecHelper.start((why) => {

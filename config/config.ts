@@ -55,6 +55,8 @@ export interface Config {
   readonly vethMtu: number;
   readonly createProfiles: boolean;
   readonly labelEndpoints: boolean;
+  /** Use the native addon (rtnetlink, posix_spawn) when it is built. */
+  readonly native: boolean;
   /** Pools created on first start when no pool of that family exists; undefined: none. */
   readonly defaultIpv4Pool?: string;
   readonly defaultIpv6Pool?: string;
@@ -262,6 +264,7 @@ export function parseConfig(env: Env, defaultNodeName: string = hostname()): Con
     vethMtu: mtu(env),
     createProfiles: bool(env, 'CALICO_LIBNETWORK_CREATE_PROFILES', true),
     labelEndpoints: bool(env, 'CALICO_LIBNETWORK_LABEL_ENDPOINTS', true),
+    native: bool(env, 'CALICO_NATIVE', true),
     ...(defaultIpv4Pool !== undefined && { defaultIpv4Pool }),
     ...(defaultIpv6Pool !== undefined && { defaultIpv6Pool }),
     iptablesChainPrefix: chainPrefix(env),

@@ -1,7 +1,7 @@
 // The native addon (native/netlink.c, built by `npm ci` with node-gyp): an rtnetlink socket and a
 // process starter that does not fork the daemon. Optional: without it (no compiler when `npm ci`
-// ran, or CALICO_NATIVE=off) the dataplane runs `ip` and starts tools from the exec helper, and
-// `nativeUnavailable()` says why, for the start-up log.
+// ran, or CALICO_NATIVE=false: useNative) the dataplane runs `ip` and starts tools from the exec
+// helper, and `nativeUnavailable()` says why, for the start-up log.
 import path from 'node:path';
 import { errorMessage } from '../lib/errors';
 
@@ -34,13 +34,16 @@ const ADDON_PATH = path.join(__dirname, '../../native/build/Release/calico_netli
 
 let addon: NativeAddon | undefined;
 let loadError: string | undefined;
+let enabled = true;
+
+/** Whether the addon may be used at all (CALICO_NATIVE). */
+export function useNative(on: boolean): void {
+  enabled = on;
+}
 
 export function nativeAddon(): NativeAddon | undefined {
+  if (!enabled) return undefined;
   if (addon !== undefined || loadError !== undefined) return addon;
-  if (process.env['CALICO_NATIVE'] === 'off') {
-    loadError = 'CALICO_NATIVE=off';
-    return undefined;
-  }
   try {
     addon = require(ADDON_PATH) as NativeAddon;
   } catch (err) {
@@ -51,6 +54,7 @@ export function nativeAddon(): NativeAddon | undefined {
 
 /** Why the addon is not in use, or undefined when it is. */
 export function nativeUnavailable(): string | undefined {
+  if (!enabled) return 'CALICO_NATIVE=false';
   nativeAddon();
   return addon === undefined ? loadError : undefined;
 }

@@ -6,7 +6,7 @@
 // `--docker-socket /var/run/docker.sock` runs against a dockerd already running, such as the
 // host's own with its defaults (iptables on, overlay2), which is what a new user measures.
 //
-//   npm run bench -- [--runs N] [--etcd] [--docker-socket PATH]
+//   npm run bench -- [--runs N] [--etcd] [--docker-socket PATH] [--no-native]
 import { execFile } from 'node:child_process';
 import { parseArgs } from 'node:util';
 import Docker from 'dockerode';
@@ -59,6 +59,8 @@ async function main(): Promise<void> {
       runs: { type: 'string', default: '30' },
       etcd: { type: 'boolean', default: false },
       'docker-socket': { type: 'string' },
+      // The plugin without its native addon (ip and the exec helper): the before of the addon.
+      'no-native': { type: 'boolean', default: false },
     },
   });
   const runs = Number(values.runs);
@@ -82,7 +84,7 @@ async function main(): Promise<void> {
     const plugin = await startPlugin({
       dockerSocket: socket,
       ipv4Pool: '198.18.200.0/22',
-      env: { DEBUG: 'calico:server' },
+      env: { DEBUG: 'calico:server', ...(values['no-native'] && { CALICO_NATIVE: 'false' }) },
       ...(etcd !== undefined && { etcdEndpoints: etcd.endpoints }),
     });
     cleanups.push(() => plugin.cleanup());
@@ -106,7 +108,7 @@ async function main(): Promise<void> {
     const perRound = (to: Arm): number[] => times.calico.map((c, k) => c / (times[to][k] as number));
     const spread = (r: number[]): string => `rounds p10 ${percentile(r, 10).toFixed(3)}, p50 ${percentile(r, 50).toFixed(3)}, p90 ${percentile(r, 90).toFixed(3)}`;
     const lines = [
-      `docker run --rm true, ${runs} interleaved rounds (${etcd === undefined ? 'embedded store' : 'etcd'}, ${values['docker-socket'] === undefined ? 'isolated dockerd' : `dockerd at ${socket}`}):`,
+      `docker run --rm true, ${runs} interleaved rounds (${etcd === undefined ? 'embedded store' : 'etcd'}, ${values['no-native'] ? 'native addon off' : 'native addon on'}, ${values['docker-socket'] === undefined ? 'isolated dockerd' : `dockerd at ${socket}`}):`,
       ...ARMS.map((arm) => `  ${arm.padEnd(7)} median ${medianOf(arm).toFixed(1)} ms  p90 ${percentile(times[arm], 90).toFixed(1)} ms`),
       `  ratio calico/bridge (medians): ${(medianOf('calico') / medianOf('bridge')).toFixed(3)}  (target <= 1.00; ${spread(perRound('bridge'))})`,
       `  ratio calico/none   (medians): ${(medianOf('calico') / medianOf('none')).toFixed(3)}  (${spread(perRound('none'))})`,

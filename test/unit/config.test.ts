@@ -22,6 +22,8 @@ test('defaults: embedded store, Calico names, default pools', (t) => {
   t.true(c.defaultIpv6PoolNatOutgoing);
   t.is(c.sockets, 'split');
   t.is(c.procRoot, '/proc');
+  t.true(c.native);
+  t.false(parseConfig({ CALICO_NATIVE: 'false' }, 'host-a').native);
 });
 
 test('single socket: one plugin name for both interfaces unless the IPAM name is given', (t) => {
@@ -99,6 +101,7 @@ const invalid: [string, Record<string, string>, RegExp][] = [
   ['MTU not a number', { CALICO_LIBNETWORK_VETH_MTU: 'big' }, /CALICO_LIBNETWORK_VETH_MTU/],
   ['MTU too small', { CALICO_LIBNETWORK_VETH_MTU: '500' }, /CALICO_LIBNETWORK_VETH_MTU must be an integer from 1280/],
   ['bad boolean', { CALICO_LIBNETWORK_CREATE_PROFILES: 'maybe' }, /CALICO_LIBNETWORK_CREATE_PROFILES must be true or false/],
+  ['native addon switch', { CALICO_NATIVE: 'sometimes' }, /CALICO_NATIVE must be true or false, got 'sometimes'/],
   ['etcd URL', { ETCD_ENDPOINTS: 'not a url' }, /ETCD_ENDPOINTS must be comma-separated URLs/],
   ['etcd scheme', { ETCD_ENDPOINTS: 'ftp://x:1' }, /ETCD_ENDPOINTS entries must use http/],
   ['credentials in URL', { ETCD_ENDPOINTS: 'http://u:p@x:1' }, /must not carry credentials/],
