@@ -10,12 +10,12 @@
 //
 //   filter FORWARD → <p>-FORWARD                 (one jump, position 1)
 //     -i|-o cali+ INVALID → DROP; RELATED,ESTABLISHED → ACCEPT
-//     -i cali+ → <p>-from-wl-dispatch            (sender's egress)
-//     -o cali+ → <p>-to-wl-dispatch              (receiver's ingress)
+//     -i cali+ → clear the mark bit, then <p>-from-wl-dispatch   (sender's egress)
+//     -o cali+ → clear the mark bit, then <p>-to-wl-dispatch     (receiver's ingress)
 //     -i|-o cali+ → ACCEPT                       (whatever came back passed)
 //   filter INPUT → <p>-INPUT                     (workload → host: the workload's egress)
 //     -i cali+ INVALID → DROP; RELATED,ESTABLISHED → ACCEPT; [v6: ICMPv6 130-136 → ACCEPT]
-//     -i cali+ → <p>-from-wl-dispatch; -i cali+ → ACCEPT
+//     -i cali+ → clear the mark bit, then <p>-from-wl-dispatch; -i cali+ → ACCEPT
 //   <p>-from-wl-dispatch: -s <ip> -i caliX -g <p>-fw-<L> per address of each READY endpoint,
 //     then DROP, where L names the endpoint's profile list (below). The source check stops a
 //     workload from borrowing a labelled peer's address (selectors are address sets); an unknown
@@ -27,8 +27,8 @@
 //     first character after the interface prefix (`-i cali3+ -g <p>-from-wl-dispatch-3`) to
 //     leaves holding the rules above, so one endpoint changes one small leaf.
 //   <p>-fw-<L> / <p>-tw-<L> (egress / ingress policy of a profile list, shared by every ready
-//     endpoint whose existing profiles are that list, in that order): clear the mark bit; for each
-//     profile: jump to its chain, RETURN if the mark bit is set; then DROP. L is the profile's name
+//     endpoint whose existing profiles are that list, in that order; the mark bit is clear on
+//     entry): for each profile: jump to its chain, RETURN if the mark bit is set; then DROP. L is the profile's name
 //     for one profile whose name fits, `_none` for no profile (drops everything), else a hash of
 //     the list (endpointChainName). Everything endpoint-specific (interface, addresses) is in the
 //     dispatch rules, so these chains depend on the profile list alone.
@@ -200,7 +200,7 @@ export function renderPolicy(input: PolicyInput, cache: RenderCache = new Render
         }
         let cached = node.chain;
         if (cached === undefined) {
-          const rules = [clearMark];
+          const rules: string[] = [];
           const existing: string[] = [];
           for (const p of l.profiles) {
             const chains = profileChain.get(p);
@@ -259,7 +259,12 @@ export function renderPolicy(input: PolicyInput, cache: RenderCache = new Render
       `-o ${wild} -m conntrack --ctstate INVALID -j DROP`,
       `-i ${wild} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`,
       `-o ${wild} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`,
+      // The mark bit says "a profile allowed it" inside one endpoint chain: clear before each
+      // dispatch (the sender's egress may have set it before the receiver's ingress runs), here
+      // once instead of at the top of every endpoint chain.
+      `-i ${wild} ${clearMark}`,
       `-i ${wild} -j ${names.fromDispatch}`,
+      `-o ${wild} ${clearMark}`,
       `-o ${wild} -j ${names.toDispatch}`,
       `-i ${wild} -j ACCEPT`,
       `-o ${wild} -j ACCEPT`,
@@ -268,6 +273,7 @@ export function renderPolicy(input: PolicyInput, cache: RenderCache = new Render
       `-i ${wild} -m conntrack --ctstate INVALID -j DROP`,
       `-i ${wild} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`,
       ...(family === 6 ? ICMPV6_ND_TYPES.map((t) => `-i ${wild} -p ipv6-icmp -m icmp6 --icmpv6-type ${t} -j ACCEPT`) : []),
+      `-i ${wild} ${clearMark}`,
       `-i ${wild} -j ${names.fromDispatch}`,
       `-i ${wild} -j ACCEPT`,
     ]);

@@ -296,6 +296,8 @@ async function main(): Promise<void> {
       'cold-reps': { type: 'string', default: '5' },
       remote: { type: 'string', default: '300' },
       seed: { type: 'string', default: '1' },
+      // Tools started from the exec helper, in namespaces through nsenter: the before of the addon.
+      'no-native': { type: 'boolean', default: false },
     },
   });
   const endpoints = nonNegativeInt('endpoints', values.endpoints);
@@ -309,7 +311,7 @@ async function main(): Promise<void> {
   const world = new World(endpoints, profiles, remote, seed);
   // As the daemon does: the tools start natively (posix_spawn), or else from the exec helper, not
   // by forking this process.
-  const helper = startCommandsNatively(true) ? undefined : await ExecHelper.start();
+  const helper = startCommandsNatively(!values['no-native']) ? undefined : await ExecHelper.start();
   startCommandsThrough(helper);
   const ns = await createNetns('benchpol');
   // Ctrl-C: clean up like on any failure (the harness's exit hook deletes the namespace too).
@@ -331,11 +333,12 @@ async function main(): Promise<void> {
     cleanup = dp;
     console.log(
       `policy benchmark: ${endpoints} local endpoints, ${profiles} profiles, ${remote} remote endpoints, ` +
-        `${reps} repetitions, netns ${ns}, node ${process.version}, ${cpus().length} CPUs, ${await toolVersion()}`,
+        `${reps} repetitions, netns ${ns}, node ${process.version}, ${cpus().length} CPUs, ${await toolVersion()}, ` +
+        `tools started ${helper === undefined ? 'natively (posix_spawn, entering the namespace itself)' : 'from the exec helper (through nsenter)'}`,
     );
-    // Context for the numbers: every kernel tool runs in the namespace through nsenter (what the
-    // dataplane does with a netns; on a real host it is a plain exec), and other load on the
-    // machine shows up directly.
+    // Context for the numbers: every kernel tool runs in the namespace (natively: one exec, as
+    // on a real host; without the addon through nsenter: two), and other load on the machine
+    // shows up directly.
     const viaNetns: number[] = [];
     const direct: number[] = [];
     for (let i = 0; i < 5; i++) {

@@ -372,7 +372,6 @@ test('endpoints with the same profile list share its policy chains; dispatch sta
   ]);
   t.is(state.filter[4].get('cali-to-wl-dispatch')?.[4], `-o cali0505050505a -g ${ab.replace('-fw-', '-tw-')}`);
   t.deepEqual(state.filter[4].get(ab), [
-    '-j MARK --set-xmark 0x0/0x100000',
     '-j cali-pro-a',
     '-m mark --mark 0x100000/0x100000 -j RETURN',
     '-j cali-pro-b',
@@ -381,11 +380,9 @@ test('endpoints with the same profile list share its policy chains; dispatch sta
   ]);
   // No profile: everything is dropped, both ways.
   t.deepEqual(state.filter[4].get('cali-fw-_none'), [
-    '-j MARK --set-xmark 0x0/0x100000',
     '-m comment --comment "no profile allowed this egress" -j DROP',
   ]);
   t.deepEqual(state.filter[4].get('cali-tw-_none'), [
-    '-j MARK --set-xmark 0x0/0x100000',
     '-m comment --comment "no profile allowed this ingress" -j DROP',
   ]);
   // IPv4-only endpoints: none of it in IPv6, where dispatch drops everything.
