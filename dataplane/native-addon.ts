@@ -22,7 +22,7 @@ export interface NativeSpawnResult {
 }
 
 export interface NativeAddon {
-  open(netnsPath: string | null, timeoutMs: number): number;
+  open(netnsPath: string | null, timeoutMs: number, protocol: number): number;
   close(fd: number): void;
   transact(fd: number, messages: Buffer[], callback: (err: (Error & { code?: string }) | undefined, replies: Buffer[]) => void): void;
   strerror(errno: number): string;

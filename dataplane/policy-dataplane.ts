@@ -9,7 +9,7 @@
 // Tools: iptables 1.8 with the nf_tables backend. `-w` is accepted and harmless there.
 
 import { performance } from 'node:perf_hooks';
-import { DataplaneError } from '../lib/errors.js';
+import { DataplaneError, errorMessage } from '../lib/errors.js';
 import {
   assertIfPrefix,
   assertMarkBit,
@@ -33,6 +33,9 @@ import {
 } from '../policy/diff.js';
 import { HOST_IF_PREFIX } from '../policy/names.js';
 import { CommandError, run, runWithInput } from './exec.js';
+import { ipsetErrorText, membershipChanges, membershipMessage } from './netlink/ipset.js';
+import { NetlinkSocket } from './netlink/socket.js';
+import { refusalOf } from './netlink/wire.js';
 import { assertNetnsName } from './names.js';
 import type { NetnsOption } from './veth.js';
 
@@ -41,6 +44,8 @@ const NETNS_DIR = '/var/run/netns';
 
 /** iptables-restore of a large ruleset can take a while on a busy host. */
 const RESTORE_TIMEOUT_MS = 60_000;
+/** Membership changes per netlink transaction (the addon takes up to 64 messages at a time). */
+const NETLINK_BATCH = 64;
 const MAX_OUTPUT_BYTES = 256 * 1024 * 1024;
 
 /** The packet mark bit policy chains use to carry "allowed" from a profile chain back to the
@@ -220,17 +225,18 @@ export class PolicyDataplane {
       await ipsetBefore();
       n++;
     }
+    // Each resolves to the number of processes it started.
     const writes = FAMILIES.filter((f) => plan.iptables[f] !== '' && (f === 4 || this.ipv6)).map((family) =>
       this.restore(
         family === 4 ? 'iptables-restore' : 'ip6tables-restore',
         ['-w', '--noflush'],
         plan.iptables[family],
         `write IPv${family} policy chains`,
-      ),
+      ).then(() => 1),
     );
-    if (plan.ipsetBefore !== '' && !creates) writes.push(ipsetBefore());
+    if (plan.ipsetBefore !== '' && !creates) writes.push(this.changeMembers(plan.ipsetBefore, ipsetBefore));
     const results = await Promise.allSettled(writes);
-    n += writes.length;
+    for (const r of results) if (r.status === 'fulfilled') n += r.value;
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed !== undefined) throw failed.reason;
     if (plan.ipsetAfter !== '') {
@@ -238,6 +244,40 @@ export class PolicyDataplane {
       n++;
     }
     return n;
+  }
+
+  /** Members added and deleted (a container coming or going): over netlink when the native addon
+   * is there, no process; else (or for anything but add and del) through `ipset restore`.
+   * Resolves to the number of processes started. */
+  private async changeMembers(input: string, withTool: () => Promise<void>): Promise<number> {
+    const changes = membershipChanges(input);
+    let socket: NetlinkSocket | undefined;
+    try {
+      socket = changes === undefined ? undefined : NetlinkSocket.open('netfilter', this.netns);
+    } catch {
+      socket = undefined; // the tool reports what is wrong in its own words
+    }
+    if (changes === undefined || socket === undefined) {
+      await withTool();
+      return 1;
+    }
+    try {
+      for (let i = 0; i < changes.length; i += NETLINK_BATCH) {
+        const batch = changes.slice(i, i + NETLINK_BATCH);
+        const nl = socket;
+        const result = await nl.transact(batch.map((c) => membershipMessage(nl.nextSeq(), c)));
+        for (const [j, c] of batch.entries()) {
+          const replies = result.replies[j];
+          const what = `update policy ipsets: ${c.op} ${c.set} ${c.member}`;
+          if (replies === undefined) throw new DataplaneError(`${what}: no answer from the kernel: ${errorMessage(result.lost)}`, { cause: result.lost });
+          const refused = refusalOf(replies);
+          if (refused !== undefined) throw new DataplaneError(`${what}: ${ipsetErrorText(refused.errno) ?? nl.errnoText(refused.errno)}`);
+        }
+      }
+      return 0;
+    } finally {
+      await socket.close();
+    }
   }
 
   private save(family: Family): Promise<string> {

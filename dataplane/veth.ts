@@ -23,9 +23,10 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { DataplaneError, errorMessage, InvalidRequestError } from '../lib/errors.js';
 import { assertIfName } from '../lib/interface-names.js';
 import { CommandError, run, runWithInput } from './exec.js';
-import * as netlinkMessage from './netlink/messages.js';
-import type { KernelRefusal, VethAdd } from './netlink/messages.js';
-import { RouteNetlink } from './netlink/socket.js';
+import * as netlinkMessage from './netlink/rtnetlink.js';
+import type { VethAdd } from './netlink/rtnetlink.js';
+import { refusalOf, type KernelRefusal } from './netlink/wire.js';
+import { NetlinkSocket } from './netlink/socket.js';
 import {
   assertNetnsName,
   assertUnicastMac,
@@ -280,13 +281,13 @@ async function netlinkSteps(nl: Lease & { index?: number }, steps: VethStep[], o
         if (await isOurVeth(ctx.hostIf, ctx.peerIf, ctx.netns)) ctx.undo.push(deleteHostEnd(ctx));
         throw fail(first, errorMessage(result.lost), result.lost);
       }
-      const refused = netlinkMessage.refusalOf(added);
+      const refused = refusalOf(added);
       if (refused !== undefined) throw fail(first, refusedText(refused));
       ctx.undo.push(deleteHostEnd(ctx));
       rest = steps.slice(1);
     }
     const found = result.replies[adds.length];
-    const refused = found === undefined ? undefined : netlinkMessage.refusalOf(found);
+    const refused = found === undefined ? undefined : refusalOf(found);
     const index = found === undefined ? undefined : netlinkMessage.linkIndex(found);
     if (index === undefined) {
       throw fail(undefined, `look up ${ctx.hostIf}: ${refused !== undefined ? refusedText(refused) : errorMessage(result.lost ?? 'no link in the answer')}`, result.lost);
@@ -314,7 +315,7 @@ async function netlinkSteps(nl: Lease & { index?: number }, steps: VethStep[], o
   for (const [i, step] of rest.entries()) {
     const replies = result.replies[i];
     if (replies === undefined) throw fail(step, `no answer from the kernel: ${errorMessage(result.lost)}`, result.lost);
-    const refused = netlinkMessage.refusalOf(replies);
+    const refused = refusalOf(replies);
     if (refused !== undefined) throw fail(step, refusedText(refused));
   }
 }
@@ -409,7 +410,7 @@ export async function removeEndpointVeth(hostIf: string, opts: NetnsOption = {})
       const result = await nl.socket.transact([netlinkMessage.delLink(nl.socket.nextSeq(), hostIf)]);
       const replies = result.replies[0];
       if (replies === undefined) throw new DataplaneError(`delete veth ${hostIf}: no answer from the kernel: ${errorMessage(result.lost)}`, { cause: result.lost });
-      const refused = netlinkMessage.refusalOf(replies);
+      const refused = refusalOf(replies);
       if (refused === undefined) return true;
       if (refused.errno === ENODEV) return false;
       throw new DataplaneError(`delete veth ${hostIf}: RTNETLINK answers: ${nl.socket.errnoText(refused.errno)}`);
@@ -490,7 +491,7 @@ export async function ensureHostForwarding(
 // --- helpers ---------------------------------------------------------------------------------
 
 interface Lease {
-  socket: RouteNetlink;
+  socket: NetlinkSocket;
   release(): Promise<void>;
 }
 
@@ -500,9 +501,9 @@ interface Lease {
  * without the addon, or when the socket cannot be opened: `ip` then reports the problem in its
  * own words. */
 function leaseNetlink(netns: string | undefined): Lease | undefined {
-  let socket: RouteNetlink | undefined;
+  let socket: NetlinkSocket | undefined;
   try {
-    socket = RouteNetlink.open(netns);
+    socket = NetlinkSocket.open('route', netns);
   } catch {
     return undefined;
   }

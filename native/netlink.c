@@ -1,4 +1,5 @@
-// The daemon's two native helpers. (1) A NETLINK_ROUTE socket: the veth, address and route changes of Join and Leave
+// The daemon's two native helpers. (1) A netlink socket (NETLINK_ROUTE; NETLINK_NETFILTER for
+// ipset members): the veth, address and route changes of Join and Leave
 // without starting `ip` for each (a process costs 8-17 ms on a small VM; a netlink round trip
 // costs microseconds). Messages are built and parsed in TypeScript (dataplane/netlink/); this file
 // only opens the socket, optionally inside a named network namespace (tests), and exchanges
@@ -54,13 +55,16 @@ static napi_value throw_errno(napi_env env, const char *what, int err) {
   return NULL;
 }
 
-// open(netnsPath: string | null, timeoutMs: number): number
+// open(netnsPath: string | null, timeoutMs: number, protocol: number): number. Protocols:
+// NETLINK_ROUTE (links, addresses, routes) and NETLINK_NETFILTER (ipset members).
 static napi_value nl_open(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
+  size_t argc = 3;
+  napi_value argv[3];
   CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc != 2) {
-    napi_throw_type_error(env, NULL, "open(netnsPath, timeoutMs)");
+  int32_t protocol = -1;
+  if (argc != 3 || napi_get_value_int32(env, argv[2], &protocol) != napi_ok ||
+      (protocol != NETLINK_ROUTE && protocol != NETLINK_NETFILTER)) {
+    napi_throw_type_error(env, NULL, "open(netnsPath, timeoutMs, NETLINK_ROUTE | NETLINK_NETFILTER)");
     return NULL;
   }
   napi_valuetype t;
@@ -105,7 +109,7 @@ static napi_value nl_open(napi_env env, napi_callback_info info) {
       return throw_errno(env, "enter namespace", e);
     }
   }
-  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, protocol);
   int socket_errno = errno;
   if (has_path) {
     // Returning to our own namespace cannot be skipped: the thread would stay in the other one.

@@ -1,12 +1,14 @@
-// The daemon's rtnetlink socket (native/netlink.c through dataplane/native-addon.ts): requests
-// go to the kernel from libuv's thread pool, one transaction at a time per socket, so replies
-// never interleave. Without the addon RouteNetlink.open answers undefined and the dataplane runs
-// `ip` instead.
+// The daemon's netlink sockets (native/netlink.c through dataplane/native-addon.ts): rtnetlink
+// for veths, addresses and routes, netfilter for ipset members. Requests go to the kernel from
+// libuv's thread pool, one transaction at a time per socket, so replies never interleave. Without
+// the addon NetlinkSocket.open answers undefined and the dataplane runs `ip` and `ipset` instead.
 import { nativeAddon, type NativeAddon } from '../native-addon';
-import { parseMessages, type Reply } from './messages';
+import { parseMessages, type Reply } from './wire';
 
 /** How long the kernel may take to answer one message before the request fails. */
 const ANSWER_TIMEOUT_MS = 10_000;
+/** <linux/netlink.h> */
+const PROTOCOLS = { route: 0, netfilter: 12 } as const;
 
 /** The outcome of one transaction: the replies to each message the kernel answered, in order
  * (it stops after the first refusal), and the error when a message got no answer at all. */
@@ -17,7 +19,7 @@ export interface TransactResult {
   lost?: Error;
 }
 
-export class RouteNetlink {
+export class NetlinkSocket {
   private seq = Math.floor(Math.random() * 0x7fffffff);
   private queue: Promise<unknown> = Promise.resolve();
   private closed = false;
@@ -26,10 +28,10 @@ export class RouteNetlink {
 
   /** A socket in this namespace, or in the `ip netns` namespace given; undefined without the
    * addon. Throws when the addon is there but the socket cannot be opened. */
-  static open(netns?: string): RouteNetlink | undefined {
+  static open(protocol: keyof typeof PROTOCOLS, netns?: string): NetlinkSocket | undefined {
     const lib = nativeAddon();
     if (lib === undefined) return undefined;
-    return new RouteNetlink(lib, lib.open(netns === undefined ? null : `/run/netns/${netns}`, ANSWER_TIMEOUT_MS));
+    return new NetlinkSocket(lib, lib.open(netns === undefined ? null : `/run/netns/${netns}`, ANSWER_TIMEOUT_MS, PROTOCOLS[protocol]));
   }
 
   nextSeq(): number {

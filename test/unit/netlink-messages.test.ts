@@ -1,10 +1,9 @@
-// The rtnetlink messages of dataplane/netlink/messages.ts, byte for byte where the layout is fixed
+// The rtnetlink messages of dataplane/netlink/rtnetlink.ts, byte for byte where the layout is fixed
 // by the kernel's headers, and the parsing of the kernel's replies. That the kernel accepts them
 // and ends in the same state as with `ip` is test/integration/dataplane.test.ts's part.
 import test from 'ava';
 import { endianness } from 'node:os';
 import {
-  acknowledged,
   addressBytes,
   addrGenModeNone,
   delLink,
@@ -14,9 +13,9 @@ import {
   newAddress6NoDad,
   newHostRoute,
   newVeth,
-  parseMessages,
-  refusalOf,
-} from '../../dataplane/netlink/messages.js';
+} from '../../dataplane/netlink/rtnetlink.js';
+import { acknowledged, parseMessages, refusalOf } from '../../dataplane/netlink/wire.js';
+import { membershipChanges, membershipMessage } from '../../dataplane/netlink/ipset.js';
 import { InvalidRequestError } from '../../lib/errors.js';
 
 const hex = (s: string): Buffer => Buffer.from(s.replace(/\s+/g, ''), 'hex');
@@ -131,4 +130,36 @@ test('replies: an ACK, a refusal with the kernel message, a link index', (t) => 
   // A truncated stream ends the list instead of reading past the end.
   t.is(parseMessages(link.subarray(0, 20)).length, 0);
   t.is(linkIndex([]), undefined);
+});
+
+test('ipset: add a network member, the bytes `ipset -exist add` sends (less its line number)', (t) => {
+  t.deepEqual(
+    membershipMessage(5, { op: 'add', set: 'tset', member: '10.1.2.0/24' }),
+    hex(`
+      40000000 0906 0500 05000000 00000000
+      02 00 0000
+      0500 0100 07 000000
+      0900 0200 7473657400 000000
+      1800 0780 0c00 0180 0800 0140 0a010200 0500 0300 18 000000`),
+  );
+  // A bare address: no CIDR attribute (a host entry in hash:ip and hash:net alike); IPv6 family.
+  const del6 = membershipMessage(6, { op: 'del', set: 'cali-6s-x', member: 'fd00::1' });
+  t.is(del6.readUInt16LE(4), (6 << 8) | 10);
+  t.is(del6[16], 10);
+  t.true(del6.includes(hex('1400 0240 fd000000000000000000000000000001')));
+  t.false(del6.includes(hex('0500 0300')));
+  for (const bad of [{ set: 'bad name', member: '10.0.0.1' }, { set: 'x'.repeat(32), member: '10.0.0.1' }, { set: 's', member: '10.0.0.1/0' }, { set: 's', member: '10.0.0.1/33' }, { set: 's', member: 'nope' }]) {
+    t.throws(() => membershipMessage(1, { op: 'add', ...bad }), undefined, JSON.stringify(bad));
+  }
+});
+
+test('ipset: only add and del lines become netlink changes; anything else goes to the tool', (t) => {
+  t.deepEqual(membershipChanges('add s1 10.0.0.1\ndel s2 10.0.1.0/24\n'), [
+    { op: 'add', set: 's1', member: '10.0.0.1' },
+    { op: 'del', set: 's2', member: '10.0.1.0/24' },
+  ]);
+  t.is(membershipChanges('create s1 hash:ip family inet\nadd s1 10.0.0.1\n'), undefined);
+  t.is(membershipChanges('destroy s1\n'), undefined);
+  t.is(membershipChanges('add s1 10.0.0.1 timeout 5\n'), undefined);
+  t.deepEqual(membershipChanges(''), []);
 });
