@@ -60,6 +60,10 @@ export const DEFAULT_REQUEST_TIMEOUT_MS = 5_000;
  * no other to try: an attempt may use the whole bound (a loaded etcd is slow, not gone). */
 const ATTEMPT_SHARE = 0.5;
 const MIN_ATTEMPT_MS = 1_000;
+/** A write's attempts end this share of the bound before it, so that a write whose answer is
+ * lost can still be settled by reading back (with one member an attempt could otherwise take the
+ * whole bound and leave the read-back none). */
+const READ_BACK_SHARE = 0.25;
 /** Between attempts after a fast failure (connection refused): lets the breaker and reconnects
  * move on instead of spinning. */
 const RETRY_PAUSE_MS = 50;
@@ -371,12 +375,14 @@ export class EtcdStore implements Datastore {
    * not hold. An attempt whose answer is lost is settled by reading back (see the header). */
   private async write(what: string, ops: readonly TxnOp[]): Promise<WriteResult | undefined> {
     const b = this.budget();
+    // Attempts end early enough to leave the read-back its share of the bound.
+    const sending: Budget = { deadline: b.deadline - this.requestTimeoutMs * READ_BACK_SHARE };
     const sentAfter = this.seenRevision.toString();
     let lost: unknown; // the error of an attempt whose outcome was unknown
     for (;;) {
       this.assertOpen();
       try {
-        const res = await this.txn(ops).options(this.attempt(b)).commit();
+        const res = await this.txn(ops).options(this.attempt(sending)).commit();
         this.see(res.header.revision);
         // Only the requested kind of a response is set (a oneof), whatever the typings say.
         const deleted = res.responses.some((r) => (r.response_delete_range as { deleted: string } | null | undefined)?.deleted !== undefined && r.response_delete_range.deleted !== '0');
@@ -402,7 +408,7 @@ export class EtcdStore implements Datastore {
         return { revision: outcome.revision, deleted: true };
       }
       if (outcome.kind === 'conflict') return undefined;
-      if (Date.now() + RETRY_PAUSE_MS >= b.deadline) throw this.unavailable(`${what} (not applied when read back; an attempt still in flight may apply later)`, lost);
+      if (Date.now() + RETRY_PAUSE_MS >= sending.deadline) throw this.unavailable(`${what} (not applied when read back; an attempt still in flight may apply later)`, lost);
       this.stats.resent++;
     }
   }
