@@ -12,19 +12,23 @@
 
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import http from 'node:http';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { run } from '../../dataplane/exec.js';
-import { isAlive } from './multihost/procs';
+import { isAlive, startTicks } from './multihost/procs';
 
 export const DOCKERD = '/usr/sbin/dockerd';
 const START_TIMEOUT_MS = 60_000;
 const STOP_TIMEOUT_MS = 20_000;
 const POLL_MS = 100;
 const TMP_BASE = '/tmp';
+const DIR_PREFIX = 'cd-';
+const OWNER_FILE = 'owner';
+/** A directory without an owner file is being created right now, unless it is older than this. */
+const UNOWNED_GRACE_MS = 60_000;
 
 export interface DockerdOptions {
   /** Default 'vfs': works on any backing filesystem and the test image is tiny. */
@@ -66,9 +70,11 @@ let exitHookInstalled = false;
 
 export async function startDockerd(opts: DockerdOptions = {}): Promise<TestDockerd> {
   installExitHook();
+  await reapOrphanDockerds();
   // Short paths: containerd's sockets live under the exec root and unix socket paths are limited
   // to 107 bytes.
-  const baseDir = mkdtempSync(path.join(TMP_BASE, 'cd-'));
+  const baseDir = mkdtempSync(path.join(TMP_BASE, DIR_PREFIX));
+  writeFileSync(path.join(baseDir, OWNER_FILE), `${process.pid} ${startTicks(process.pid) ?? 0}\n`);
   const dataRoot = path.join(baseDir, 'data');
   const execRoot = path.join(baseDir, 'x');
   const socketPath = path.join(baseDir, 'docker.sock');
@@ -180,12 +186,13 @@ async function stopInstance(inst: Instance): Promise<void> {
   const socketPath = path.join(inst.baseDir, 'docker.sock');
   const containerdPid = readPid(path.join(inst.execRoot, 'containerd', 'containerd.pid'));
 
+  const dockerdPid = inst.child?.pid;
   // 1. Let dockerd remove containers (kills their processes and unmounts their namespaces).
-  if (isAlive(inst.child?.pid) && (await pingOk(socketPath))) {
+  if (isAlive(dockerdPid) && (await pingOk(socketPath))) {
     await removeAllContainers(socketPath).catch(() => undefined);
   }
   // 2. Stop dockerd; it stops its containerd on the way out.
-  await terminate(inst.child?.pid, STOP_TIMEOUT_MS);
+  await terminate(dockerdPid, STOP_TIMEOUT_MS);
   await terminate(containerdPid, STOP_TIMEOUT_MS / 2);
   // 3. Whatever is left of this instance: shims (their command line names our directory) and their
   //    children (container processes).
@@ -199,6 +206,46 @@ async function stopInstance(inst: Instance): Promise<void> {
     await rm(inst.baseDir, { recursive: true, force: true });
   }
   instances.delete(inst);
+}
+
+/** Whether the process that started the instance in `dir` still runs. */
+function ownerAlive(dir: string): boolean {
+  let text: string;
+  try {
+    text = readFileSync(path.join(dir, OWNER_FILE), 'utf8');
+  } catch {
+    try {
+      return Date.now() - statSync(dir).mtimeMs < UNOWNED_GRACE_MS;
+    } catch {
+      return true; // gone meanwhile: nothing to reap
+    }
+  }
+  const [pid, ticks] = text.trim().split(' ').map(Number);
+  return pid !== undefined && isAlive(pid) && startTicks(pid) === ticks;
+}
+
+/** Reaps every instance under /tmp whose owning test process is gone (killed without stop() or
+ * its exit hook): its dockerd, containerd, shims and containers, mounts and directory. Resolves
+ * with the directories reaped. */
+export async function reapOrphanDockerds(): Promise<string[]> {
+  let names: string[];
+  try {
+    names = readdirSync(TMP_BASE).filter((n) => n.startsWith(DIR_PREFIX) && n.length === DIR_PREFIX.length + 6);
+  } catch {
+    return [];
+  }
+  const orphans = names.map((n) => path.join(TMP_BASE, n)).filter((dir) => existsSync(path.join(dir, 'x')) && !ownerAlive(dir));
+  for (const dir of orphans) {
+    // Only processes whose command line names the directory (dockerd, its containerd, the shims)
+    // and their descendants (the containers): never a pid from a pidfile, which may be reused.
+    killLeftovers(dir);
+    await unmountUnder(dir);
+    await rm(dir, { recursive: true, force: true }).catch(async () => {
+      await unmountUnder(dir);
+      await rm(dir, { recursive: true, force: true });
+    });
+  }
+  return orphans;
 }
 
 function removeAllContainers(socketPath: string): Promise<void> {

@@ -3,7 +3,7 @@
 // share a socket in /run/docker/plugins, a store, or a chain.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -11,6 +11,7 @@ import { run } from '../../dataplane/exec';
 import { hostVethName } from '../../dataplane/names';
 import { PolicyDataplane } from '../../dataplane/policy-dataplane';
 import { removeEndpointVeth } from '../../dataplane/veth';
+import { isAlive, startTicks } from './multihost/procs';
 
 const DAEMON = resolve(__dirname, '../../bin/calico-libnetwork.js');
 const CTL = resolve(__dirname, '../../bin/calicoctl.js');
@@ -60,10 +61,57 @@ process.on('exit', () => {
   for (const p of live) p.kill('SIGKILL');
 });
 
+/** Names the instance's owner (pid and start time) and its chain prefix, in its data directory. */
+const OWNER_FILE = 'harness-owner';
+const DATA_DIR_RE = /^calico-test-([0-9a-f]{6})-\w{6}$/;
+const POLICY_MARK_BIT = 0x100000;
+
+/**
+ * Reaps what instances of test processes that were killed (ava's timeout: no teardown, no exit
+ * hook) left: their chains and ipsets (the prefix is the instance's own) and data directories. The
+ * daemon itself is stopped by its parent-death signal; one still running is left alone. Veths go
+ * with their containers (the dockerd reaper); routes are not touched, since instances may share a
+ * route protocol. Resolves with the directories reaped.
+ */
+export async function reapOrphanPlugins(): Promise<string[]> {
+  const reaped: string[] = [];
+  let names: string[];
+  try {
+    names = readdirSync(tmpdir()).filter((n) => DATA_DIR_RE.test(n));
+  } catch {
+    return reaped;
+  }
+  const environs = new Set<string>();
+  for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+    try {
+      for (const kv of readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0')) if (kv.startsWith('CALICO_DATA_DIR=')) environs.add(kv.slice('CALICO_DATA_DIR='.length));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  for (const name of names) {
+    const dir = join(tmpdir(), name);
+    let owner: string[];
+    try {
+      owner = readFileSync(join(dir, OWNER_FILE), 'utf8').trim().split(' ');
+    } catch {
+      continue; // being created, or not the harness's
+    }
+    const [pid, ticks, chainPrefix] = [Number(owner[0]), Number(owner[1]), owner[2]];
+    if ((isAlive(pid) && startTicks(pid) === ticks) || environs.has(dir) || chainPrefix === undefined || !/^t[0-9a-f]{6}$/.test(chainPrefix)) continue;
+    await new PolicyDataplane({ prefix: chainPrefix, markBit: POLICY_MARK_BIT }).removeAll();
+    await rm(dir, { recursive: true, force: true });
+    reaped.push(dir);
+  }
+  return reaped;
+}
+
 export async function startPlugin(opts: PluginOptions): Promise<Plugin> {
+  await reapOrphanPlugins();
   const id = randomBytes(3).toString('hex');
   const dataDir = await mkdtemp(join(tmpdir(), `calico-test-${id}-`));
   const chainPrefix = `t${id}`;
+  writeFileSync(join(dataDir, OWNER_FILE), `${process.pid} ${startTicks(process.pid) ?? 0} ${chainPrefix}\n`);
   const networkDriver = `calico-t${id}`;
   const ipamDriver = `calico-ipam-t${id}`;
   const node = `node-${id}`;
@@ -94,7 +142,9 @@ export async function startPlugin(opts: PluginOptions): Promise<Plugin> {
   let child: ChildProcess;
   let exited: Promise<number | null>;
   const spawnDaemon = (): void => {
-    const c = spawn(process.execPath, [DAEMON], { env: { PATH: process.env['PATH'] ?? '/usr/sbin:/usr/bin:/sbin:/bin', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    // setpriv: the daemon is told to stop (SIGTERM: it removes its sockets) when the test process
+    // dies, even by SIGKILL (ava's timeout), which runs no teardown.
+    const c = spawn('setpriv', ['--pdeathsig', 'SIGTERM', process.execPath, DAEMON], { env: { PATH: process.env['PATH'] ?? '/usr/sbin:/usr/bin:/sbin:/bin', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     live.add(c);
     exited = new Promise<number | null>((res) => c.once('exit', (code) => {
       live.delete(c);
@@ -143,7 +193,7 @@ export async function startPlugin(opts: PluginOptions): Promise<Plugin> {
       await waitServing();
     },
     async wipeKernel() {
-      await new PolicyDataplane({ prefix: chainPrefix, markBit: 0x100000, ifPrefix }).removeAll();
+      await new PolicyDataplane({ prefix: chainPrefix, markBit: POLICY_MARK_BIT, ifPrefix }).removeAll();
       for (const family of ['-4', '-6']) await run('ip', [family, 'route', 'flush', 'proto', String(routeProtocol)], 'flush test routes');
       for (const link of await linksWithPrefix(ifPrefix)) await removeEndpointVeth(link);
     },

@@ -1,10 +1,15 @@
 // Smoke test for the e2e harness: an isolated dockerd starts, takes the busybox test image without a
-// registry, runs a container with no network, and stop() leaves no directory, mount or process.
+// registry, runs a container with no network, and stop() leaves no directory, mount or process;
+// what a killed test process leaves is reaped.
 
 import test from 'ava';
 import Docker from 'dockerode';
+import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mountsUnder, processesUsing, startDockerd, type TestDockerd } from '../harness/dockerd.js';
+import { join } from 'node:path';
+import { run } from '../../dataplane/exec.js';
+import { mountsUnder, processesUsing, reapOrphanDockerds, startDockerd, type TestDockerd } from '../harness/dockerd.js';
+import { reapOrphanPlugins } from '../harness/plugin.js';
 import { importTestImage } from '../harness/image.js';
 
 test('isolated dockerd: import image, run `true` with --net none, stop cleanly', async (t) => {
@@ -44,4 +49,50 @@ test('isolated dockerd: import image, run `true` with --net none, stop cleanly',
   t.false(existsSync(baseDir), 'temp directory removed');
   t.deepEqual(mountsUnder(baseDir), [], 'no mounts left');
   t.deepEqual(processesUsing(baseDir), [], 'no dockerd/containerd/shim left');
+});
+
+test('what a killed test process left behind (dockerd, containerd, a running container, mounts; the plugin, its chains and data) is reaped', async (t) => {
+  t.timeout(120_000);
+  // A process that starts a dockerd with a running container and a plugin, then is SIGKILLed: no
+  // stop(), no exit hook (as when ava's timeout kills a test).
+  const worker = spawn(process.execPath, [join(__dirname, '..', 'harness', 'dockerd-crash-worker.js')], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let dir: string | undefined;
+  t.teardown(async () => {
+    worker.kill('SIGKILL');
+    if (dir !== undefined) await Promise.all([reapOrphanDockerds(), reapOrphanPlugins()]);
+  });
+  let stderr = '';
+  worker.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+  const exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
+  let dataDir = '';
+  let chainPrefix = '';
+  dir = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    const timer = setTimeout(() => reject(new Error(`crash worker: no dockerd within 90 s: ${stderr}`)), 90_000);
+    worker.stdout.on('data', (b: Buffer) => {
+      out += b.toString();
+      const line = /^(\/tmp\/cd-\w{6}) (\S+) (t[0-9a-f]{6})\n/.exec(out);
+      if (line?.[1] !== undefined) {
+        clearTimeout(timer);
+        dataDir = line[2] ?? '';
+        chainPrefix = line[3] ?? '';
+        resolve(line[1]);
+      }
+    });
+    worker.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`crash worker exited (${code}): ${stderr}`));
+    });
+  });
+  worker.kill('SIGKILL');
+  await exited;
+  const chains = async (): Promise<number> => (await run('iptables-save', [], 'list chains')).stdout.split('\n').filter((l) => l.startsWith(`:${chainPrefix}-`)).length;
+  const left = async (d: string) => ({ dir: existsSync(d), processes: processesUsing(d).length, mounts: mountsUnder(d).length, dataDir: existsSync(dataDir), chains: await chains() });
+  const before = await left(dir);
+  t.log(`left by the killed run: ${JSON.stringify(before)}`);
+  t.true(before.processes > 0, 'dockerd, containerd and the container outlive the killed process');
+  // (Another test's startDockerd() or startPlugin() may reap it first: only the end state is asserted.)
+  await reapOrphanDockerds();
+  await reapOrphanPlugins();
+  t.deepEqual(await left(dir), { dir: false, processes: 0, mounts: 0, dataDir: false, chains: 0 });
 });
