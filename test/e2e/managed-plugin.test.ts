@@ -11,7 +11,7 @@
 import test from 'ava';
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import Docker from 'dockerode';
@@ -126,6 +126,8 @@ test.serial('the plugin is enabled, declares both interfaces and answers both on
   t.deepEqual((await post(socket, '/NetworkDriver.GetCapabilities')).body, { Scope: 'local', ConnectivityScope: 'local' });
   const refused = await post(socket, '/IpamDriver.RequestPool', JSON.stringify({ AddressSpace: 'Nope', Pool: '', Options: {}, V6: false }));
   t.regex(String(refused.body['Error']), /unknown address space/);
+  // The rootfs carries the native addon, and the plugin uses it (dockerd logs the plugin's output).
+  t.regex(await readFile(c().dockerd.logPath, 'utf8'), /native addon loaded/);
 });
 
 test.serial('containers on its networks: ping on one network, and a container on two reaches both', async (t) => {
