@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // The daemon: serves the NetworkDriver and IpamDriver sockets until SIGTERM/SIGINT.
 import { parseConfig } from '../config/config';
-import { startDaemon } from '../daemon/daemon';
+import { startDaemon, type Daemon } from '../daemon/daemon';
 import { startCommandsNatively, startCommandsThrough } from '../dataplane/exec';
 import { ExecHelper } from '../dataplane/exec-helper';
 import { useNative } from '../dataplane/native-addon';
@@ -23,15 +23,13 @@ async function main(): Promise<void> {
     log.warn('%s; commands now start from the daemon itself', why);
   });
   startCommandsThrough(helper);
-  const daemon = await startDaemon(config);
+  // Handlers first: a stop signal while the daemon starts (its sockets may already be served)
+  // waits for the start and then shuts down cleanly; with the default action it would die and
+  // leave its sockets behind.
+  let daemon: Daemon | undefined;
   let stopping = false;
-  const stop = (signal: string): void => {
-    if (stopping) {
-      process.stderr.write(`${signal} again: exiting without waiting for in-flight requests\n`);
-      process.exit(1);
-    }
-    stopping = true;
-    daemon.close().then(() => helper?.close()).then(
+  const shutdown = (d: Daemon): void => {
+    d.close().then(() => helper?.close()).then(
       () => process.exit(0),
       (err: unknown) => {
         process.stderr.write(`shutdown failed: ${errorMessage(err)}\n`);
@@ -39,8 +37,19 @@ async function main(): Promise<void> {
       },
     );
   };
+  const stop = (signal: string): void => {
+    if (stopping) {
+      process.stderr.write(`${signal} again: exiting without waiting for in-flight requests\n`);
+      process.exit(1);
+    }
+    stopping = true;
+    if (daemon === undefined) log.info('%s during start: stopping once started', signal);
+    else shutdown(daemon);
+  };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  daemon = await startDaemon(config);
+  if (stopping) shutdown(daemon);
 }
 
 main().catch((err: unknown) => {

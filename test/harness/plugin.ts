@@ -65,10 +65,12 @@ process.on('exit', () => {
 const OWNER_FILE = 'harness-owner';
 const DATA_DIR_RE = /^calico-test-([0-9a-f]{6})-\w{6}$/;
 const POLICY_MARK_BIT = 0x100000;
+const PLUGIN_DIR = '/run/docker/plugins';
 
 /**
  * Reaps what instances of test processes that were killed (ava's timeout: no teardown, no exit
- * hook) left: their chains and ipsets (the prefix is the instance's own) and data directories. The
+ * hook) left: their chains and ipsets (the prefix is the instance's own), sockets and data
+ * directories. The
  * daemon itself is stopped by its parent-death signal; one still running is left alone. Veths go
  * with their containers (the dockerd reaper); routes are not touched, since instances may share a
  * route protocol. Resolves with the directories reaped.
@@ -100,6 +102,9 @@ export async function reapOrphanPlugins(): Promise<string[]> {
     const [pid, ticks, chainPrefix] = [Number(owner[0]), Number(owner[1]), owner[2]];
     if ((isAlive(pid) && startTicks(pid) === ticks) || environs.has(dir) || chainPrefix === undefined || !/^t[0-9a-f]{6}$/.test(chainPrefix)) continue;
     await new PolicyDataplane({ prefix: chainPrefix, markBit: POLICY_MARK_BIT }).removeAll();
+    // A daemon that died before it could remove its sockets (this one is not running) left them.
+    const id = chainPrefix.slice(1);
+    for (const name of [`calico-t${id}`, `calico-ipam-t${id}`]) await rm(join(PLUGIN_DIR, `${name}.sock`), { force: true });
     await rm(dir, { recursive: true, force: true });
     reaped.push(dir);
   }
@@ -156,7 +161,7 @@ export async function startPlugin(opts: PluginOptions): Promise<Plugin> {
   };
   // A managed plugin's mode (CALICO_LIBNETWORK_SOCKETS=single) serves both interfaces on one.
   const single = env['CALICO_LIBNETWORK_SOCKETS'] === 'single';
-  const sockets = (single ? [networkDriver] : [networkDriver, ipamDriver]).map((n) => join('/run/docker/plugins', `${n}.sock`));
+  const sockets = (single ? [networkDriver] : [networkDriver, ipamDriver]).map((n) => join(PLUGIN_DIR, `${n}.sock`));
   const waitServing = async (): Promise<void> => {
     const deadline = Date.now() + (opts.startTimeoutMs ?? START_TIMEOUT_MS);
     const served = out.split('serving').length;

@@ -1,5 +1,5 @@
 // The daemon binary's life cycle: configuration errors at start, one instance per socket name,
-// and a clean SIGTERM.
+// and a clean SIGTERM, also one that comes while it is still starting.
 import test from 'ava';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -7,6 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { PolicyDataplane } from '../../dataplane/policy-dataplane';
 import { startPlugin } from '../harness/plugin';
 import { post } from '../harness/plugin-client';
 
@@ -65,4 +66,46 @@ test('SIGTERM finishes in-flight requests, removes the sockets and exits 0; one 
   t.regex(String(answer.body['Address']), /^198\.18\.66\.\d+\/32$/, 'the request that was in flight got its answer');
   t.is(await stopped, 0);
   t.false(sockets.some((s) => existsSync(s)), 'sockets removed');
+});
+
+test('SIGTERM the moment the sockets are served (the daemon still starting) stops it cleanly: exit 0, sockets removed', async (t) => {
+  t.timeout(120_000);
+  // Five times: the window between "serving" and the end of start-up is short.
+  for (let round = 0; round < 5; round++) {
+    const id = randomBytes(3).toString('hex');
+    const name = `calico-st${id}`;
+    const dataDir = join(tmpdir(), `${name}-data`);
+    t.teardown(() => rm(dataDir, { recursive: true, force: true }));
+    const env = {
+      CALICO_NETWORK_DRIVER_NAME: name, CALICO_IPAM_DRIVER_NAME: `${name}-ipam`, CALICO_DATA_DIR: dataDir,
+      CALICO_IPTABLES_CHAIN_PREFIX: `s${id}`, CALICO_INTERFACE_PREFIX: `s${id.slice(0, 3)}`, NODENAME: name,
+      DOCKER_HOST: 'unix:///nonexistent/docker.sock', CALICO_IPV4POOL_CIDR: 'none', CALICO_IPV6POOL_CIDR: 'none',
+      CALICO_HEALTH_LISTEN: 'none', CALICO_ROUTE_PROTOCOL: String(100 + (parseInt(id, 16) % 150)),
+    };
+    t.teardown(() => new PolicyDataplane({ prefix: env.CALICO_IPTABLES_CHAIN_PREFIX, markBit: 0x100000 }).removeAll().then(() => undefined));
+    // Left only by a daemon that died before removing them (the failure this test looks for).
+    t.teardown(() => Promise.all([name, `${name}-ipam`].map((n) => rm(`/run/docker/plugins/${n}.sock`, { force: true }))).then(() => undefined));
+    const child = spawn(process.execPath, [DAEMON], { env: { PATH: process.env['PATH'] ?? '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    const exited = new Promise<number | null>((res) => child.once('exit', (code) => res(code)));
+    await new Promise<void>((res) => {
+      let sent = false;
+      const seen = (b: Buffer): void => {
+        out += b.toString();
+        if (!sent && out.includes('serving ')) {
+          sent = true;
+          child.kill('SIGTERM');
+          res();
+        }
+      };
+      child.stdout.on('data', seen);
+      child.stderr.on('data', seen);
+      void exited.then(() => res());
+    });
+    const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
+    const code = await exited;
+    clearTimeout(timer);
+    t.is(code, 0, `round ${round}:\n${out}`);
+    t.false(existsSync(`/run/docker/plugins/${name}.sock`) || existsSync(`/run/docker/plugins/${name}-ipam.sock`), `round ${round}: sockets removed`);
+  }
 });

@@ -87,12 +87,13 @@ test('what a killed test process left behind (dockerd, containerd, a running con
   worker.kill('SIGKILL');
   await exited;
   const chains = async (): Promise<number> => (await run('iptables-save', [], 'list chains')).stdout.split('\n').filter((l) => l.startsWith(`:${chainPrefix}-`)).length;
-  const left = async (d: string) => ({ dir: existsSync(d), processes: processesUsing(d).length, mounts: mountsUnder(d).length, dataDir: existsSync(dataDir), chains: await chains() });
+  const sockets = (): number => [`calico-t${chainPrefix.slice(1)}`, `calico-ipam-t${chainPrefix.slice(1)}`].filter((n) => existsSync(`/run/docker/plugins/${n}.sock`)).length;
+  const left = async (d: string) => ({ dir: existsSync(d), processes: processesUsing(d).length, mounts: mountsUnder(d).length, dataDir: existsSync(dataDir), chains: await chains(), sockets: sockets() });
   const before = await left(dir);
   t.log(`left by the killed run: ${JSON.stringify(before)}`);
   t.true(before.processes > 0, 'dockerd, containerd and the container outlive the killed process');
   // (Another test's startDockerd() or startPlugin() may reap it first: only the end state is asserted.)
   await reapOrphanDockerds();
   await reapOrphanPlugins();
-  t.deepEqual(await left(dir), { dir: false, processes: 0, mounts: 0, dataDir: false, chains: 0 });
+  t.deepEqual(await left(dir), { dir: false, processes: 0, mounts: 0, dataDir: false, chains: 0, sockets: 0 });
 });
