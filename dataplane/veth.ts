@@ -174,7 +174,7 @@ export async function createEndpointVeth(
   } catch (err) {
     throw await rollback(err, ctx.undo);
   } finally {
-    await ctx.netlink?.release();
+    await ctx.netlink?.socket.close();
   }
   return { hostIf, peerIf, ...(v6.length > 0 ? { gatewayIPv6: gateways.v6 } : {}) };
 }
@@ -223,7 +223,7 @@ interface StepContext {
   undo: Undo[];
   useIp?: true;
   /** The netlink socket and the host end's index, once a step has needed them. */
-  netlink?: Lease & { index?: number };
+  netlink?: { socket: NetlinkSocket; index?: number };
 }
 
 /** The step as an `ip` command line: what `ip -batch` runs, and how errors name the step. */
@@ -250,7 +250,10 @@ function ipLine(step: VethStep, hostIf: string): string {
  * and every route through it. */
 async function runSteps(steps: VethStep[], op: string, ctx: StepContext): Promise<void> {
   if (ctx.useIp !== true) {
-    ctx.netlink ??= leaseNetlink(ctx.netns);
+    if (ctx.netlink === undefined) {
+      const socket = openNetlink(ctx.netns);
+      if (socket !== undefined) ctx.netlink = { socket };
+    }
     if (ctx.netlink !== undefined) return netlinkSteps(ctx.netlink, steps, op, ctx);
   }
   return ipBatch(steps.map((s) => ipLine(s, ctx.hostIf)), op, ctx);
@@ -263,7 +266,7 @@ function deleteHostEnd(ctx: StepContext): Undo {
   };
 }
 
-async function netlinkSteps(nl: Lease & { index?: number }, steps: VethStep[], op: string, ctx: StepContext): Promise<void> {
+async function netlinkSteps(nl: { socket: NetlinkSocket; index?: number }, steps: VethStep[], op: string, ctx: StepContext): Promise<void> {
   const fail = (step: VethStep | undefined, detail: string, cause?: unknown): DataplaneError =>
     new DataplaneError(step === undefined ? `${op}: ${detail}` : `${op}: ${ipLine(step, ctx.hostIf)}: ${detail}`, cause === undefined ? undefined : { cause });
   const refusedText = (r: KernelRefusal): string =>
@@ -404,18 +407,18 @@ export async function removeEndpointVeth(hostIf: string, opts: NetnsOption = {})
   // In our own namespace sysfs tells at no cost whether there is anything to delete: DeleteEndpoint
   // after Leave, and repeated teardowns, then spawn nothing.
   if (netns === undefined && !existsSync(`/sys/class/net/${hostIf}`)) return false;
-  const nl = opts.useIp === true ? undefined : leaseNetlink(netns);
+  const nl = opts.useIp === true ? undefined : openNetlink(netns);
   if (nl !== undefined) {
     try {
-      const result = await nl.socket.transact([netlinkMessage.delLink(nl.socket.nextSeq(), hostIf)]);
+      const result = await nl.transact([netlinkMessage.delLink(nl.nextSeq(), hostIf)]);
       const replies = result.replies[0];
       if (replies === undefined) throw new DataplaneError(`delete veth ${hostIf}: no answer from the kernel: ${errorMessage(result.lost)}`, { cause: result.lost });
       const refused = refusalOf(replies);
       if (refused === undefined) return true;
       if (refused.errno === ENODEV) return false;
-      throw new DataplaneError(`delete veth ${hostIf}: RTNETLINK answers: ${nl.socket.errnoText(refused.errno)}`);
+      throw new DataplaneError(`delete veth ${hostIf}: RTNETLINK answers: ${nl.errnoText(refused.errno)}`);
     } finally {
-      await nl.release();
+      await nl.close();
     }
   }
   try {
@@ -490,24 +493,17 @@ export async function ensureHostForwarding(
 
 // --- helpers ---------------------------------------------------------------------------------
 
-interface Lease {
-  socket: NetlinkSocket;
-  release(): Promise<void>;
-}
-
 /** A netlink socket of its own for one operation, in the host namespace or a test namespace, so
  * that a veth deletion (which holds its socket until the kernel has freed the pair, tens of
  * milliseconds) never delays another container's Join; opening one costs microseconds. Undefined
  * without the addon, or when the socket cannot be opened: `ip` then reports the problem in its
  * own words. */
-function leaseNetlink(netns: string | undefined): Lease | undefined {
-  let socket: NetlinkSocket | undefined;
+function openNetlink(netns: string | undefined): NetlinkSocket | undefined {
   try {
-    socket = NetlinkSocket.open('route', netns);
+    return NetlinkSocket.open('route', netns);
   } catch {
     return undefined;
   }
-  return socket === undefined ? undefined : { socket, release: () => socket.close() };
 }
 
 /** `<procRoot>/sys`; procRoot must be absolute (the configuration checks it; this guards tests). */
