@@ -205,7 +205,10 @@ static void execute(napi_env env, void *arg) {
         tx->sys_what = "receive";
         break;
       }
-      for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (size_t)n); h = NLMSG_NEXT(h, n)) {
+      // A signed length: NLMSG_NEXT may take it below zero after a short last message, and
+      // NLMSG_OK must then stop (a cast to size_t would make it huge and read past the data).
+      int len = (int)n;
+      for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, len); h = NLMSG_NEXT(h, len)) {
         // Replies to an earlier request that timed out are not this one's.
         if (h->nlmsg_seq != seq) continue;
         int e = append(&tx->replies[i], (const uint8_t *)h, h->nlmsg_len);
