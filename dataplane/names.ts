@@ -103,6 +103,11 @@ export function assertNetnsName(name: string): string {
   return name;
 }
 
+/** The file of an `ip netns` namespace. */
+export function netnsPathOf(name: string): string {
+  return `/run/netns/${assertNetnsName(name)}`;
+}
+
 const NETNS_PATH_RE = /^(\/[A-Za-z0-9_.:-]{1,255}){1,16}$/;
 
 /** A workload's network namespace file (Docker's SandboxKey, e.g. /var/run/docker/netns/1f2e3d;

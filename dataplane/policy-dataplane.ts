@@ -36,11 +36,10 @@ import { CommandError, run, runWithInput } from './exec.js';
 import { ipsetErrorText, membershipChanges, membershipMessage } from './netlink/ipset.js';
 import { NetlinkSocket } from './netlink/socket.js';
 import { refusalOf } from './netlink/wire.js';
-import { assertNetnsName } from './names.js';
+import { assertNetnsName, netnsPathOf } from './names.js';
 import type { NetnsOption } from './veth.js';
 
 /** Where `ip netns add` puts its namespaces (iproute2's NETNS_RUN_DIR). */
-const NETNS_DIR = '/var/run/netns';
 
 /** iptables-restore of a large ruleset can take a while on a busy host. */
 const RESTORE_TIMEOUT_MS = 60_000;
@@ -303,7 +302,7 @@ export class PolicyDataplane {
 
   /** In a named namespace (tests, the benchmark) the tools run there. */
   private execOptions(): { timeoutMs: number; maxBufferBytes: number; netnsPath?: string } {
-    return { timeoutMs: RESTORE_TIMEOUT_MS, maxBufferBytes: MAX_OUTPUT_BYTES, ...(this.netns !== undefined && { netnsPath: `${NETNS_DIR}/${this.netns}` }) };
+    return { timeoutMs: RESTORE_TIMEOUT_MS, maxBufferBytes: MAX_OUTPUT_BYTES, ...(this.netns !== undefined && { netnsPath: netnsPathOf(this.netns) }) };
   }
 
   private serialized<T>(fn: () => Promise<T>): Promise<T> {

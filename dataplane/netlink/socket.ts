@@ -2,6 +2,7 @@
 // for veths, addresses and routes, netfilter for ipset members. Requests go to the kernel from
 // libuv's thread pool, one transaction at a time per socket, so replies never interleave. Without
 // the addon NetlinkSocket.open answers undefined and the dataplane runs `ip` and `ipset` instead.
+import { netnsPathOf } from '../names';
 import { nativeAddon, type NativeAddon } from '../native-addon';
 import { parseMessages, type Reply } from './wire';
 
@@ -31,7 +32,7 @@ export class NetlinkSocket {
   static open(protocol: keyof typeof PROTOCOLS, netns?: string): NetlinkSocket | undefined {
     const lib = nativeAddon();
     if (lib === undefined) return undefined;
-    return new NetlinkSocket(lib, lib.open(netns === undefined ? null : `/run/netns/${netns}`, ANSWER_TIMEOUT_MS, PROTOCOLS[protocol]));
+    return new NetlinkSocket(lib, lib.open(netns === undefined ? null : netnsPathOf(netns), ANSWER_TIMEOUT_MS, PROTOCOLS[protocol]));
   }
 
   nextSeq(): number {

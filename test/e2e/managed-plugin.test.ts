@@ -1,8 +1,8 @@
 // The managed (v2) plugin end to end: scripts/build-plugin.sh assembles the rootfs offline and
 // installs it into an isolated dockerd (docker plugin create, set, enable); the one socket answers
 // both interfaces; containers on a network of the plugin ping each other, and a container on two of
-// its networks reaches both (routing inside the container is written by the plugin through
-// nsenter, so it must see the engine's namespaces). Disabling and removing the plugin at the end,
+// its networks reaches both (routing inside the container is written by the plugin in the container's
+// namespace, so it must see the engine's namespaces). Disabling and removing the plugin at the end,
 // also on failure; the dockerd goes with the harness.
 //
 // The plugin runs in the host's network namespace (dockerd's), like any managed network plugin:
@@ -164,7 +164,7 @@ test.serial('containers on its networks: ping on one network, and a container on
   t.is(await ping(m, dIp), 0, 'm reaches n2');
   t.is(await ping(d, mOnN2), 0, "n2's member reaches m's n2 address");
   const rules = await exec(m, ['ip', 'rule']);
-  t.regex(rules.output, /from \S+ lookup \d+/, 'source routing inside the container, written through nsenter by the plugin');
+  t.regex(rules.output, /from \S+ lookup \d+/, 'source routing inside the container, written in its namespace by the plugin');
 });
 
 test.serial('disable and remove leave no plugin behind', async (t) => {

@@ -12,13 +12,14 @@
 
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import http from 'node:http';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { run } from '../../dataplane/exec.js';
-import { isAlive, startTicks } from './multihost/procs';
+import { isAlive } from './multihost/procs';
+import { ownerAlive, writeOwner } from './multihost/reap';
 
 export const DOCKERD = '/usr/sbin/dockerd';
 const START_TIMEOUT_MS = 60_000;
@@ -26,9 +27,6 @@ const STOP_TIMEOUT_MS = 20_000;
 const POLL_MS = 100;
 const TMP_BASE = '/tmp';
 const DIR_PREFIX = 'cd-';
-const OWNER_FILE = 'owner';
-/** A directory without an owner file is being created right now, unless it is older than this. */
-const UNOWNED_GRACE_MS = 60_000;
 
 export interface DockerdOptions {
   /** Default 'vfs': works on any backing filesystem and the test image is tiny. */
@@ -74,7 +72,7 @@ export async function startDockerd(opts: DockerdOptions = {}): Promise<TestDocke
   // Short paths: containerd's sockets live under the exec root and unix socket paths are limited
   // to 107 bytes.
   const baseDir = mkdtempSync(path.join(TMP_BASE, DIR_PREFIX));
-  writeFileSync(path.join(baseDir, OWNER_FILE), `${process.pid} ${startTicks(process.pid) ?? 0}\n`);
+  writeOwner(baseDir);
   const dataRoot = path.join(baseDir, 'data');
   const execRoot = path.join(baseDir, 'x');
   const socketPath = path.join(baseDir, 'docker.sock');
@@ -206,22 +204,6 @@ async function stopInstance(inst: Instance): Promise<void> {
     await rm(inst.baseDir, { recursive: true, force: true });
   }
   instances.delete(inst);
-}
-
-/** Whether the process that started the instance in `dir` still runs. */
-function ownerAlive(dir: string): boolean {
-  let text: string;
-  try {
-    text = readFileSync(path.join(dir, OWNER_FILE), 'utf8');
-  } catch {
-    try {
-      return Date.now() - statSync(dir).mtimeMs < UNOWNED_GRACE_MS;
-    } catch {
-      return true; // gone meanwhile: nothing to reap
-    }
-  }
-  const [pid, ticks] = text.trim().split(' ').map(Number);
-  return pid !== undefined && isAlive(pid) && startTicks(pid) === ticks;
 }
 
 /** Reaps every instance under /tmp whose owning test process is gone (killed without stop() or

@@ -3,7 +3,7 @@
 // share a socket in /run/docker/plugins, a store, or a chain.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -11,7 +11,7 @@ import { run } from '../../dataplane/exec';
 import { hostVethName } from '../../dataplane/names';
 import { PolicyDataplane } from '../../dataplane/policy-dataplane';
 import { removeEndpointVeth } from '../../dataplane/veth';
-import { isAlive, startTicks } from './multihost/procs';
+import { ownerAlive, writeOwner } from './multihost/reap';
 
 const DAEMON = resolve(__dirname, '../../bin/calico-libnetwork.js');
 const CTL = resolve(__dirname, '../../bin/calicoctl.js');
@@ -61,8 +61,8 @@ process.on('exit', () => {
   for (const p of live) p.kill('SIGKILL');
 });
 
-/** Names the instance's owner (pid and start time) and its chain prefix, in its data directory. */
-const OWNER_FILE = 'harness-owner';
+/** An instance's data directory: its id (and so its chain prefix and socket names) is in the name;
+ * its owner file (writeOwner) names the test process. */
 const DATA_DIR_RE = /^calico-test-([0-9a-f]{6})-\w{6}$/;
 const POLICY_MARK_BIT = 0x100000;
 const PLUGIN_DIR = '/run/docker/plugins';
@@ -93,18 +93,11 @@ export async function reapOrphanPlugins(): Promise<string[]> {
   }
   for (const name of names) {
     const dir = join(tmpdir(), name);
-    let owner: string[];
-    try {
-      owner = readFileSync(join(dir, OWNER_FILE), 'utf8').trim().split(' ');
-    } catch {
-      continue; // being created, or not the harness's
-    }
-    const [pid, ticks, chainPrefix] = [Number(owner[0]), Number(owner[1]), owner[2]];
-    if ((isAlive(pid) && startTicks(pid) === ticks) || environs.has(dir) || chainPrefix === undefined || !/^t[0-9a-f]{6}$/.test(chainPrefix)) continue;
-    await new PolicyDataplane({ prefix: chainPrefix, markBit: POLICY_MARK_BIT }).removeAll();
+    const id = DATA_DIR_RE.exec(name)?.[1] ?? '';
+    if (ownerAlive(dir) || environs.has(dir)) continue;
+    await new PolicyDataplane({ prefix: `t${id}`, markBit: POLICY_MARK_BIT }).removeAll();
     // A daemon that died before it could remove its sockets (this one is not running) left them.
-    const id = chainPrefix.slice(1);
-    for (const name of [`calico-t${id}`, `calico-ipam-t${id}`]) await rm(join(PLUGIN_DIR, `${name}.sock`), { force: true });
+    for (const n of [`calico-t${id}`, `calico-ipam-t${id}`]) await rm(join(PLUGIN_DIR, `${n}.sock`), { force: true });
     await rm(dir, { recursive: true, force: true });
     reaped.push(dir);
   }
@@ -116,7 +109,7 @@ export async function startPlugin(opts: PluginOptions): Promise<Plugin> {
   const id = randomBytes(3).toString('hex');
   const dataDir = await mkdtemp(join(tmpdir(), `calico-test-${id}-`));
   const chainPrefix = `t${id}`;
-  writeFileSync(join(dataDir, OWNER_FILE), `${process.pid} ${startTicks(process.pid) ?? 0} ${chainPrefix}\n`);
+  writeOwner(dataDir);
   const networkDriver = `calico-t${id}`;
   const ipamDriver = `calico-ipam-t${id}`;
   const node = `node-${id}`;

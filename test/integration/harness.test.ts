@@ -4,11 +4,11 @@
 
 import test from 'ava';
 import Docker from 'dockerode';
-import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { run } from '../../dataplane/exec.js';
 import { mountsUnder, processesUsing, reapOrphanDockerds, startDockerd, type TestDockerd } from '../harness/dockerd.js';
+import { runAndKill } from '../harness/crash-worker.js';
 import { reapOrphanPlugins } from '../harness/plugin.js';
 import { importTestImage } from '../harness/image.js';
 
@@ -55,37 +55,17 @@ test('what a killed test process left behind (dockerd, containerd, a running con
   t.timeout(120_000);
   // A process that starts a dockerd with a running container and a plugin, then is SIGKILLed: no
   // stop(), no exit hook (as when ava's timeout kills a test).
-  const worker = spawn(process.execPath, [join(__dirname, '..', 'harness', 'dockerd-crash-worker.js')], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let dir: string | undefined;
+  let kill = (): void => undefined;
+  let started = false;
   t.teardown(async () => {
-    worker.kill('SIGKILL');
-    if (dir !== undefined) await Promise.all([reapOrphanDockerds(), reapOrphanPlugins()]);
+    kill();
+    if (started) await Promise.all([reapOrphanDockerds(), reapOrphanPlugins()]);
   });
-  let stderr = '';
-  worker.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
-  const exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
-  let dataDir = '';
-  let chainPrefix = '';
-  dir = await new Promise<string>((resolve, reject) => {
-    let out = '';
-    const timer = setTimeout(() => reject(new Error(`crash worker: no dockerd within 90 s: ${stderr}`)), 90_000);
-    worker.stdout.on('data', (b: Buffer) => {
-      out += b.toString();
-      const line = /^(\/tmp\/cd-\w{6}) (\S+) (t[0-9a-f]{6})\n/.exec(out);
-      if (line?.[1] !== undefined) {
-        clearTimeout(timer);
-        dataDir = line[2] ?? '';
-        chainPrefix = line[3] ?? '';
-        resolve(line[1]);
-      }
-    });
-    worker.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`crash worker exited (${code}): ${stderr}`));
-    });
+  const { match } = await runAndKill(join(__dirname, '..', 'harness', 'dockerd-crash-worker.js'), /^(\/tmp\/cd-\w{6}) (\S+) (t[0-9a-f]{6})\n/, 90_000, (k) => {
+    kill = k;
+    started = true;
   });
-  worker.kill('SIGKILL');
-  await exited;
+  const [, dir = '', dataDir = '', chainPrefix = ''] = match;
   const chains = async (): Promise<number> => (await run('iptables-save', [], 'list chains')).stdout.split('\n').filter((l) => l.startsWith(`:${chainPrefix}-`)).length;
   const sockets = (): number => [`calico-t${chainPrefix.slice(1)}`, `calico-ipam-t${chainPrefix.slice(1)}`].filter((n) => existsSync(`/run/docker/plugins/${n}.sock`)).length;
   const left = async (d: string) => ({ dir: existsSync(d), processes: processesUsing(d).length, mounts: mountsUnder(d).length, dataDir: existsSync(dataDir), chains: await chains(), sockets: sockets() });

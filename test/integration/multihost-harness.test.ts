@@ -8,11 +8,11 @@
 // concurrently: clusters do not collide.
 import test from 'ava';
 import type Docker from 'dockerode';
-import { spawn } from 'node:child_process';
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { addressOn, exec, runContainer } from '../harness/containers.js';
+import { runAndKill } from '../harness/crash-worker.js';
 import { BUSYBOX } from '../harness/image.js';
 import {
   CLUSTER_BASE_DIR,
@@ -134,35 +134,17 @@ test('multi-host harness: what a killed test process left behind is reaped', asy
   t.timeout(120_000);
   // A process that starts a one-host cluster with a running container, then is SIGKILLed: no
   // stop(), no exit hook. Its daemons die with it (pdeathsig); the container and its shim do not.
-  const worker = spawn(process.execPath, [join(__dirname, '..', 'harness', 'multihost', 'crash-worker.js')], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let kill = (): void => undefined;
   let id: string | undefined;
   t.teardown(async () => {
-    worker.kill('SIGKILL');
+    kill();
     if (id !== undefined) await reapOrphans(CLUSTER_BASE_DIR);
   });
-  let stderr = '';
-  worker.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
-  const exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
-  id = await new Promise<string>((resolve, reject) => {
-    let out = '';
-    const timer = setTimeout(() => reject(new Error(`crash worker: no cluster within 90 s: ${stderr}`)), 90_000);
-    worker.stdout.on('data', (b: Buffer) => {
-      out += b.toString();
-      const line = /^(mh-[0-9a-f]{6})\n/.exec(out);
-      if (line?.[1] !== undefined) {
-        clearTimeout(timer);
-        resolve(line[1]);
-      }
-    });
-    worker.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`crash worker exited (${code}): ${stderr}`));
-    });
-  });
-  worker.kill('SIGKILL');
-  await exited;
+  const { match } = await runAndKill(join(__dirname, '..', 'harness', 'multihost', 'crash-worker.js'), /^(mh-[0-9a-f]{6})\n/, 90_000, (k) => (kill = k));
+  const cluster = match[1] ?? '';
+  id = cluster;
   // (Another test's startCluster() may reap it first: only the end state is asserted.)
-  t.log(`left by the killed run: ${leftoversOf(CLUSTER_BASE_DIR, id).length} items`);
+  t.log(`left by the killed run: ${leftoversOf(CLUSTER_BASE_DIR, cluster).length} items`);
   await reapOrphans(CLUSTER_BASE_DIR);
-  t.deepEqual(leftoversOf(CLUSTER_BASE_DIR, id), [], 'nothing of it left after the reaper');
+  t.deepEqual(leftoversOf(CLUSTER_BASE_DIR, cluster), [], 'nothing of it left after the reaper');
 });

@@ -28,7 +28,9 @@ export function recordEtcdDir(dir: string, etcdDir: string): void {
   writeFileSync(join(dir, ETCD_DIR_FILE), `${etcdDir}\n`);
 }
 
-function ownerAlive(dir: string): boolean {
+/** Whether the process named in `dir`'s owner file (writeOwner) still runs; a directory without
+ * one counts as being created for UNOWNED_GRACE_MS. Shared with the single-host reapers. */
+export function ownerAlive(dir: string): boolean {
   let text: string;
   try {
     text = readFileSync(join(dir, OWNER_FILE), 'utf8');
