@@ -137,6 +137,7 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
     const bird = config.networkingBackend === 'bird' ? new BirdSupervisor(config.birdDir, logger('bird')) : undefined;
     if (bird !== undefined) closers.push(() => bird.close());
     const policyDataplane = new PolicyDataplane({ prefix: config.iptablesChainPrefix, markBit: POLICY_MARK_BIT, ifPrefix: config.hostIfPrefix, ...ns });
+    closers.push(() => policyDataplane.close()); // after the agent has stopped (closers run in reverse)
     const agent = new Agent(store, keys, config.nodeName, {
       policy: {
         apply: async (model) => {

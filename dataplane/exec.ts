@@ -177,13 +177,15 @@ function spawnError(r: NativeSpawnResult, file: string, args: readonly string[],
   });
 }
 
-interface ExecFileError extends Error {
+/** What execFile's callback reports (and the other starters mimic). */
+export interface ExecFileError extends Error {
   code?: number | string | null;
   killed?: boolean;
   signal?: NodeJS.Signals | null;
 }
 
-function toCommandError(
+/** The CommandError for a tool's outcome, worded the same whichever way the tool was started. */
+export function toCommandError(
   err: ExecFileError,
   file: string,
   args: readonly string[],

@@ -1,5 +1,7 @@
-// The kernel side of profile policy: render → diff against what was applied last → write it in
-// at most four processes (ipset restore, iptables-restore, ip6tables-restore, ipset restore).
+// The kernel side of profile policy: render → diff against what was applied last → write it:
+// sets created by `ipset restore`, members changed over netlink (native addon), rules through a
+// long-running iptables-restore and ip6tables-restore (restore-session.ts; one process per write
+// on a legacy backend), sets destroyed by `ipset restore`.
 //
 // State: the DesiredState last written successfully. When it is unknown (first apply, resync(),
 // or any failure, after which the kernel may hold part of a batch) the next apply reads the
@@ -35,6 +37,7 @@ import { HOST_IF_PREFIX } from '../policy/names.js';
 import { CommandError, run, runWithInput } from './exec.js';
 import { ipsetErrorText, membershipChanges, membershipMessage } from './netlink/ipset.js';
 import { NetlinkSocket } from './netlink/socket.js';
+import { RestoreSession, type RestoreTool } from './restore-session.js';
 import { refusalOf } from './netlink/wire.js';
 import { assertNetnsName, netnsPathOf } from './names.js';
 import type { NetnsOption } from './veth.js';
@@ -60,6 +63,9 @@ export interface PolicyDataplaneOptions extends NetnsOption {
   ifPrefix?: string;
   /** Program ip6tables and IPv6 sets too (default true). */
   ipv6?: boolean;
+  /** Write rules through long-running restore tools when the backend is nf_tables (default true);
+   * false starts a tool per write (the benchmark's before). */
+  restoreSessions?: boolean;
 }
 
 export interface ApplyStats extends PlanStats {
@@ -99,6 +105,9 @@ export class PolicyDataplane {
   private readonly ifPrefix: string;
   private readonly ipv6: boolean;
   private readonly netns: string | undefined;
+  /** Per family, once the backend is known to be nf_tables (see restoreSessions). */
+  private sessions: Promise<Record<Family, RestoreSession> | undefined> | undefined;
+  private readonly useSessions: boolean;
   private applied: DesiredState | undefined;
   /** What earlier renders worked out (pure memo: the output does not depend on it). */
   private readonly renderCache = new RenderCache();
@@ -113,6 +122,7 @@ export class PolicyDataplane {
     this.ifPrefix = assertIfPrefix(opts.ifPrefix ?? HOST_IF_PREFIX);
     this.ipv6 = opts.ipv6 ?? true;
     this.netns = opts.netns === undefined ? undefined : assertNetnsName(opts.netns);
+    this.useSessions = opts.restoreSessions ?? true;
   }
 
   /** Make the kernel match the model. Rejects (and forgets the applied state) on any failure. */
@@ -142,14 +152,23 @@ export class PolicyDataplane {
     return this.applied;
   }
 
-  /** Remove every chain, jump and set with our prefix (uninstall, tests). Idempotent. */
+  /** Remove every chain, jump and set with our prefix (uninstall, tests), and end the restore
+   * tools (the next apply starts them again). Idempotent. */
   removeAll(): Promise<ApplyStats> {
     return this.serialized(async () => {
       this.applied = undefined;
-      const stats = await this.write(emptyDesiredState(this.prefix), performance.now(), 0);
-      this.applied = undefined;
-      return stats;
+      try {
+        return await this.write(emptyDesiredState(this.prefix), performance.now(), 0);
+      } finally {
+        this.applied = undefined;
+        await this.closeSessions();
+      }
     });
+  }
+
+  /** End the long-running restore tools (daemon shutdown). The kernel keeps what was written. */
+  close(): Promise<void> {
+    return this.serialized(() => this.closeSessions());
   }
 
   /** What the kernel holds now (our chains and sets, and the chains that reference them). */
@@ -225,14 +244,14 @@ export class PolicyDataplane {
       n++;
     }
     // Each resolves to the number of processes it started.
-    const writes = FAMILIES.filter((f) => plan.iptables[f] !== '' && (f === 4 || this.ipv6)).map((family) =>
-      this.restore(
-        family === 4 ? 'iptables-restore' : 'ip6tables-restore',
-        ['-w', '--noflush'],
-        plan.iptables[family],
-        `write IPv${family} policy chains`,
-      ).then(() => 1),
-    );
+    const sessions = await this.restoreSessions();
+    const writes = FAMILIES.filter((f) => plan.iptables[f] !== '' && (f === 4 || this.ipv6)).map((family) => {
+      const op = `write IPv${family} policy chains`;
+      const session = sessions?.[family];
+      if (session === undefined) return this.restore(restoreTool(family), ['-w', '--noflush'], plan.iptables[family], op).then(() => 1);
+      const started = session.pid === undefined ? 1 : 0;
+      return named(session.apply(plan.iptables[family], op, RESTORE_TIMEOUT_MS), plan.iptables[family]).then(() => started);
+    });
     if (plan.ipsetBefore !== '' && !creates) writes.push(this.changeMembers(plan.ipsetBefore, ipsetBefore));
     const results = await Promise.allSettled(writes);
     for (const r of results) if (r.status === 'fulfilled') n += r.value;
@@ -288,16 +307,29 @@ export class PolicyDataplane {
     return stdout;
   }
 
-  /** Feed a batch; on failure name the offending input line (both tools report "line N"). */
-  private async restore(file: string, args: string[], input: string, op: string): Promise<void> {
-    try {
-      await runWithInput(file, args, input, op, this.execOptions());
-    } catch (err) {
-      if (!(err instanceof CommandError)) throw err;
-      const m = /line:? (\d+)/i.exec(err.stderr);
-      const line = m?.[1] === undefined ? undefined : input.split('\n')[Number(m[1]) - 1];
-      throw new DataplaneError(line === undefined ? err.message : `${err.message} (input: ${line})`, { cause: err });
-    }
+  /** Feed a batch to a new process. */
+  private restore(file: string, args: string[], input: string, op: string): Promise<void> {
+    return named(runWithInput(file, args, input, op, this.execOptions()).then(() => undefined), input);
+  }
+
+  /** The restore sessions, if the backend is nf_tables (asked once: `iptables-restore --version`). */
+  private restoreSessions(): Promise<Record<Family, RestoreSession> | undefined> {
+    if (!this.useSessions) return Promise.resolve(undefined);
+    this.sessions ??= this.tool('iptables-restore', ['--version'], 'ask the iptables backend').then(
+      (version) => {
+        if (!version.includes('nf_tables')) return undefined;
+        const path = this.netns === undefined ? undefined : netnsPathOf(this.netns);
+        return { 4: new RestoreSession(restoreTool(4), path), 6: new RestoreSession(restoreTool(6), path) };
+      },
+      () => undefined, // per-write processes report what is wrong in their own words
+    );
+    return this.sessions;
+  }
+
+  private async closeSessions(): Promise<void> {
+    const sessions = await this.sessions;
+    this.sessions = undefined;
+    if (sessions !== undefined) await Promise.all(FAMILIES.map((f) => sessions[f].close()));
   }
 
   /** In a named namespace (tests, the benchmark) the tools run there. */
@@ -309,5 +341,21 @@ export class PolicyDataplane {
     const next = this.queue.then(fn, fn);
     this.queue = next.catch(() => undefined);
     return next;
+  }
+}
+
+function restoreTool(family: Family): RestoreTool {
+  return family === 4 ? 'iptables-restore' : 'ip6tables-restore';
+}
+
+/** On failure, name the offending input line (both tools report "line N", counted in `input`). */
+async function named(write: Promise<void>, input: string): Promise<void> {
+  try {
+    await write;
+  } catch (err) {
+    if (!(err instanceof CommandError)) throw err;
+    const m = /line:? (\d+)/i.exec(err.stderr);
+    const line = m?.[1] === undefined ? undefined : input.split('\n')[Number(m[1]) - 1];
+    throw new DataplaneError(line === undefined ? err.message : `${err.message} (input: ${line})`, { cause: err });
   }
 }

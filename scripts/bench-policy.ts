@@ -298,6 +298,8 @@ async function main(): Promise<void> {
       seed: { type: 'string', default: '1' },
       // Tools started from the exec helper, in namespaces through nsenter: the before of the addon.
       'no-native': { type: 'boolean', default: false },
+      // A restore tool started per write instead of the long-running ones: their before.
+      'no-session': { type: 'boolean', default: false },
     },
   });
   const endpoints = nonNegativeInt('endpoints', values.endpoints);
@@ -329,12 +331,14 @@ async function main(): Promise<void> {
   /** Namespaces of the extra cold applies, deleted at the end. */
   const extra: string[] = [];
   try {
-    const dp = new PolicyDataplane({ prefix: PREFIX, markBit: MARK_BIT, netns: ns });
+    const restoreSessions = !values['no-session'];
+    const dp = new PolicyDataplane({ prefix: PREFIX, markBit: MARK_BIT, netns: ns, restoreSessions });
     cleanup = dp;
     console.log(
       `policy benchmark: ${endpoints} local endpoints, ${profiles} profiles, ${remote} remote endpoints, ` +
         `${reps} repetitions, netns ${ns}, node ${process.version}, ${cpus().length} CPUs, ${await toolVersion()}, ` +
-        `tools started ${helper === undefined ? 'natively (posix_spawn, entering the namespace itself)' : 'from the exec helper (through nsenter)'}`,
+        `tools started ${helper === undefined ? 'natively (posix_spawn, entering the namespace itself)' : 'from the exec helper (through nsenter)'}; ` +
+        `rules written ${restoreSessions ? 'through long-running iptables-restore/ip6tables-restore' : 'by a restore process per write'}`,
     );
     // Context for the numbers: every kernel tool runs in the namespace (natively: one exec, as
     // on a real host; without the addon through nsenter: two), and other load on the machine
@@ -409,8 +413,9 @@ async function main(): Promise<void> {
     for (let i = 1; i < coldReps; i++) {
       const coldNs = await createNetns('benchpol');
       extra.push(coldNs);
-      const fresh = new PolicyDataplane({ prefix: PREFIX, markBit: MARK_BIT, netns: coldNs });
+      const fresh = new PolicyDataplane({ prefix: PREFIX, markBit: MARK_BIT, netns: coldNs, restoreSessions });
       colds.push(await timedApply(fresh, model0));
+      await fresh.close();
       await deleteNetns(coldNs);
       extra.pop();
       check();

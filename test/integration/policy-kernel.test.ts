@@ -55,11 +55,11 @@ interface World {
 }
 
 
-async function world(t: ExecutionContext): Promise<World> {
+async function world(t: ExecutionContext, restoreSessions = true): Promise<World> {
   const reg = netnsRegistry(t);
   const h = await makeRoutedHost(reg, 'cph');
   const prefix = `t${randomBytes(3).toString('hex')}`;
-  const dp = new PolicyDataplane({ prefix, markBit: MARK, netns: h });
+  const dp = new PolicyDataplane({ prefix, markBit: MARK, netns: h, restoreSessions });
   // Registered after the namespaces, so it runs before they are deleted (teardowns run LIFO).
   t.teardown(async () => {
     await dp.removeAll();
@@ -520,6 +520,7 @@ test('resync after state loss and a restart: identical rules, no duplicates; tam
 
   // A new process (plugin restart) with the same policy: reads the kernel, writes nothing.
   const restarted = new PolicyDataplane({ prefix: w.prefix, markBit: MARK, netns: w.h });
+  t.teardown(() => restarted.close());
   const rs = await restarted.apply({ ...modelOf(w), natOutgoingPools: ['10.66.0.0/16'] });
   t.is(rs.chainsWritten + rs.setsWritten + rs.jumpsWritten, 0);
   t.deepEqual(await ourRules(w, 4), rules4);
@@ -544,6 +545,37 @@ test('resync after state loss and a restart: identical rules, no duplicates; tam
   t.is(stdout.split('\n').filter((l) => l.startsWith('-A FORWARD'))[0], `-A FORWARD -j ${w.prefix}-FORWARD`);
   await check(t, w, a1, a2, { tcp: 8080 }, true);
 });
+
+for (const sessions of [true, false]) {
+  test(`rules written ${sessions ? 'through long-running restore tools' : 'by a restore process per write'}: the kernel holds the model; a refused line is named`, async (t) => {
+    const w = await world(t, sessions);
+    setProfiles(w, networkProfile('net-a'));
+    await attach(w, { v4: '10.66.0.1', v6: 'fd66::1', profiles: ['net-a'] });
+    await w.dp.apply(modelOf(w));
+    const a2 = await attach(w, { v4: '10.66.0.2', v6: 'fd66::2', profiles: ['net-a'] });
+    const added = await w.dp.apply(modelOf(w));
+    // Both families' rules and the set members changed: no process started with the tools running.
+    t.is(added.processes, sessions ? 0 : 2);
+    t.true((await ourRules(w, 6)).some((r) => r.includes(a2.hostIf)));
+    w.dp.resync();
+    const check = await w.dp.apply(modelOf(w));
+    t.is(check.chainsWritten + check.chainsRemoved + check.jumpsWritten + check.setsWritten, 0);
+
+    // A chain of ours deleted behind the tools' back: the next incremental write inserts into it
+    // and is refused; the error names the line, and the following apply (a full resync) heals.
+    const dispatch = `${w.prefix}-from-wl-dispatch`;
+    for (const c of [`${w.prefix}-FORWARD`, `${w.prefix}-INPUT`, dispatch]) await execInNetns(w.h, 'iptables', ['-w', '-F', c]);
+    await execInNetns(w.h, 'iptables', ['-w', '-X', dispatch]);
+    await attach(w, { v4: '10.66.0.3', v6: 'fd66::3', profiles: ['net-a'] });
+    const err = await t.throwsAsync(w.dp.apply(modelOf(w)));
+    t.regex(err?.message ?? '', /write IPv4 policy chains: .*line \d+.*\(input: .+\)/s);
+    const healed = await w.dp.apply(modelOf(w));
+    t.true(healed.fullResync);
+    w.dp.resync();
+    const again = await w.dp.apply(modelOf(w));
+    t.is(again.chainsWritten + again.chainsRemoved + again.jumpsWritten + again.setsWritten, 0);
+  });
+}
 
 test('a failed apply forces a full resync; removeAll leaves nothing of ours', async (t) => {
   const w = await world(t);
