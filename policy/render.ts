@@ -28,7 +28,9 @@
 //     leaves holding the rules above, so one endpoint changes one small leaf.
 //   <p>-fw-<L> / <p>-tw-<L> (egress / ingress policy of a profile list, shared by every ready
 //     endpoint whose existing profiles are that list, in that order; the mark bit is clear on
-//     entry): for each profile: jump to its chain, RETURN if the mark bit is set; then DROP. L is the profile's name
+//     entry): a jump to the first profile's chain, then to each next one only while the mark bit
+//     is clear (no profile allowed yet), then DROP unless the mark bit is set; an allowed packet
+//     falls off the end, back to <p>-FORWARD / <p>-INPUT. L is the profile's name
 //     for one profile whose name fits, `_none` for no profile (drops everything), else a hash of
 //     the list (endpointChainName). Everything endpoint-specific (interface, addresses) is in the
 //     dispatch rules, so these chains depend on the profile list alone.
@@ -171,7 +173,9 @@ export function renderPolicy(input: PolicyInput, cache: RenderCache = new Render
   const endpointChains: EndpointChain[] = [];
   const dispatch: DispatchEntry[] = [];
   const clearMark = `-j MARK --set-xmark 0x0/${mark}`;
-  const returnIfMarked = `-m mark --mark ${mark}/${mark} -j RETURN`;
+  // A jump or the final DROP only while no profile has allowed the packet. This costs one rule
+  // per profile and one per chain; a RETURN after each jump would cost two per profile.
+  const unmarked = `-m mark ! --mark ${mark}/${mark}`;
   let endpointRulesUsed = 0;
   const roots = {
     egress: endpointRulesRoot(cache, prefix, 'egress', mark),
@@ -205,10 +209,11 @@ export function renderPolicy(input: PolicyInput, cache: RenderCache = new Render
           for (const p of l.profiles) {
             const chains = profileChain.get(p);
             if (chains === undefined) continue; // unknown profile: no allow from it (fail closed)
+            rules.push(existing.length === 0 ? `-j ${chains[direction]}` : `${unmarked} -j ${chains[direction]}`);
             existing.push(p);
-            rules.push(`-j ${chains[direction]}`, returnIfMarked);
           }
-          rules.push(direction === 'egress' ? DROP_NO_EGRESS : DROP_NO_INGRESS);
+          const drop = direction === 'egress' ? DROP_NO_EGRESS : DROP_NO_INGRESS;
+          rules.push(existing.length === 0 ? drop : `${unmarked} ${drop}`);
           const name = endpointChainName(prefix, direction === 'egress' ? 'fw' : 'tw', existing);
           cached = { epoch: -1, name, rules: Object.freeze(rules) };
           cache.endpointRulesCount++;

@@ -281,6 +281,31 @@ test('deny before allow (and a log rule that changes nothing)', async (t) => {
   await check(t, w, bad, svc, { icmp: true }, true); // the deny is TCP only
 });
 
+test('several profiles: the first that allows wins; one without a verdict passes to the next', async (t) => {
+  const w = await world(t);
+  setProfiles(
+    w,
+    profile('clients', []),
+    // Allows TCP 8080 only; no verdict for anything else.
+    profile('web', [{ action: 'allow', protocol: 'tcp', source: {}, destination: { ports: [{ from: 8080, to: 8080 }] } }]),
+    // Denies all TCP, allows the rest.
+    profile('strict', [
+      { action: 'deny', protocol: 'tcp', source: {}, destination: {} },
+      { action: 'allow', source: {}, destination: {} },
+    ]),
+  );
+  const c = await attach(w, { v4: '10.66.0.1', profiles: ['clients'] });
+  const webFirst = await attach(w, { v4: '10.66.0.2', profiles: ['web', 'strict'] });
+  const strictFirst = await attach(w, { v4: '10.66.0.3', profiles: ['strict', 'web'] });
+  await w.dp.apply(modelOf(w));
+
+  await check(t, w, c, webFirst, { tcp: 8080 }, true); // web allows: strict's deny is never reached
+  await check(t, w, c, webFirst, { tcp: 9090 }, false); // web has no verdict: strict denies
+  await check(t, w, c, webFirst, { icmp: true }, true); // web has no verdict: strict allows
+  await check(t, w, c, strictFirst, { tcp: 8080 }, false); // strict denies first
+  await check(t, w, c, strictFirst, { icmp: true }, true);
+});
+
 test('notPorts, and egress rules checked at the sender', async (t) => {
   const w = await world(t);
   setProfiles(

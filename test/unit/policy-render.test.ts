@@ -373,10 +373,8 @@ test('endpoints with the same profile list share its policy chains; dispatch sta
   t.is(state.filter[4].get('cali-to-wl-dispatch')?.[4], `-o cali0505050505a -g ${ab.replace('-fw-', '-tw-')}`);
   t.deepEqual(state.filter[4].get(ab), [
     '-j cali-pro-a',
-    '-m mark --mark 0x100000/0x100000 -j RETURN',
-    '-j cali-pro-b',
-    '-m mark --mark 0x100000/0x100000 -j RETURN',
-    '-m comment --comment "no profile allowed this egress" -j DROP',
+    '-m mark ! --mark 0x100000/0x100000 -j cali-pro-b',
+    '-m mark ! --mark 0x100000/0x100000 -m comment --comment "no profile allowed this egress" -j DROP',
   ]);
   // No profile: everything is dropped, both ways.
   t.deepEqual(state.filter[4].get('cali-fw-_none'), [
