@@ -16,6 +16,12 @@ export interface ListedContainer {
   NetworkSettings?: { Networks?: Record<string, { EndpointID?: string } | undefined> | null } | null;
 }
 
+interface InspectedContainer {
+  Id?: string;
+  Config?: { Labels?: Record<string, string> | null } | null;
+  NetworkSettings?: ListedContainer['NetworkSettings'];
+}
+
 interface ListedNetwork {
   Id?: string;
   Driver?: string;
@@ -74,6 +80,19 @@ export class DockerApi {
    * holds a container's lock (during Join). Rejects when Docker cannot be asked. */
   async containersOnNetwork(networkId: string): Promise<ListedContainer[]> {
     return (await this.docker.listContainers({ all: true, filters: { network: [networkId] } })) as ListedContainer[];
+  }
+
+  /** One container, in the list's shape; undefined when Docker has no such container. Docker
+   * answers only once no operation holds the container's lock: asked at the network connect
+   * event of a `docker run`, it answers when the start is done, endpoint IDs included. */
+  async container(id: string): Promise<ListedContainer | undefined> {
+    try {
+      const info = (await this.docker.getContainer(id).inspect()) as InspectedContainer;
+      return { Id: info.Id, Labels: info.Config?.Labels ?? null, NetworkSettings: info.NetworkSettings ?? null };
+    } catch (err) {
+      if (isNotFound(err)) return undefined;
+      throw err;
+    }
   }
 
   /** The endpoint IDs Docker knows on the networks of our driver (`driverName`; a managed plugin's

@@ -10,10 +10,14 @@
 // CreateEndpoint gets its profile.
 //
 // When to look: Docker's event stream says when a container was connected to a network and when
-// it started, so each endpoint is looked up then, plus a slow safety poll; without the stream
-// (Docker unreachable, or the stream broke) it polls briskly instead. Polling every 25 ms for the
-// whole of a container's start cost the plugin more CPU than anything else on the container path,
-// and Docker as much again to answer, on a machine where Docker is busy starting the container.
+// it started, and names the container. The resolver then inspects that one container (one
+// request, whatever the number of containers on the host), which Docker answers once the start
+// or connect holding the container's lock is done: by then its settings name its endpoints, and
+// every pending endpoint among them is resolved from that one answer. A slow safety poll lists
+// the network's containers in case an event was missed; without the stream (Docker unreachable,
+// or the stream broke) it polls briskly instead. Polling every 25 ms for the whole of a
+// container's start cost the plugin more CPU than anything else on the container path, and
+// Docker as much again to answer, on a machine where Docker is busy starting the container.
 import type { Datastore } from '../datastore/datastore';
 import type { Keys } from '../datastore/keys';
 import { modifyKey } from '../datastore/cas';
@@ -23,7 +27,7 @@ import { parseStored, serialize } from '../model/codec';
 import { Endpoint } from '../model/endpoint';
 import { PROFILE_NAME } from '../policy/profile-resource';
 import { containerLabelsToEndpointLabels } from './container-labels';
-import type { DockerApi } from './docker-api';
+import type { DockerApi, ListedContainer } from './docker-api';
 import { recordNetworkProfile } from './network-profile';
 
 const log = logger('labels');
@@ -42,8 +46,10 @@ const GIVE_UP_MS = 120_000;
 interface DockerEvent {
   Type?: string;
   Action?: string;
-  Actor?: { ID?: string };
+  Actor?: { ID?: string; Attributes?: Record<string, string> };
 }
+
+const CONTAINER_ID = /^[0-9a-f]{64}$/;
 
 interface Pending {
   readonly networkId: string;
@@ -56,7 +62,7 @@ interface Pending {
 }
 
 export interface LabelResolverOptions {
-  readonly docker: Pick<DockerApi, 'containersOnNetwork' | 'events'>;
+  readonly docker: Pick<DockerApi, 'containersOnNetwork' | 'container' | 'events'>;
   readonly store: Datastore;
   readonly keys: Keys;
   readonly node: string;
@@ -70,6 +76,8 @@ export interface LabelResolverOptions {
 
 export class LabelResolver {
   private readonly pending = new Map<string, Pending>();
+  /** Containers being inspected after an event (one request each, however many events). */
+  private readonly inspecting = new Set<string>();
   private events: NodeJS.ReadableStream | undefined;
   private connecting = false;
   private closed = false;
@@ -95,7 +103,8 @@ export class LabelResolver {
     return p.lookups < FAST_POLLS ? FAST_POLL_MS : Math.min(FAST_POLL_MS * 2 ** (p.lookups - FAST_POLLS + 1), MAX_DELAY_MS);
   }
 
-  private lookUp(endpointId: string, p: Pending): void {
+  /** Look the endpoint up now: in `known` (an inspected container), else in the network's list. */
+  private lookUp(endpointId: string, p: Pending, known?: ListedContainer): void {
     if (p.running) {
       p.again = true;
       return;
@@ -103,7 +112,7 @@ export class LabelResolver {
     clearTimeout(p.timer);
     p.running = true;
     p.lookups++;
-    this.tryOnce(endpointId, p).then(
+    this.tryOnce(endpointId, p, known).then(
       (done) => done,
       (err: unknown) => {
         log.warn('endpoint %s: label lookup failed: %s', endpointId.slice(0, 12), errorMessage(err));
@@ -169,22 +178,54 @@ export class LabelResolver {
     } catch {
       return; // not an event this version of Docker sends: the safety poll covers it
     }
-    const network = event.Type === 'network' && event.Action === 'connect' ? event.Actor?.ID : undefined;
-    if (network === undefined && !(event.Type === 'container' && event.Action === 'start')) return;
-    for (const [endpointId, p] of this.pending) {
-      if (network !== undefined && p.networkId !== network) continue;
+    const connect = event.Type === 'network' && event.Action === 'connect';
+    if (!connect && !(event.Type === 'container' && event.Action === 'start')) return;
+    const network = connect ? event.Actor?.ID : undefined;
+    const waiting = [...this.pending].filter(([, p]) => network === undefined || p.networkId === network);
+    if (waiting.length === 0) return;
+    const container = connect ? event.Actor?.Attributes?.['container'] : event.Actor?.ID;
+    if (container !== undefined && CONTAINER_ID.test(container)) {
+      this.inspect(container, waiting, `${event.Type} ${event.Action}`);
+      return;
+    }
+    for (const [endpointId, p] of waiting) {
       log.debug('endpoint %s: looking up after Docker event %s %s', endpointId.slice(0, 12), event.Type, event.Action);
       this.lookUp(endpointId, p);
     }
   }
 
+  /** One inspection of the container an event named; each pending endpoint it has is resolved
+   * from the answer. The endpoints the event may concern wait for it instead of polling. */
+  private inspect(containerId: string, waiting: readonly (readonly [string, Pending])[], why: string): void {
+    if (this.inspecting.has(containerId)) return; // the answer still to come covers this event too
+    this.inspecting.add(containerId);
+    // Docker answers when the container's start is done (about a second into a `docker run`):
+    // the safety poll backs off meanwhile instead of listing the network.
+    for (const [endpointId, p] of waiting) {
+      if (p.running) continue;
+      p.lookups++;
+      this.schedule(endpointId, p);
+    }
+    log.debug('container %s: inspecting after Docker event %s', containerId.slice(0, 12), why);
+    this.o.docker.container(containerId).then(
+      (container) => {
+        for (const n of Object.values(container?.NetworkSettings?.Networks ?? {})) {
+          const endpointId = n?.EndpointID;
+          const p = endpointId === undefined ? undefined : this.pending.get(endpointId);
+          if (endpointId !== undefined && p !== undefined && container !== undefined) this.lookUp(endpointId, p, container);
+        }
+      },
+      (err: unknown) => log.debug('container %s: inspection failed (%s); the safety poll looks again', containerId.slice(0, 12), errorMessage(err)),
+    ).finally(() => this.inspecting.delete(containerId));
+  }
+
   /** True when finished: labels written, or the endpoint no longer exists. */
-  private async tryOnce(endpointId: string, p: Pending): Promise<boolean> {
+  private async tryOnce(endpointId: string, p: Pending, known?: ListedContainer): Promise<boolean> {
     const networkId = p.networkId;
     const key = this.o.keys.endpoint(this.o.node, endpointId);
     const kv = await this.o.store.get(key);
     if (kv === undefined) return true;
-    const containers = await this.o.docker.containersOnNetwork(networkId);
+    const containers = known !== undefined ? [known] : await this.o.docker.containersOnNetwork(networkId);
     const container = containers.find((c) => Object.values(c.NetworkSettings?.Networks ?? {}).some((n) => n?.EndpointID === endpointId));
     if (container === undefined) return false;
     // The network's name, when CreateEndpoint could not learn it: the container's network entry

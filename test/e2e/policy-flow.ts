@@ -206,6 +206,32 @@ ${extra}  - action: Allow
     t.deepEqual(eps.map((e) => [e.ready, e.labels]), [[true, {}], [true, {}]]);
   });
 
+  test.serial(`${backend}: labels come from one inspection of the container each event names, not from listing the network`, async (t) => {
+    const watched = await startPlugin({
+      dockerSocket: (c().plugin.env['DOCKER_HOST'] ?? '').replace(/^unix:\/\//, ''),
+      ipv4Pool: await reserveTestSubnet(),
+      env: { DEBUG: 'calico:labels' },
+    });
+    t.teardown(() => watched.cleanup());
+    const id = randomBytes(3).toString('hex');
+    const [first, second] = [`insp-a-${id}`, `insp-b-${id}`];
+    const nets: Docker.Network[] = [];
+    const own: Docker.Container[] = [];
+    t.teardown(() => removeQuietly(own, nets));
+    for (const name of [first, second]) nets.push(await createNetwork(c().docker, { name, driver: watched.networkDriver, ipamDriver: watched.ipamDriver }));
+    // Started on the first network (`docker run`), then connected to the second while running.
+    const m = await member(c().docker, watched, { image: c().image, network: first, labels: { 'org.projectcalico.label.role': 'api' } });
+    own.push(m.container);
+    await c().docker.getNetwork(second).connect({ Container: m.container.id });
+    const onSecond = await addressOn(m.container, second);
+    await waitProgrammed(watched, onSecond.endpointId);
+    const eps = JSON.parse((await calicoctl(watched, ['endpoint', 'list', '-o', 'json'])).stdout) as { id: string; ready: boolean; labels: Record<string, string> }[];
+    t.deepEqual(eps.map((e) => [e.ready, e.labels['role']]), [[true, 'api'], [true, 'api']]);
+    const log = watched.output();
+    t.regex(log, new RegExp(`container ${m.container.id.slice(0, 12)}: inspecting after Docker event network connect`));
+    t.false(/looking up after Docker event/.test(log), 'no listing of the network on an event');
+  });
+
   test.serial(`${backend}: a plugin restart reprograms identical rules with no gap`, async (t) => {
     const before = await ourRules(c().plugin.chainPrefix);
     // A blocked client keeps trying during the restart: not one attempt may get through.
