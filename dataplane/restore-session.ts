@@ -92,8 +92,8 @@ export class RestoreSession {
       pipe(r.child.stdout).ref();
       r.stderr = '';
       r.lines += countLines(input) + 1;
-      r.child.stdin.write(input);
-      r.child.stdin.write(`${marker}\n`);
+      // One write: every write to the pipe wakes the tool.
+      r.child.stdin.write(`${input}${marker}\n`);
     });
   }
 
