@@ -77,9 +77,10 @@ export function singleHostSuite(backend: 'embedded' | 'etcd'): void {
     const [a, b] = await Promise.all(containers.map((x) => addressOn(x, name)));
     if (a === undefined || b === undefined) throw new Error('no addresses');
     await Promise.all([a, b].map((x) => waitProgrammed(c().plugin, x.endpointId)));
-    // Labels are looked up when Docker's events say the container was connected or started, not
-    // by polling through the whole start (the first endpoint may beat the stream's opening).
-    t.true([a, b].some((x) => c().plugin.output().includes(`endpoint ${x.endpointId.slice(0, 12)}: looking up after Docker event`)), 'a lookup triggered by an event');
+    // Labels are looked up when Docker's events say the container was connected or started (by
+    // inspecting the container the event names), not by polling through the whole start (the
+    // first endpoint may beat the stream's opening).
+    t.true(containers.some((x) => c().plugin.output().includes(`container ${x.id.slice(0, 12)}: inspecting after Docker event`)), 'a lookup triggered by an event');
     t.true(a.ipv4.startsWith(c().v4Pool.replace('.0/24', '.')), `${a.ipv4} is from ${c().v4Pool}`);
     t.not(a.ipv4, b.ipv4);
     const routes = await exec(containers[0]!, ['ip', 'route']);
