@@ -35,29 +35,35 @@ export class RoutesManager implements Manager {
     private readonly backend: NetworkingBackend = 'vxlan',
   ) {}
 
+  /** True when what the plan reads changed. Most writes in a cluster are allocations in blocks
+   * and labels on endpoints, which leave a block's CIDR and host, and an endpoint's host and
+   * addresses, as they were: those do not replan every route. */
   update(key: string, kv: KeyValue | undefined): boolean {
     const kind = this.kindOf(key);
     if (kind === undefined) return false;
     const map: Map<string, unknown> = kind === 'node' ? this.nodes : kind === 'block' ? this.blocks : kind === 'pool' ? this.pools : this.endpoints;
     if (kv === undefined) return map.delete(key);
+    let value: PlanNode | PlanBlock | PlanEndpoint | PlanPool;
     try {
       if (kind === 'pool') {
         const p = decodePool(kv.value, key);
-        this.pools.set(key, { cidr: p.cidr, vxlanMode: p.vxlanMode });
+        value = { cidr: p.cidr, vxlanMode: p.vxlanMode };
       } else if (kind === 'node') {
         const n = parseStored(Node, kv);
-        this.nodes.set(key, { name: n.name, ...(n.ipv4Address !== undefined && { ipv4Address: n.ipv4Address }), ...(n.ipv6Address !== undefined && { ipv6Address: n.ipv6Address }) });
+        value = { name: n.name, ...(n.ipv4Address !== undefined && { ipv4Address: n.ipv4Address }), ...(n.ipv6Address !== undefined && { ipv6Address: n.ipv6Address }) };
       } else if (kind === 'endpoint') {
         const e = parseStored(Endpoint, kv);
-        this.endpoints.set(key, { node: e.node, addresses: [...e.ipv4, ...e.ipv6] });
+        value = { node: e.node, addresses: [...e.ipv4, ...e.ipv6] };
       } else {
-        this.blocks.set(key, blockOf(kv));
+        value = blockOf(kv);
       }
     } catch (err) {
       this.log.error('ignoring %s: %s', key, errorMessage(err));
-      map.delete(key);
+      return map.delete(key);
     }
-    return true;
+    const before = map.get(key);
+    map.set(key, value);
+    return before === undefined || JSON.stringify(before) !== JSON.stringify(value);
   }
 
   clear(): void {

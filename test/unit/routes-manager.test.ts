@@ -35,8 +35,26 @@ test('pool modes from the datastore drive VXLAN routes and the device; a removed
   await m.apply();
   t.deepEqual(applied.at(-1), { routes: [], vxlan: undefined }, 'a deleted pool encapsulates nothing');
 
-  // A corrupt pool is ignored (logged), not fatal.
-  t.true(m.update(pool('CrossSubnet').key, kv(pool('CrossSubnet').key, '{')));
+  // A corrupt pool is ignored (logged), not fatal: it replaces nothing, so nothing is replanned.
+  t.false(m.update(pool('CrossSubnet').key, kv(pool('CrossSubnet').key, '{')));
   await m.apply();
   t.deepEqual(applied.at(-1), { routes: [], vxlan: undefined });
+});
+
+test('writes that leave what routes depend on as it was do not replan: allocations in a block, labels on an endpoint', (t) => {
+  const m = new RoutesManager(keys, 'h1', { apply: async () => undefined, resync: () => undefined }, logger('rm-test'));
+  const blockKey = keys.block('10.0.0.0/16', '10.0.0.128/26');
+  const block = (allocations: (number | null)[], affinity = 'h3') => kv(blockKey, JSON.stringify({ cidr: '10.0.0.128/26', affinity, allocations }));
+  t.true(m.update(blockKey, block([null, null])));
+  t.false(m.update(blockKey, block([0, null])), 'an address allocated');
+  t.false(m.update(blockKey, block([null, null])), 'an address released');
+  t.true(m.update(blockKey, block([null, null], 'h4')), 'the block moved to another host');
+  const epKey = keys.endpoint('h3', 'e1');
+  const endpoint = (labels: Record<string, string>, ipv4 = ['10.0.0.130/32']) =>
+    kv(epKey, JSON.stringify({ id: 'e1', networkId: 'n1', node: 'h3', hostInterface: 'cali0', ipv4, ipv6: [], profiles: ['n'], labels, ready: true, createdAt: '2026-12-01T00:00:00Z' }));
+  t.true(m.update(epKey, endpoint({})));
+  t.false(m.update(epKey, endpoint({ role: 'web' })), 'labels only');
+  t.true(m.update(epKey, endpoint({ role: 'web' }, ['10.0.0.131/32'])), 'another address');
+  t.true(m.update(epKey, undefined));
+  t.false(m.update(epKey, undefined), 'deleting what is not there');
 });
