@@ -5,6 +5,8 @@
 
 import test from 'ava';
 import { spawn } from 'node:child_process';
+import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CommandError } from '../../dataplane/exec.js';
 import { netnsPathOf } from '../../dataplane/names.js';
@@ -132,4 +134,35 @@ test('an idle session does not keep its process alive, and the tool exits with i
     if (running) await new Promise((r) => setTimeout(r, 50));
   }
   t.false(running, 'the tool exited');
+});
+
+// Serial (ava runs these before the others): they point PATH at a stand-in for a while.
+test.serial('a tool that never answers is killed at the timeout, one that is missing is named; the next batch starts the real tool', async (t) => {
+  const ns = await netnsRegistry(t).create('rss');
+  const dir = await mkdtemp(join(tmpdir(), 'calico-restore-'));
+  const path = process.env['PATH'];
+  t.teardown(async () => {
+    process.env['PATH'] = path;
+    await rm(dir, { recursive: true, force: true });
+  });
+  const s = new RestoreSession('iptables-restore', netnsPathOf(ns));
+  t.teardown(() => s.close());
+
+  // nsenter is found first in /usr/bin, then the stand-in before the real tool.
+  await writeFile(join(dir, 'iptables-restore'), '#!/bin/sh\nexec sleep 600\n');
+  await chmod(join(dir, 'iptables-restore'), 0o755);
+  process.env['PATH'] = `${dir}:${path ?? ''}`;
+  const started = Date.now();
+  await t.throwsAsync(s.apply('*filter\n:rs-hang - [0:0]\nCOMMIT\n', 'hang', 500), { instanceOf: CommandError, message: /^hang: iptables-restore did not finish within 500 ms/ });
+  t.true(Date.now() - started < 5_000);
+  t.is(s.pid, undefined);
+
+  await rm(join(dir, 'iptables-restore'));
+  process.env['PATH'] = dir; // no nsenter, no tool
+  await t.throwsAsync(s.apply('*filter\n:rs-none - [0:0]\nCOMMIT\n', 'missing', TIMEOUT_MS), { instanceOf: CommandError, message: /not found/ });
+
+  process.env['PATH'] = path;
+  await s.apply('*filter\n:rs-back - [0:0]\nCOMMIT\n', 'back', TIMEOUT_MS);
+  t.true((await chains(ns)).includes('-N rs-back'));
+  t.false((await chains(ns)).includes('-N rs-hang'));
 });
