@@ -103,9 +103,8 @@ export function run(
     });
   }
   if (netnsPath !== undefined) {
-    // nsenter joins only the network namespace (`ip netns exec` also makes a mount namespace and
-    // remounts /sys, which costs a few milliseconds and none of our tools need).
-    return run('nsenter', [`--net=${netnsPath}`, '--', file, ...args], op, { ...options, netnsPath: undefined });
+    const [nsenter, nsArgs] = inNetns(netnsPath, file, args);
+    return run(nsenter, nsArgs, op, { ...options, netnsPath: undefined });
   }
   if (helper?.running === true) {
     spawned++;
@@ -140,6 +139,13 @@ export function run(
     child.stdin?.on('error', () => undefined);
     child.stdin?.end(options.input ?? '');
   });
+}
+
+/** The command line that runs `file args...` in the network namespace of `netnsPath` without the
+ * native starter. nsenter joins only the network namespace (`ip netns exec` also makes a mount
+ * namespace and remounts /sys, which costs a few milliseconds and none of our tools need). */
+export function inNetns(netnsPath: string, file: string, args: readonly string[]): [string, string[]] {
+  return ['nsenter', [`--net=${assertNetnsPath(netnsPath)}`, '--', file, ...args]];
 }
 
 /** Run with `input` fed on stdin (`ip -batch -`, `iptables-restore`). */

@@ -11,6 +11,7 @@
 // Tools: iptables 1.8 with the nf_tables backend. `-w` is accepted and harmless there.
 
 import { performance } from 'node:perf_hooks';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { DataplaneError, errorMessage } from '../lib/errors.js';
 import {
   assertIfPrefix,
@@ -49,6 +50,10 @@ const RESTORE_TIMEOUT_MS = 60_000;
 /** Membership changes per netlink transaction (the addon takes up to 64 messages at a time). */
 const NETLINK_BATCH = 64;
 const MAX_OUTPUT_BYTES = 256 * 1024 * 1024;
+/** How long a set whose last rule went may still be "in use by a kernel component" (below). */
+const SET_RELEASE_WAIT_MS = 2_000;
+const SET_RELEASE_RETRY_MS = 20;
+const SET_IN_USE = /Error in line (\d+): Set cannot be destroyed: it is in use by a kernel component/;
 
 /** The packet mark bit policy chains use to carry "allowed" from a profile chain back to the
  * endpoint chain. Chosen clear of the bits Docker and kube-proxy use. */
@@ -257,11 +262,32 @@ export class PolicyDataplane {
     for (const r of results) if (r.status === 'fulfilled') n += r.value;
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed !== undefined) throw failed.reason;
-    if (plan.ipsetAfter !== '') {
-      await this.restore('ipset', ['restore'], plan.ipsetAfter, 'remove unused policy ipsets');
-      n++;
-    }
+    if (plan.ipsetAfter !== '') n += await this.destroySets(plan.ipsetAfter);
     return n;
+  }
+
+  /**
+   * Destroys the sets no rule names any more. Under nf_tables the kernel drops a deleted rule's
+   * reference to its set a moment after the commit (deferred work). A restore tool that exits
+   * waited for that; a long-running one answers before it, so a set may still be "in use by a
+   * kernel component" for a moment: destroyed again from that line on, for up to
+   * SET_RELEASE_WAIT_MS. Resolves to the number of processes started.
+   */
+  private async destroySets(input: string): Promise<number> {
+    const deadline = performance.now() + SET_RELEASE_WAIT_MS;
+    let lines = input.split('\n').filter((l) => l !== '');
+    for (let n = 1; ; n++) {
+      const batch = `${lines.join('\n')}\n`;
+      try {
+        await runWithInput('ipset', ['restore'], batch, 'remove unused policy ipsets', this.execOptions());
+        return n;
+      } catch (err) {
+        const inUse = err instanceof CommandError ? SET_IN_USE.exec(err.stderr) : null;
+        if (inUse?.[1] === undefined || performance.now() > deadline) return named(Promise.reject(err instanceof Error ? err : new Error(String(err))), batch).then(() => n);
+        lines = lines.slice(Number(inUse[1]) - 1);
+        await sleep(SET_RELEASE_RETRY_MS);
+      }
+    }
   }
 
   /** Members added and deleted (a container coming or going): over netlink when the native addon
@@ -321,7 +347,11 @@ export class PolicyDataplane {
         const path = this.netns === undefined ? undefined : netnsPathOf(this.netns);
         return { 4: new RestoreSession(restoreTool(4), path), 6: new RestoreSession(restoreTool(6), path) };
       },
-      () => undefined, // per-write processes report what is wrong in their own words
+      () => {
+        // Per-write processes report what is wrong in their own words; asked again next time.
+        this.sessions = undefined;
+        return undefined;
+      },
     );
     return this.sessions;
   }

@@ -3,7 +3,8 @@
 //
 // Why: under nf_tables, starting the tool for a handful of rules costs 10-20 ms on the project's
 // 2-core VM (exec, loading the extensions, fetching the table), and every container start or stop
-// writes both families. Fed to a tool that is already running, the same batch takes 1.5-3 ms.
+// writes both families. Fed to a tool that is already running, the same batch takes 1.5-3 ms
+// (both measured from a shell in the policy benchmark's namespace).
 //
 // How completion is seen: the tool echoes a comment line to stdout when it reaches it in verbose
 // mode, and it reads its input strictly in order, committing each table at its COMMIT line. So a
@@ -14,14 +15,15 @@
 // cache fail with ERESTART and the tool refreshes and retries (tested: rules added, inserted at a
 // position and deleted by spec after another process changed the same chains).
 //
-// Only for the nf_tables backend: the legacy tool would hold the xtables lock between batches.
+// Only for the nf_tables backend: the legacy tool takes the xtables lock, which a tool that lives
+// on could hold against Docker's own iptables calls (not tried on a legacy host).
 // The child is started with Node's spawn once per session (not per batch), so the fork cost the
 // exec helper avoids is paid once. Its pipes do not keep this process alive while it is idle; if
 // this process dies, the tool reads end-of-file and exits (an unfinished table is not committed).
 
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import type { Socket } from 'node:net';
-import { CommandError, toCommandError } from './exec.js';
+import { inNetns, toCommandError } from './exec.js';
 import { assertNetnsPath } from './names.js';
 
 /** Kept of the tool's stderr for the error message. */
@@ -47,13 +49,13 @@ interface Running {
   lines: number;
   stdout: string;
   stderr: string;
-  exited: boolean;
   pending: Pending | undefined;
   /** Resolves once the process has exited. */
   readonly exit: Promise<void>;
 }
 
 export class RestoreSession {
+  /** The tool while it runs; cleared as soon as it failed, exited or was closed. */
   private running: Running | undefined;
   private seq = 0;
   private readonly args: readonly string[];
@@ -69,7 +71,7 @@ export class RestoreSession {
 
   /** The tool's process id while one is running (tests). */
   get pid(): number | undefined {
-    return this.running?.exited === false ? this.running.child.pid : undefined;
+    return this.running?.child.pid;
   }
 
   /**
@@ -80,7 +82,7 @@ export class RestoreSession {
   apply(input: string, op: string, timeoutMs: number): Promise<void> {
     if (this.running?.pending !== undefined) return Promise.reject(new Error(`${op}: a batch is already in progress`));
     if (!input.endsWith('\n')) input += '\n';
-    const r = this.running?.exited === false ? this.running : this.start();
+    const r = this.running ?? this.start();
     const marker = `# calico-libnetwork batch ${++this.seq}`;
     return new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -101,7 +103,7 @@ export class RestoreSession {
   async close(): Promise<void> {
     const r = this.running;
     this.running = undefined;
-    if (r === undefined || r.exited) return;
+    if (r === undefined) return;
     r.child.stdin.end();
     const timer = setTimeout(() => r.child.kill('SIGKILL'), CLOSE_WAIT_MS);
     await r.exit;
@@ -109,11 +111,10 @@ export class RestoreSession {
   }
 
   private start(): Running {
-    const [file, args] =
-      this.netnsPath === undefined ? [this.tool, this.args] : ['nsenter', [`--net=${this.netnsPath}`, '--', this.tool, ...this.args]];
+    const [file, args] = this.netnsPath === undefined ? [this.tool, this.args] : inNetns(this.netnsPath, this.tool, this.args);
     const child = spawn(file, args, { stdio: ['pipe', 'pipe', 'pipe'], windowsHide: true });
     let exited: () => void = () => undefined;
-    const r: Running = { child, lines: 0, stdout: '', stderr: '', exited: false, pending: undefined, exit: new Promise((res) => (exited = res)) };
+    const r: Running = { child, lines: 0, stdout: '', stderr: '', pending: undefined, exit: new Promise((res) => (exited = res)) };
     this.running = r;
     child.stdout.setEncoding('utf8');
     child.stderr.setEncoding('utf8');
@@ -125,13 +126,11 @@ export class RestoreSession {
     child.stdin.on('error', () => undefined);
     child.on('error', (err: NodeJS.ErrnoException) => {
       // Not started (ENOENT, EACCES): 'exit' does not follow.
-      r.exited = true;
       exited();
       this.fail(r, { code: err.code ?? null, message: err.message }, 0);
     });
     // 'close', not 'exit': by then the tool's last words on stderr have been read.
     child.on('close', (code: number | null, signal: NodeJS.Signals | null) => {
-      r.exited = true;
       exited();
       this.fail(r, code === 0 ? { code: 'EOF' } : { code, signal }, 0);
     });
@@ -169,8 +168,7 @@ export class RestoreSession {
       outcome.code === 'EOF'
         ? Object.assign(new Error(`${this.tool} exited before finishing the batch`), { code: null })
         : Object.assign(new Error(outcome.message ?? `${this.tool} failed`), outcome);
-    const failure: CommandError = toCommandError(err, this.tool, this.args, p.op, stderr, timeoutMs);
-    p.reject(failure);
+    p.reject(toCommandError(err, this.tool, this.args, p.op, stderr, timeoutMs));
   }
 }
 

@@ -93,9 +93,9 @@ export class LabelResolver {
     this.schedule(endpointId, p);
   }
 
-  private schedule(endpointId: string, p: Pending): void {
+  private schedule(endpointId: string, p: Pending, delayMs = this.nextDelay(p)): void {
     clearTimeout(p.timer);
-    p.timer = setTimeout(() => this.lookUp(endpointId, p), this.nextDelay(p));
+    p.timer = setTimeout(() => this.lookUp(endpointId, p), delayMs);
   }
 
   private nextDelay(p: Pending): number {
@@ -200,12 +200,9 @@ export class LabelResolver {
     if (this.inspecting.has(containerId)) return; // the answer still to come covers this event too
     this.inspecting.add(containerId);
     // Docker answers when the container's start is done (about a second into a `docker run`):
-    // the safety poll backs off meanwhile instead of listing the network.
-    for (const [endpointId, p] of waiting) {
-      if (p.running) continue;
-      p.lookups++;
-      this.schedule(endpointId, p);
-    }
+    // the safety poll waits its longest meanwhile instead of listing the network. It is also what
+    // finds the endpoint should an answer come before the endpoint is in the container's settings.
+    for (const [endpointId, p] of waiting) if (!p.running) this.schedule(endpointId, p, MAX_DELAY_MS);
     log.debug('container %s: inspecting after Docker event %s', containerId.slice(0, 12), why);
     this.o.docker.container(containerId).then(
       (container) => {

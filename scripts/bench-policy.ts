@@ -12,6 +12,7 @@
 // the end, also on failure or Ctrl-C.
 //
 //   npm run bench:policy -- [--endpoints N] [--profiles M] [--reps K] [--cold-reps C] [--remote R] [--seed S]
+//                           [--no-native] [--no-session]
 //
 // Models are built from plain records as the agent's PolicyState.input() builds them: the same
 // model while nothing changed, and a new model keeps the objects of the endpoints that did not

@@ -339,7 +339,8 @@ test.serial('scaling to 0 and removing services and networks leaves nothing of o
   }
   // snet's profile (created by the plugin) went with the network; snet2's was written by the
   // operator (calicoctl apply) and stays.
-  // (FreeNetwork, which removes it, reaches the manager's plugin on its own schedule.)
+  // (FreeNetwork, which removes it, reaches the manager's plugin on its own schedule: once, with
+  // the whole suite running, it took more than 30 s.)
   const profileNames = async (): Promise<string[]> => {
     const profiles = await calicoctl({ env: cluster.ctlEnv }, ['get', 'profile', '-o', 'json']);
     return (JSON.parse(profiles.stdout) as { items: { metadata: { name: string } }[] }).items.map((p) => p.metadata.name);
@@ -347,6 +348,6 @@ test.serial('scaling to 0 and removing services and networks leaves nothing of o
   const left = await until('snet\'s profile removed', async () => {
     const names = await profileNames();
     return names.includes('snet') ? undefined : names;
-  }, 30_000).catch(() => profileNames());
+  }, 60_000).catch(() => profileNames());
   t.deepEqual(left, ['snet2']);
 });
