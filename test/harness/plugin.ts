@@ -191,9 +191,13 @@ export async function startPlugin(opts: PluginOptions): Promise<Plugin> {
       await waitServing();
     },
     async wipeKernel() {
-      await new PolicyDataplane({ prefix: chainPrefix, markBit: POLICY_MARK_BIT, ifPrefix }).removeAll();
-      for (const family of ['-4', '-6']) await run('ip', [family, 'route', 'flush', 'proto', String(routeProtocol)], 'flush test routes');
-      for (const link of await linksWithPrefix(ifPrefix)) await removeEndpointVeth(link);
+      // Routes and veths go even when removing the rules fails (that failure is still reported).
+      try {
+        await new PolicyDataplane({ prefix: chainPrefix, markBit: POLICY_MARK_BIT, ifPrefix }).removeAll();
+      } finally {
+        for (const family of ['-4', '-6']) await run('ip', [family, 'route', 'flush', 'proto', String(routeProtocol)], 'flush test routes');
+        for (const link of await linksWithPrefix(ifPrefix)) await removeEndpointVeth(link);
+      }
     },
     async cleanup() {
       if (cleaned) return;
