@@ -3,11 +3,11 @@
 // not answer says so in its log and in readiness.
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
-import { createServer } from 'node:net';
 import Docker from 'dockerode';
 import { createNetwork, removeQuietly, runContainer } from '../harness/containers';
 import { startDockerd } from '../harness/dockerd';
 import { importTestImage } from '../harness/image';
+import { freePort, getLocal as get, metric } from '../harness/local-http';
 import { startPlugin, type Plugin } from '../harness/plugin';
 import { reserveTestSubnet } from '../harness/test-subnets';
 
@@ -15,35 +15,6 @@ const teardowns: (() => Promise<unknown>)[] = [];
 test.after.always(async () => {
   for (const td of teardowns.reverse()) await td().catch((err: unknown) => console.error('teardown:', err));
 });
-
-/** A loopback port nobody listens on right now. */
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const addr = s.address();
-      const port = typeof addr === 'object' && addr !== null ? addr.port : 0;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-async function get(port: number, path: string): Promise<{ status: number; body: string }> {
-  const res = await fetch(`http://127.0.0.1:${port}${path}`, { signal: AbortSignal.timeout(10_000) });
-  return { status: res.status, body: await res.text() };
-}
-
-/** The value of one series in Prometheus text (0 when absent). */
-function metric(text: string, name: string, labels: Record<string, string> = {}): number {
-  for (const line of text.split('\n')) {
-    const m = /^([a-z_]+)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (m === null || m[1] !== name) continue;
-    const have = Object.fromEntries([...(m[2] ?? '').matchAll(/([a-z_]+)="([^"]*)"/g)].map((x) => [x[1], x[2]]));
-    if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(m[3]);
-  }
-  return 0;
-}
 
 async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
