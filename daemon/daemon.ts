@@ -211,15 +211,18 @@ export async function startDaemon(config: Config, options: DaemonOptions = {}): 
     const ipamApi: PluginApi = { implements: 'IpamDriver', errorKey: 'Error', routes: ipam.routes() };
     const servers: PluginServer[] = [];
     const observer = metrics;
+    // With etcd, CALICO_DATASTORE_TIMEOUT bounds each request as a whole (the embedded store is
+    // local and does not hang).
+    const requestBudgetMs = config.etcd?.requestTimeoutMs;
     if (config.sockets === 'single') {
-      const server = await startPluginServer({ name: config.networkDriverName, socketPath: sockets.network, apis: [networkApi, ipamApi], observer });
+      const server = await startPluginServer({ name: config.networkDriverName, socketPath: sockets.network, apis: [networkApi, ipamApi], observer, requestBudgetMs });
       closers.push(() => server.close());
       servers.push(server);
       log.info('serving NetworkDriver and IpamDriver on %s as node %s (%s datastore)', sockets.network, config.nodeName, config.etcd === undefined ? 'embedded' : 'etcd');
     } else {
-      const networkServer = await startPluginServer({ name: config.networkDriverName, socketPath: sockets.network, apis: [networkApi], observer });
+      const networkServer = await startPluginServer({ name: config.networkDriverName, socketPath: sockets.network, apis: [networkApi], observer, requestBudgetMs });
       closers.push(() => networkServer.close());
-      const ipamServer = await startPluginServer({ name: config.ipamDriverName, socketPath: sockets.ipam, apis: [ipamApi], observer });
+      const ipamServer = await startPluginServer({ name: config.ipamDriverName, socketPath: sockets.ipam, apis: [ipamApi], observer, requestBudgetMs });
       closers.push(() => ipamServer.close());
       servers.push(networkServer, ipamServer);
       log.info('serving %s and %s as node %s (%s datastore)', sockets.network, sockets.ipam, config.nodeName, config.etcd === undefined ? 'embedded' : 'etcd');

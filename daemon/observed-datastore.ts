@@ -10,6 +10,7 @@ export function observedDatastore(inner: Datastore, onError: (operation: string)
       throw err;
     });
   return {
+    description: inner.description,
     get: (key: string): Promise<KeyValue | undefined> => observe('get', inner.get(key)),
     list: (prefix: string): Promise<ListResult> => observe('list', inner.list(prefix)),
     create: (key: string, value: string) => observe('create', inner.create(key, value)),

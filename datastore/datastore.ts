@@ -56,6 +56,8 @@ export interface ListResult {
 }
 
 export interface Datastore {
+  /** Names the store in messages: `etcd at http://...`, `embedded store in /var/lib/...`. */
+  readonly description: string;
   get(key: string): Promise<KeyValue | undefined>;
   /** All keys starting with prefix, sorted by key. */
   list(prefix: string): Promise<ListResult>;

@@ -43,6 +43,7 @@ interface Task {
 }
 
 export class EmbeddedStore implements Datastore {
+  readonly description: string;
   private queue: Array<Job | Task> = [];
   private flushing: Promise<void> | undefined;
   private closed = false;
@@ -60,6 +61,7 @@ export class EmbeddedStore implements Datastore {
     private revision: bigint,
     options: EmbeddedStoreOptions,
   ) {
+    this.description = `embedded store in ${dir}`;
     this.hub = new WatchHub(Math.max(1, options.watchHistory ?? DEFAULT_WATCH_HISTORY), revision);
     this.compactSlackBytes = options.compactSlackBytes ?? DEFAULT_COMPACT_SLACK_BYTES;
   }

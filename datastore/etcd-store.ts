@@ -33,6 +33,7 @@ import {
 } from 'etcd3';
 import { ConfigError, DatastoreUnavailableError, errorMessage } from '../lib/errors';
 import { logger } from '../lib/log';
+import { requestDeadline } from '../lib/request-deadline';
 import type { Datastore, KeyValue, ListResult, TxnOp, Watch, WatchHandlers, WatchOptions } from './datastore';
 import { EtcdWatch } from './etcd-watch';
 import { parseRevision, requireKey, requirePrefix, requireTxnOps } from './store-args';
@@ -84,6 +85,10 @@ type GlobalPolicy = NonNullable<NonNullable<IOptions['faultHandling']>['global']
 /** What one operation may still spend. */
 interface Budget {
   readonly deadline: number;
+  /** The allowance the deadline came from (for messages): the operation's own bound, or that
+   * of the plugin request it serves when that ends first. */
+  readonly boundMs: number;
+  readonly ofRequest: boolean;
 }
 
 /** Counters of outage handling (tests, logs). */
@@ -152,7 +157,7 @@ export class EtcdStore implements Datastore {
   /** Leases of held keys: close() stops renewing them (without revoking), as a process exit would. */
   private readonly leases = new Set<Lease>();
   private closed = false;
-  private readonly where: string;
+  readonly description: string;
   /** The newest store revision any answer carried: a write sent after it commits above it. */
   private seenRevision = 0n;
 
@@ -163,7 +168,7 @@ export class EtcdStore implements Datastore {
     private readonly requestTimeoutMs: number,
     private readonly attemptMs: number,
   ) {
-    this.where = `etcd at ${endpoints.map(redact).join(',')}`;
+    this.description = `etcd at ${endpoints.map(redact).join(',')}`;
   }
 
   /** Connects and checks that etcd answers, so a wrong endpoint fails at start, not first use. */
@@ -187,7 +192,7 @@ export class EtcdStore implements Datastore {
       store.see(status.header.revision);
     } catch (err) {
       client.close();
-      throw store.unavailable('connect', err, dialTimeoutMs);
+      throw store.unavailable('connect', err, { boundMs: dialTimeoutMs, ofRequest: false });
     }
     return store;
   }
@@ -336,8 +341,19 @@ export class EtcdStore implements Datastore {
     }
   }
 
+  /** The operation's own bound, cut short by the deadline of the plugin request it serves. */
   private budget(): Budget {
-    return { deadline: Date.now() + this.requestTimeoutMs };
+    const own = Date.now() + this.requestTimeoutMs;
+    const request = requestDeadline();
+    return request !== undefined && request.at < own
+      ? { deadline: request.at, boundMs: request.budgetMs, ofRequest: true }
+      : { deadline: own, boundMs: this.requestTimeoutMs, ofRequest: false };
+  }
+
+  /** A request that spent its time waiting (for a turn, for earlier operations) sends nothing. */
+  private requireTime(what: string, b: Budget): void {
+    if (Date.now() < b.deadline) return;
+    throw new DatastoreUnavailableError(`${this.description}: ${what}: not sent: the request's ${b.boundMs} ms (CALICO_DATASTORE_TIMEOUT) ran out before it`);
   }
 
   /** gRPC options of one attempt within the budget. */
@@ -353,6 +369,7 @@ export class EtcdStore implements Datastore {
   /** Reads are idempotent: sent again while the budget lasts, so a dead or hung member among
    * several costs time, not the request. */
   private async read<T extends { header: { revision: string } }>(what: string, b: Budget, fn: (options: { deadline: number }) => Promise<T>): Promise<T> {
+    this.requireTime(what, b);
     for (;;) {
       this.assertOpen();
       try {
@@ -360,7 +377,7 @@ export class EtcdStore implements Datastore {
         this.see(res.header.revision);
         return res;
       } catch (err) {
-        if (!this.mayRetry(err, b)) throw this.unavailable(what, err);
+        if (!this.mayRetry(err, b)) throw this.unavailable(what, err, b);
         this.stats.readRetries++;
         await sleep(RETRY_PAUSE_MS);
       }
@@ -375,8 +392,9 @@ export class EtcdStore implements Datastore {
    * not hold. An attempt whose answer is lost is settled by reading back (see the header). */
   private async write(what: string, ops: readonly TxnOp[]): Promise<WriteResult | undefined> {
     const b = this.budget();
-    // Attempts end early enough to leave the read-back its share of the bound.
-    const sending: Budget = { deadline: b.deadline - this.requestTimeoutMs * READ_BACK_SHARE };
+    this.requireTime(what, b);
+    // Attempts end early enough to leave the read-back its share of the time.
+    const sending: Budget = { ...b, deadline: b.deadline - (b.deadline - Date.now()) * READ_BACK_SHARE };
     const sentAfter = this.seenRevision.toString();
     let lost: unknown; // the error of an attempt whose outcome was unknown
     for (;;) {
@@ -390,7 +408,7 @@ export class EtcdStore implements Datastore {
         // A lost condition after a lost answer may be our own earlier attempt: settle it.
         if (lost === undefined) return undefined;
       } catch (err) {
-        if (!mayHaveBeenApplied(err) && lost === undefined) throw this.unavailable(what, err);
+        if (!mayHaveBeenApplied(err) && lost === undefined) throw this.unavailable(what, err, b);
         lost ??= err;
       }
       this.stats.unknownOutcomes++;
@@ -398,17 +416,17 @@ export class EtcdStore implements Datastore {
       try {
         outcome = await resolveOutcome(ops, sentAfter, this.history(b));
       } catch (err) {
-        throw this.unavailable(`${what}: its outcome is unknown (it may or may not have been applied; reading back failed: ${errorMessage(err)})`, lost);
+        throw this.unavailable(`${what}: its outcome is unknown (it may or may not have been applied; reading back failed: ${errorMessage(err)})`, lost, b);
       }
       // One line per settled write: an operator sees a member failing without any request failing.
-      log.warn('%s: %s: answer lost (%s); read back: %s', this.where, what, errorMessage(lost),
+      log.warn('%s: %s: answer lost (%s); read back: %s', this.description, what, errorMessage(lost),
         outcome.kind === 'applied' ? `it was applied at revision ${outcome.revision}` : outcome.kind === 'conflict' ? 'not applied, another writer came first' : 'not applied, sending it again');
       if (outcome.kind === 'applied') {
         this.stats.foundApplied++;
         return { revision: outcome.revision, deleted: true };
       }
       if (outcome.kind === 'conflict') return undefined;
-      if (Date.now() + RETRY_PAUSE_MS >= sending.deadline) throw this.unavailable(`${what} (not applied when read back; an attempt still in flight may apply later)`, lost);
+      if (Date.now() + RETRY_PAUSE_MS >= sending.deadline) throw this.unavailable(`${what} (not applied when read back; an attempt still in flight may apply later)`, lost, b);
       this.stats.resent++;
     }
   }
@@ -473,7 +491,7 @@ export class EtcdStore implements Datastore {
         await this.client.get(prefix === '' ? '\0' : prefix).revision(start).exec();
       } catch (probe) {
         if (isCompactedError(probe)) {
-          return new WatchCompactedError(`watch ${prefix} from revision ${start}: ${this.where} has compacted that history; resync with list()`);
+          return new WatchCompactedError(`watch ${prefix} from revision ${start}: ${this.description} has compacted that history; resync with list()`);
         }
       }
     }
@@ -481,18 +499,19 @@ export class EtcdStore implements Datastore {
   }
 
   private assertOpen(): void {
-    if (this.closed) throw new DatastoreUnavailableError(`${this.where}: client is closed`);
+    if (this.closed) throw new DatastoreUnavailableError(`${this.description}: client is closed`);
   }
 
-  private unavailable(what: string, err: unknown, boundMs: number = this.requestTimeoutMs): DatastoreUnavailableError {
+  private unavailable(what: string, err: unknown, b?: Pick<Budget, 'boundMs' | 'ofRequest'>): DatastoreUnavailableError {
     if (err instanceof DatastoreUnavailableError) return err;
+    const bound = b?.ofRequest === true ? `within the request's ${b.boundMs} ms` : `within ${b?.boundMs ?? this.requestTimeoutMs} ms`;
     const detail =
       err instanceof GRPCDeadlineExceededError
-        ? `no answer within ${boundMs} ms (CALICO_DATASTORE_TIMEOUT; ${errorMessage(err)})`
+        ? `no answer ${bound} (CALICO_DATASTORE_TIMEOUT; ${errorMessage(err)})`
         : /circuit breaker is open/.test(errorMessage(err))
           ? `it refused connections just now, so requests are held back for ${HOLD_BACK_MS} ms`
           : errorMessage(err);
-    return new DatastoreUnavailableError(`${this.where}: ${what}: ${detail}`, { cause: err });
+    return new DatastoreUnavailableError(`${this.description}: ${what}: ${detail}`, { cause: err });
   }
 }
 

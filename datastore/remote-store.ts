@@ -24,6 +24,7 @@ export interface RemoteStoreOptions {
 const DEFAULT_REQUEST_TIMEOUT_MS = 30_000;
 
 export class RemoteStore implements Datastore {
+  readonly description: string;
   private readonly watches = new Set<RemoteWatch>();
   private readonly timeoutMs: number;
   private closed = false;
@@ -33,6 +34,7 @@ export class RemoteStore implements Datastore {
     options: RemoteStoreOptions = {},
   ) {
     this.timeoutMs = options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
+    this.description = `embedded store served on ${socketPath}`;
   }
 
   /** True if a store server answers on the socket. */

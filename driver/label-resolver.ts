@@ -23,6 +23,7 @@ import type { Keys } from '../datastore/keys';
 import { modifyKey } from '../datastore/cas';
 import { errorMessage } from '../lib/errors';
 import { logger } from '../lib/log';
+import { outsideRequest } from '../lib/request-deadline';
 import { parseStored, serialize } from '../model/codec';
 import { Endpoint } from '../model/endpoint';
 import { PROFILE_NAME } from '../policy/profile-resource';
@@ -84,8 +85,14 @@ export class LabelResolver {
 
   constructor(private readonly o: LabelResolverOptions) {}
 
-  /** Starts resolving in the background; a second call for the same endpoint is ignored. */
+  /** Starts resolving in the background; a second call for the same endpoint is ignored. The
+   * timers and the event stream started here outlive the request that calls it, so they run
+   * outside it (their datastore writes have their own bounds). */
   resolveLater(endpointId: string, networkId: string): void {
+    outsideRequest(() => this.startResolving(endpointId, networkId));
+  }
+
+  private startResolving(endpointId: string, networkId: string): void {
     if (this.closed || this.pending.has(endpointId)) return;
     this.watchEvents();
     const p: Pending = { networkId, started: Date.now(), lookups: 0, timer: undefined, running: false, again: false };

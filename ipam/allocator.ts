@@ -20,7 +20,7 @@
 // Within one process, mutating operations run one at a time: Docker sends concurrent
 // RequestAddress calls, and letting them race each other on the same affine block would only
 // burn retries. Correctness never depends on this queue; only other processes' writes are
-// resolved by compare-and-swap.
+// resolved by compare-and-swap. A plugin request waits for its turn only until its deadline.
 
 import { RETRY, casLoop, type Attempt, DEFAULT_MAX_CONFLICTS } from '../datastore/cas';
 import { compareRevisions, type Datastore } from '../datastore/datastore';
@@ -28,10 +28,12 @@ import type { Keys } from '../datastore/keys';
 import {
   ConflictError,
   CorruptDataError,
+  DatastoreUnavailableError,
   InvalidRequestError,
   NotFoundError,
   PoolExhaustedError,
 } from '../lib/errors';
+import { requestDeadline } from '../lib/request-deadline';
 import {
   type Block,
   type Owner,
@@ -159,6 +161,7 @@ export class Allocator {
   private readonly ipam: IpamStore;
   private readonly maxRetries: number;
   private queue: Promise<void> = Promise.resolve();
+  private readonly storeDescription: string;
   /** Pools and this host's blocks as last read or written; see the header comment. */
   private view: HostView | undefined;
 
@@ -171,6 +174,7 @@ export class Allocator {
       throw new InvalidRequestError(`maxRetries must be a non-negative integer, got ${maxRetries}`);
     }
     this.ipam = new DatastoreIpamStore(options.store, options.keys, options.warn);
+    this.storeDescription = options.store.description;
     this.node = options.node;
     this.maxRetries = maxRetries;
   }
@@ -650,13 +654,37 @@ export class Allocator {
     return casLoop(what, attempt, { maxConflicts: this.maxRetries, onConflict: () => this.stats.conflicts++ });
   }
 
+  /** Runs op after the operations queued before it. A plugin request waits for its turn only
+   * until its deadline (lib/request-deadline.ts), so requests queued behind a hung datastore fail
+   * within their own bound, not one bound after another. One that gives up still holds its place
+   * until the operation before it ends, so those after it never overlap that one. */
   private exclusive<T>(op: () => Promise<T>): Promise<T> {
-    const run = this.queue.then(op);
-    this.queue = run.then(
-      () => undefined,
-      () => undefined,
+    const previous = this.queue;
+    let finished!: () => void;
+    this.queue = new Promise<void>((resolve) => (finished = resolve));
+    return this.turn(previous).then(
+      () => op().finally(finished),
+      (err: unknown) => {
+        void previous.then(finished);
+        throw err;
+      },
     );
-    return run;
+  }
+
+  private async turn(previous: Promise<void>): Promise<void> {
+    const deadline = requestDeadline();
+    if (deadline === undefined) return previous;
+    let timer: NodeJS.Timeout | undefined;
+    const expired = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new DatastoreUnavailableError(
+        `${this.storeDescription}: IPAM on ${this.node}: no turn within the request's ${deadline.budgetMs} ms (CALICO_DATASTORE_TIMEOUT): an earlier address operation on this host is still waiting for the datastore`,
+      )), Math.max(0, deadline.at - Date.now()));
+    });
+    try {
+      await Promise.race([previous, expired]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 }
 

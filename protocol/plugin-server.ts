@@ -11,6 +11,7 @@ import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { InvalidRequestError, errorMessage } from '../lib/errors';
 import { logger } from '../lib/log';
+import { withRequestDeadline } from '../lib/request-deadline';
 import { toWireError, type ErrorKey } from './error-funnel';
 import type { Route } from './route';
 
@@ -47,6 +48,9 @@ export interface PluginServerOptions {
   readonly name: string;
   readonly socketPath: string;
   readonly observer?: RequestObserver;
+  /** Each request's whole allowance (its datastore operations and its waits for them), from its
+   * decoded body; see lib/request-deadline.ts. Unbounded when omitted. */
+  readonly requestBudgetMs?: number;
   /** One or more interfaces served on this socket; the first one's error key answers requests
    * that name no interface of ours. */
   readonly apis: readonly PluginApi[];
@@ -119,7 +123,7 @@ export function buildApp(opts: PluginServerOptions): express.Express {
       }
       wire.debug('%s %s <- %j', opts.name, r.method, body);
       try {
-        const answer = await r.handle(body);
+        const answer = await (opts.requestBudgetMs === undefined ? r.handle(body) : withRequestDeadline(opts.requestBudgetMs, () => r.handle(body)));
         log.debug('%s %s ok in %dus', opts.name, r.method, Number((process.hrtime.bigint() - started) / 1000n));
         wire.debug('%s %s -> %j', opts.name, r.method, answer);
         send(res, 200, answer);

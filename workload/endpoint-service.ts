@@ -14,6 +14,7 @@ import { addressPart, normalizeCidr } from '../ipam/cidr';
 import { VXLAN_OVERHEAD } from '../ipam/pool';
 import { ConflictError, InvalidRequestError, NotFoundError, errorMessage } from '../lib/errors';
 import { logger } from '../lib/log';
+import { outsideRequest } from '../lib/request-deadline';
 import { parseStored, serialize } from '../model/codec';
 import { Endpoint, listNodeEndpoints } from '../model/endpoint';
 import { Network } from '../model/network';
@@ -104,7 +105,8 @@ export class EndpointService {
     }
     // Naming the endpoint on its allocations is bookkeeping for operators (ipam show), not needed
     // to serve the workload: it runs after the answer, off the start path.
-    void this.recordEndpointOnAllocations(spec.id, [...spec.ipv4, ...spec.ipv6]);
+    // Bookkeeping, not awaited: its own bounds, not the request's.
+    outsideRequest(() => void this.recordEndpointOnAllocations(spec.id, [...spec.ipv4, ...spec.ipv6]));
     return endpoint;
   }
 

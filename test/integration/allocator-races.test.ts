@@ -29,6 +29,7 @@ function interfering(real: Datastore, before: { match: (w: Write) => boolean; ru
     }
   };
   const store: Datastore = {
+    description: real.description,
     get: (k) => {
       gets.push(k);
       return real.get(k);

@@ -148,6 +148,7 @@ test('addPool withdraws its pool after losing an overlap race, even if the pool 
   const real = await openTempStore(t, 'ipam');
   let deletes = 0;
   const racing: Datastore = {
+    description: real.description,
     get: (k) => real.get(k),
     list: (p) => real.list(p),
     // Another host adds an overlapping pool just before ours is written.
@@ -398,6 +399,7 @@ test('a compare-and-swap that keeps losing ends in ContentionError', async (t) =
   let updates = 0;
   // Every update of a key conflicts, as if another host always wrote first.
   const losing: Datastore = {
+    description: real.description,
     get: (k) => real.get(k),
     list: (p) => real.list(p),
     create: (k, v) => real.create(k, v),

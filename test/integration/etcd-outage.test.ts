@@ -9,6 +9,7 @@ import { EtcdStore } from '../../datastore/etcd-store';
 import { Keys } from '../../datastore/keys';
 import { Allocator } from '../../ipam/allocator';
 import { DatastoreUnavailableError } from '../../lib/errors';
+import { withRequestDeadline } from '../../lib/request-deadline';
 import { logger } from '../../lib/log';
 import { startEtcd, startEtcdCluster, type EtcdClusterHandle } from '../harness/etcd';
 import { FakeManager } from '../harness/fake-manager';
@@ -93,6 +94,61 @@ async function leaderOf(cluster: EtcdClusterHandle): Promise<number> {
   }
   throw new Error('no leader');
 }
+
+test('plugin requests queued behind a hung etcd each fail within their own deadline, not one bound after another', async (t) => {
+  const etcd = await startEtcd({ inMemory: true });
+  t.teardown(() => etcd.stop());
+  // Each operation may wait 3 bounds; a request is allowed one.
+  const store = await EtcdStore.open({ endpoints: etcd.endpoints, dialTimeoutMs: PATIENT.dialTimeoutMs, requestTimeoutMs: 3 * TIMEOUT_MS });
+  t.teardown(() => store.close());
+  const keys = new Keys(`/queue-${randomBytes(3).toString('hex')}`);
+  const allocator = new Allocator({ store, keys, node: 'queue-node' });
+  await allocator.addPool({ cidr: await reserveTestSubnet() });
+  await allocator.autoAssign({ family: 4, owner: { handle: 'warm', kind: 'container' } });
+  etcd.signal('SIGSTOP');
+  let background;
+  let requests;
+  try {
+    // Work of no request (bookkeeping, the reconciler) holds the queue with an operation's bound;
+    // then, as Docker sends them, three address requests at once under the plugin's deadline.
+    background = timed(allocator.autoAssign({ family: 4, owner: { handle: 'background', kind: 'container' } }));
+    requests = await Promise.all(Array.from({ length: 3 }, (_, i) =>
+      timed(withRequestDeadline(TIMEOUT_MS, () => allocator.autoAssign({ family: 4, owner: { handle: `request-${i}`, kind: 'container' } })))));
+  } finally {
+    etcd.signal('SIGCONT');
+  }
+  for (const [i, { ms, result }] of requests.entries()) {
+    const err: unknown = result.status === 'rejected' ? result.reason : undefined;
+    t.log(`request ${i}: ${ms} ms: ${err instanceof Error ? err.message : result.status}`);
+    t.true(err instanceof DatastoreUnavailableError, `request ${i}: ${String(err)}`);
+    t.regex(err instanceof Error ? err.message : '', /^etcd at http:\/\/127\.0\.0\.1:\d+: /, `request ${i} names the datastore`);
+    t.true(ms <= TIMEOUT_MS + SLACK_MS, `request ${i} failed after ${ms} ms (bound ${TIMEOUT_MS} ms)`);
+  }
+  t.log(`background operation: ${(await background).ms} ms`);
+  // Back: the queue moves again.
+  t.truthy(await eventually(15_000, () => allocator.autoAssign({ family: 4, owner: { handle: 'after', kind: 'container' } })));
+});
+
+test('a request whose deadline has passed sends nothing to etcd', async (t) => {
+  const etcd = await startEtcd({ inMemory: true });
+  t.teardown(() => etcd.stop());
+  const store = await EtcdStore.open({ endpoints: etcd.endpoints, ...PATIENT });
+  t.teardown(() => store.close());
+  const key = `/spent-${randomBytes(3).toString('hex')}/a`;
+  const spent = <T>(op: () => Promise<T>): Promise<T> => withRequestDeadline(1, async () => {
+    await new Promise((r) => setTimeout(r, 20));
+    return op();
+  });
+  await t.throwsAsync(spent(() => store.create(key, 'x')), { instanceOf: DatastoreUnavailableError, message: /^etcd at .*: create .*: not sent: the request's 1 ms \(CALICO_DATASTORE_TIMEOUT\) ran out before it$/ });
+  await t.throwsAsync(spent(() => store.get(key)), { instanceOf: DatastoreUnavailableError, message: /not sent/ });
+  t.is(await store.get(key), undefined, 'the create was never sent');
+  // Work a request started but did not await runs without its deadline once it is answered.
+  let later: Promise<unknown> | undefined;
+  await withRequestDeadline(1, async () => {
+    later = new Promise((r) => setTimeout(r, 20)).then(() => store.create(key, 'later'));
+  });
+  t.truthy(await later, 'a write after the request was answered has its own bound');
+});
 
 test('3-member etcd, its leader killed during IPAM churn: no operation fails, no address is held twice, nothing leaks', async (t) => {
   const cluster = await startEtcdCluster(3);
