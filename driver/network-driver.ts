@@ -9,10 +9,9 @@ import { InvalidRequestError, NotFoundError, errorMessage } from '../lib/errors'
 import { logger } from '../lib/log';
 import { parseStored, serialize } from '../model/codec';
 import { Network } from '../model/network';
-import { decodeProfile } from '../model/profile';
-import { CREATED_BY_ANNOTATION, PROFILE_NAME } from '../policy/profile-resource';
+import { PROFILE_NAME } from '../policy/profile-resource';
 import type { EndpointService } from '../workload/endpoint-service';
-import { recordNetworkProfile } from './network-profile';
+import { forgetNetworkRecord, recordNetworkProfile } from './network-profile';
 import {
   AllocateNetworkRequest,
   CreateEndpointRequest,
@@ -109,7 +108,6 @@ export class NetworkDriver {
       ipv4Pools: req.IPv4Data.map((d) => d.Pool),
       ipv6Pools: req.IPv6Data.map((d) => d.Pool),
       profile: '',
-      profileCreated: false,
       options,
       createdBy: this.o.node,
       createdAt: new Date().toISOString(),
@@ -142,24 +140,8 @@ export class NetworkDriver {
   }
 
   private async forgetNetwork(networkId: string): Promise<object> {
-    const key = this.o.keys.network(networkId);
-    const kv = await this.o.store.get(key);
-    if (kv === undefined) return {};
-    const network = parseStored(Network, kv);
-    await this.o.store.delete(key, kv.revision);
-    if (network.profileCreated && network.profile !== '') await this.deleteProfileIfUnused(network.profile);
+    await forgetNetworkRecord(this.o.store, this.o.keys, networkId);
     return {};
-  }
-
-  private async deleteProfileIfUnused(name: string): Promise<void> {
-    const { items } = await this.o.store.list(this.o.keys.networksPrefix());
-    if (items.some((kv) => parseStored(Network, kv).profile === name)) return;
-    const kv = await this.o.store.get(this.o.keys.profile(name));
-    if (kv === undefined) return;
-    const profile = decodeProfile(kv);
-    // Only a profile we created; one an operator wrote for this name stays.
-    if (profile.annotations[CREATED_BY_ANNOTATION] === undefined) return;
-    await this.o.store.delete(kv.key, kv.revision);
   }
 
   private async getNetwork(networkId: string): Promise<{ network: Network }> {

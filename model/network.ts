@@ -1,7 +1,7 @@
 // A Docker network served by this plugin, recorded at CreateNetwork. The profile name is known
 // only once Docker has stored the network (CreateNetwork carries no name), so it is filled in by
 // the first CreateEndpoint.
-import { array, bool, object, optional, record, str, unknownValue, withDefault } from '../lib/validate';
+import { array, object, optional, record, str, unknownValue, withDefault } from '../lib/validate';
 
 export const Network = object({
   id: str,
@@ -10,8 +10,6 @@ export const Network = object({
   ipv6Pools: array(str),
   /** Profile for endpoints on this network; '' until resolved. */
   profile: withDefault(str, ''),
-  /** True when this plugin created the profile, so DeleteNetwork may remove it. */
-  profileCreated: withDefault(bool, false),
   options: withDefault(record(unknownValue), {}),
   createdBy: str,
   createdAt: str,

@@ -66,7 +66,7 @@ async function host(t: ExecutionContext): Promise<Host> {
 /** The network record CreateNetwork writes, with the pool Docker was given. */
 async function network(h: Host, pool: string): Promise<string> {
   const id = randomBytes(32).toString('hex');
-  const record: Network = { id, ipv4Pools: [pool], ipv6Pools: [], profile: 'p', profileCreated: false, options: {}, createdBy: NODE, createdAt: new Date().toISOString() };
+  const record: Network = { id, ipv4Pools: [pool], ipv6Pools: [], profile: 'p', options: {}, createdBy: NODE, createdAt: new Date().toISOString() };
   await h.store.create(keys.network(id), serialize(record));
   return id;
 }
