@@ -233,16 +233,17 @@ export async function startHost(
   const baseEnv = { PATH: HOST_PATH, HOME: home };
   const enter = [`--target=${holderPid}`, '--mount', '--net', '--uts', `--wd=${dir}`];
   const setup = (argv: string[]): Promise<NsExecResult> => nsRun(`${p.name} (setup)`, enter, argv, baseEnv);
-  // Three independent chains. The copies (under /run/netns) go before /run is covered.
+  // The mounts one after another: mount(8) keeps its own records under /run (utab), and a mount
+  // racing the bind of /run failed once after mounting ("filesystem was mounted, but any
+  // subsequent operation failed: No such file or directory"). The copies (under /run/netns) go
+  // before /run is covered.
   await allSettledOrThrow([
-    (async () => {
-      await unmountCopies(holderPid, enter, baseEnv, p.name);
-      await setup(['mount', '--bind', runDir, '/run']);
-    })(),
     (async () => {
       await setup(['mount', '--move', '/sys/fs/cgroup', cgDir]);
       await setup(['mount', '-t', 'sysfs', 'sysfs', '/sys']);
       await setup(['mount', '--move', cgDir, '/sys/fs/cgroup']);
+      await unmountCopies(holderPid, enter, baseEnv, p.name);
+      await setup(['mount', '--bind', runDir, '/run']);
     })(),
     setup(['hostname', p.name]),
   ] as const);
