@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import Docker from 'dockerode';
 import { churnReport } from '../../scripts/bench-churn';
 import { baseline, churn, leftovers } from '../harness/churn';
-import { createNetwork } from '../harness/containers';
+import { createNetwork, removeNetwork } from '../harness/containers';
 import { startDockerd } from '../harness/dockerd';
 import { importTestImage } from '../harness/image';
 import { startPlugin } from '../harness/plugin';
@@ -37,7 +37,7 @@ test('40 containers churned by 8 parallel clients: no duplicate address, nothing
   });
 
   const result = await churn({ docker, image, plugin, network: name, containers: CONTAINERS, clients: CLIENTS, window: WINDOW, sampleIntervalMs: 250 });
-  await net.remove();
+  await removeNetwork(net);
   const left = await leftovers(plugin, [pool.replace(/0\/24$/, '')], base);
   t.log(churnReport(result, left, CLIENTS, WINDOW).join('\n'));
 

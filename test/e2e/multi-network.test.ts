@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import Docker from 'dockerode';
 import { run } from '../../dataplane/exec';
 import { linkExists } from '../../dataplane/veth';
-import { addressOn, createNetwork, exec, removeQuietly, type ContainerAddress } from '../harness/containers';
+import { addressOn, createNetwork, exec, removeNetwork, removeQuietly, type ContainerAddress } from '../harness/containers';
 import { dockerWithImage, fileFixture } from '../harness/fixture';
 import { reserveTestSubnets } from '../harness/test-subnets';
 import { calicoctl, startPlugin, waitProgrammed } from '../harness/plugin';
@@ -155,7 +155,7 @@ test.serial('compose front/back stack through the Docker API; down leaves nothin
   t.deepEqual((await sandboxRouting(client)).rules, [], 'a container on one network gets no rules');
 
   await removeQuietly([web.container, client.container, db.container]);
-  for (const net of [front, back]) await c().docker.getNetwork(net).remove();
+  for (const net of [front, back]) await removeNetwork(c().docker.getNetwork(net));
   await assertNothingLeft(t, endpoints);
 });
 

@@ -9,7 +9,7 @@
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
 import Docker from 'dockerode';
-import { addressOn, createNetwork, exec, runContainer } from '../harness/containers';
+import { addressOn, createNetwork, exec, removeNetwork, runContainer } from '../harness/containers';
 import { startDockerd } from '../harness/dockerd';
 import { importTestImage } from '../harness/image';
 import { clean, kernelObjects, removeAllContainers, testPool, traces } from '../harness/leaks';
@@ -103,7 +103,7 @@ test('a simulated reboot: dockerd and plugin killed, veths, routes and chains go
 
   mark('settled');
   await removeAllContainers(docker);
-  for (const n of nets) await n.remove();
+  for (const n of nets) await removeNetwork(n);
   let last = await traces(p, pool.prefix);
   let objects = await kernelObjects(p);
   const drained = Date.now() + 30_000;

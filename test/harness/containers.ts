@@ -81,8 +81,25 @@ export async function exec(container: Docker.Container, cmd: string[]): Promise<
   return { code: ExitCode ?? -1, output };
 }
 
+/** Removes a network once Docker has let go of its endpoints. `docker rm -f` can answer before
+ * Docker's own clean-up of the container's endpoint has ended (seen once in 40 parallel
+ * removals), and `docker network rm` then refuses with "has active endpoints"; a plugin that
+ * failed to delete an endpoint still fails here, after `timeoutMs`. */
+export async function removeNetwork(network: Docker.Network, timeoutMs = 15_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      await network.remove();
+      return;
+    } catch (err) {
+      if (!/active endpoints/.test(String(err)) || Date.now() > deadline) throw err;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+}
+
 /** Teardown helper: removal errors are ignored because the resource may already be gone. */
 export async function removeQuietly(containers: Iterable<Docker.Container>, networks: Iterable<Docker.Network> = []): Promise<void> {
   await Promise.all([...containers].map((c) => c.remove({ force: true }).catch(() => undefined)));
-  for (const n of networks) await n.remove().catch(() => undefined);
+  for (const n of networks) await removeNetwork(n).catch(() => undefined);
 }
