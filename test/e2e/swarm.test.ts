@@ -49,6 +49,20 @@ function poolAddresses(text: string): string[] {
   return [...text.matchAll(/\b(198\.19\.\d+\.\d+)\b/g)].map((m) => m[1] as string);
 }
 
+/** The pool addresses `name` resolves to from the task, sorted, once they are `expected`: swarm's
+ * service records reach other nodes by gossip, so a task just started may not be in them yet (a
+ * lookup right after the tasks ran once found one of two). Returns the last answer after 30 s. */
+async function resolved(from: TaskContainer, name: string, expected: readonly string[]): Promise<{ addresses: string[]; output: string }> {
+  const want = JSON.stringify([...expected].sort());
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    const { output } = await exec(ctr(from), ['nslookup', name]);
+    const addresses = poolAddresses(output).sort();
+    if (JSON.stringify(addresses) === want || Date.now() > deadline) return { addresses, output };
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
+
 async function taskAddress(task: TaskContainer, network: string): Promise<string> {
   const info = await task.host.docker.getContainer(task.id).inspect();
   const ip = info.NetworkSettings.Networks[network]?.IPAddress;
@@ -155,15 +169,15 @@ test.serial('dnsrr service: 6 tasks over 3 nodes reach each other, tasks.<servic
       if (i !== j) t.true(await pingFrom(from, to), `${from.name} (${from.host.name}) -> ${to}`);
     }
   }
-  const ns = await exec(ctr(tasks[0]!), ['nslookup', 'tasks.web']);
-  t.deepEqual(poolAddresses(ns.output).sort(), [...addrs].sort(), ns.output);
+  const ns = await resolved(tasks[0]!, 'tasks.web', addrs);
+  t.deepEqual(ns.addresses, [...addrs].sort(), ns.output);
 
   // A plain container on a worker, attached to the swarm network.
   const worker = workers[0]!;
   await docker(worker, ['run', '-d', '--name', 'client', '--network', 'snet', cluster.image, 'sleep', '3600'], 60_000);
   const client: TaskContainer = { host: worker, id: 'client', name: 'client' };
-  const clientNs = await exec(ctr(client), ['nslookup', 'tasks.web']);
-  t.deepEqual(poolAddresses(clientNs.output).sort(), [...addrs].sort(), clientNs.output);
+  const clientNs = await resolved(client, 'tasks.web', addrs);
+  t.deepEqual(clientNs.addresses, [...addrs].sort(), clientNs.output);
   t.true(await pingFrom(client, 'web'), 'client pings the service by name');
   const answer = await tcp(client, 'web', 8080, 10);
   const names = await Promise.all(tasks.map(hostnameOf));
@@ -203,8 +217,8 @@ test.serial('VIP mode: the VIP is allocated and resolves, tasks answer at their 
   t.true(vip.startsWith(POOL_PREFIX), `VIP ${vip} from the calico pool`);
   t.false(addrs.includes(vip));
   const client: TaskContainer = { host: workers[0]!, id: 'client', name: 'client' };
-  t.deepEqual(poolAddresses((await exec(ctr(client), ['nslookup', 'vip'])).output), [vip], 'the service name resolves to the VIP');
-  t.deepEqual(poolAddresses((await exec(ctr(client), ['nslookup', 'tasks.vip'])).output).sort(), [...addrs].sort());
+  t.deepEqual((await resolved(client, 'vip', [vip])).addresses, [vip], 'the service name resolves to the VIP');
+  t.deepEqual((await resolved(client, 'tasks.vip', addrs)).addresses, [...addrs].sort());
   const names = await Promise.all(tasks.map(hostnameOf));
   for (const a of addrs) t.true(names.includes(await tcp(client, a, 8080, 10)), `task ${a} answers directly`);
   t.false(names.includes(await tcp(client, vip, 8080, 2)), 'nothing answers at the VIP');
@@ -227,7 +241,7 @@ test.serial('two swarm networks: a service on both reaches both, services on one
   for (const from of both) {
     t.true(webNames.includes(await tcp(from, webAddrs[0]!, 8080, 10)), `${from.name} reaches web on snet`);
     for (const [i, a] of backAddrs.entries()) t.is(await tcp(from, a, 8080, 10), backNames[i] ?? '?', `${from.name} reaches back ${a} on snet2`);
-    t.deepEqual(poolAddresses((await exec(ctr(from), ['nslookup', 'tasks.back'])).output).sort(), [...backAddrs].sort());
+    t.deepEqual((await resolved(from, 'tasks.back', backAddrs)).addresses, [...backAddrs].sort());
   }
   t.false(backNames.includes(await tcp(web[0]!, backAddrs[0]!, 8080)), 'web (snet only) cannot reach back (snet2)');
   t.false(await pingFrom(back[0]!, webAddrs[0]!, 1), 'back cannot ping web');
