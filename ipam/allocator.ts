@@ -33,7 +33,7 @@ import {
   NotFoundError,
   PoolExhaustedError,
 } from '../lib/errors';
-import { requestDeadline } from '../lib/request-deadline';
+import { requestDeadline, type RequestDeadline } from '../lib/request-deadline';
 import {
   type Block,
   type Owner,
@@ -662,7 +662,9 @@ export class Allocator {
     const previous = this.queue;
     let finished!: () => void;
     this.queue = new Promise<void>((resolve) => (finished = resolve));
-    return this.turn(previous).then(
+    // Without a request deadline (the embedded store, background work) the turn is the queue's.
+    const deadline = requestDeadline();
+    return (deadline === undefined ? previous : this.turnBefore(previous, deadline)).then(
       () => op().finally(finished),
       (err: unknown) => {
         void previous.then(finished);
@@ -671,9 +673,7 @@ export class Allocator {
     );
   }
 
-  private async turn(previous: Promise<void>): Promise<void> {
-    const deadline = requestDeadline();
-    if (deadline === undefined) return previous;
+  private async turnBefore(previous: Promise<void>, deadline: RequestDeadline): Promise<void> {
     let timer: NodeJS.Timeout | undefined;
     const expired = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new DatastoreUnavailableError(

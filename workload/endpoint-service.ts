@@ -104,8 +104,8 @@ export class EndpointService {
       throw new ConflictError(`endpoint ${spec.id.slice(0, 12)} already exists on ${this.o.node}`);
     }
     // Naming the endpoint on its allocations is bookkeeping for operators (ipam show), not needed
-    // to serve the workload: it runs after the answer, off the start path.
-    // Bookkeeping, not awaited: its own bounds, not the request's.
+    // to serve the workload: it runs after the answer, off the start path, with its own bounds
+    // (not the request's deadline).
     outsideRequest(() => void this.recordEndpointOnAllocations(spec.id, [...spec.ipv4, ...spec.ipv6]));
     return endpoint;
   }
@@ -139,7 +139,8 @@ export class EndpointService {
     if (plumbed.status === 'rejected') {
       // A failed attach changes nothing: the record names the namespace it was in before (a
       // second Join of an attached endpoint, refused because its veth exists, must not move it).
-      if (noted.status === 'fulfilled' && sandbox !== undefined) await this.restoreSandbox(endpointId, ep);
+      // The undo gets its own bound: the request's may be what ran out.
+      if (noted.status === 'fulfilled' && sandbox !== undefined) await outsideRequest(() => this.restoreSandbox(endpointId, ep));
       throw plumbed.reason;
     }
     if (noted.status === 'rejected') {

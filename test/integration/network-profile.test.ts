@@ -41,18 +41,23 @@ function hooked(real: Datastore, on: { afterCreate?: () => Promise<void>; before
   };
 }
 
+/** `run` the first time the hook is called, nothing after. */
+function once(run: () => Promise<unknown>): () => Promise<void> {
+  let done = false;
+  return async () => {
+    if (done) return;
+    done = true;
+    await run();
+  };
+}
+
 test('two hosts record a network\'s profile at once: it still goes with the network', async (t) => {
   const store = await openTempStore(t, 'profiles');
   await store.create(keys.network(SWARM_ID), record(SWARM_ID));
   // host-a creates the profile; host-b, finding it there, records it on the network first, so
   // host-a's write of the record loses.
-  let once = true;
   const hostA = hooked(store, {
-    afterCreate: async () => {
-      if (!once) return;
-      once = false;
-      t.is(await recordNetworkProfile(store, keys, 'host-b', SWARM_ID, 'snet'), 'snet');
-    },
+    afterCreate: once(async () => t.is(await recordNetworkProfile(store, keys, 'host-b', SWARM_ID, 'snet'), 'snet')),
   });
   t.is(await recordNetworkProfile(hostA, keys, 'host-a', SWARM_ID, 'snet'), 'snet');
   t.truthy(await store.get(keys.profile('snet')));
@@ -64,15 +69,8 @@ test('two hosts record a network\'s profile at once: it still goes with the netw
 test('a profile recorded while the network is being forgotten still goes with it', async (t) => {
   const store = await openTempStore(t, 'profiles');
   await store.create(keys.network(SWARM_ID), record(SWARM_ID));
-  let once = true;
-  const manager = hooked(store, {
-    // Between the manager's read of the record and its delete, a node's endpoint records the profile.
-    beforeDelete: async () => {
-      if (!once) return;
-      once = false;
-      await recordNetworkProfile(store, keys, 'host-b', SWARM_ID, 'snet');
-    },
-  });
+  // Between the manager's read of the record and its delete, a node's endpoint records the profile.
+  const manager = hooked(store, { beforeDelete: once(() => recordNetworkProfile(store, keys, 'host-b', SWARM_ID, 'snet')) });
   await forgetNetworkRecord(manager, keys, SWARM_ID);
   t.is(await store.get(keys.network(SWARM_ID)), undefined);
   t.is(await store.get(keys.profile('snet')), undefined);
